@@ -1,0 +1,119 @@
+"""Typed, frozen settings read from the environment.
+
+Every knob has one home here. Environment variables carry the ``TWINSTREAM_`` prefix, except the
+Kafka bootstrap address, which also honours the conventional ``KAFKA_BOOTSTRAP_SERVERS``.
+
+>>> s = Settings.from_env({"TWINSTREAM_TOPIC_PREFIX": "dev-", "TWINSTREAM_EVENTS_PARTITIONS": "8"})
+>>> s.topics.events, s.topics.events_partitions
+('dev-events', 8)
+>>> Settings.from_env({}).bootstrap_servers
+'127.0.0.1:19092'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+ENV_PREFIX = "TWINSTREAM_"
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Kafka topic names (with the deployment prefix applied) and partition counts."""
+
+    prefix: str = ""
+    events_partitions: int = 4
+    replication_factor: int = 1
+
+    def _name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def events(self) -> str:
+        return self._name("events")
+
+    @property
+    def events_dlq(self) -> str:
+        return self._name("events-dlq")
+
+    @property
+    def samples(self) -> str:
+        return self._name("samples")
+
+    @property
+    def score_requests(self) -> str:
+        return self._name("score-requests")
+
+    @property
+    def scores(self) -> str:
+        return self._name("scores")
+
+    @property
+    def model_updates(self) -> str:
+        return self._name("model-updates")
+
+    def all(self) -> dict[str, int]:
+        """Every topic with its partition count; score-requests is co-partitioned with events."""
+        n = self.events_partitions
+        return {
+            self.events: n,
+            self.events_dlq: 1,
+            self.samples: n,
+            self.score_requests: n,
+            self.scores: n,
+            self.model_updates: 1,
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings. ``None`` means unset; there are no magic negative values."""
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    topics: TopicNames = field(default_factory=TopicNames)
+    max_event_bytes: int = 64 * 1024
+    session_gap_s: float = 30 * 60
+    allowed_lateness_s: float = 5 * 60
+    recent_length: int = 200
+    lifelong_cap: int = 100_000
+    state_dir: str = "./twinstream-state"
+
+    def __post_init__(self) -> None:
+        if self.max_event_bytes <= 0:
+            raise ValueError("max_event_bytes must be positive")
+        if self.session_gap_s <= 0:
+            raise ValueError("session_gap_s must be positive")
+        if self.recent_length <= 0 or self.lifelong_cap < self.recent_length:
+            raise ValueError("need 0 < recent_length <= lifelong_cap")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``); unknown keys are ignored."""
+        env = os.environ if env is None else env
+        topics = TopicNames(
+            prefix=env.get(f"{ENV_PREFIX}TOPIC_PREFIX", ""),
+            events_partitions=int(env.get(f"{ENV_PREFIX}EVENTS_PARTITIONS", "4")),
+            replication_factor=int(env.get(f"{ENV_PREFIX}REPLICATION_FACTOR", "1")),
+        )
+        values: dict[str, object] = {"topics": topics}
+        bootstrap = env.get(f"{ENV_PREFIX}BOOTSTRAP_SERVERS") or env.get("KAFKA_BOOTSTRAP_SERVERS")
+        if bootstrap:
+            values["bootstrap_servers"] = bootstrap
+        for f in fields(cls):
+            key = f"{ENV_PREFIX}{f.name.upper()}"
+            if f.name in values or key not in env:
+                continue
+            values[f.name] = _coerce(env[key], f.type)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _coerce(raw: str, annotation: object) -> object:
+    kind = str(annotation)
+    if "int" in kind:
+        return int(raw)
+    if "float" in kind:
+        return float(raw)
+    return raw

@@ -1,0 +1,229 @@
+"""The event schema of topic ``events`` (DESIGN.md section 2) and its validator.
+
+Every rejection carries a :class:`Reason` (a small closed set, safe as a metric label) and a
+human-readable detail.
+
+>>> e = parse_event(b'{"user_id": 7, "item_id": "i1", "type": "pv", "ts": 1511658000}')
+>>> (e.user_id, e.item_id, e.category_id, e.type, e.ts)
+('7', 'i1', '0', 'click', 1511658000.0)
+>>> try:
+...     parse_event(b'{"user_id": "", "item_id": 1, "type": "click", "ts": 1511658000}')
+... except InvalidEvent as err:
+...     print(err.reason.value, "-", err.detail)
+bad_value - user_id must be non-empty
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import orjson
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_USER_ID_CHARS = 128
+MAX_ID_CHARS = 256
+MIN_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
+MAX_FUTURE_S = 86_400.0
+UNKNOWN_CATEGORY = "0"
+
+
+class EventType(str, Enum):
+    IMPRESSION = "impression"
+    CLICK = "click"
+    CART = "cart"
+    FAV = "fav"
+    BUY = "buy"
+
+
+TYPE_ALIASES: dict[str, EventType] = {t.value: t for t in EventType} | {"pv": EventType.CLICK}
+
+
+class Reason(str, Enum):
+    """Why an event was rejected. Closed set: used as a Prometheus label and in the DLQ."""
+
+    OVERSIZE = "oversize"
+    NOT_UTF8 = "not_utf8"
+    BAD_JSON = "bad_json"
+    NOT_OBJECT = "not_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    BAD_VALUE = "bad_value"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_TIMESTAMP = "bad_timestamp"
+    LATE = "late"
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the schema; ``reason`` is one of :class:`Reason`."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+Feature = float | str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated user behaviour. Ids are normalised to strings."""
+
+    user_id: str
+    item_id: str
+    type: EventType
+    ts: float
+    category_id: str = UNKNOWN_CATEGORY
+    event_id: str | None = None
+    request_id: str | None = None
+    features: Mapping[str, Feature] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "category_id": self.category_id,
+            "type": self.type.value,
+            "ts": self.ts,
+        }
+        if self.event_id is not None:
+            out["event_id"] = self.event_id
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        if self.features:
+            out["features"] = dict(self.features)
+        return out
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka message key: the user id, so a user's events share a partition."""
+        return self.user_id.encode()
+
+
+def parse_event(
+    raw: bytes | str, *, now: float | None = None, max_bytes: int = MAX_EVENT_BYTES
+) -> Event:
+    """Decode and validate one message; raise :class:`InvalidEvent` with a reason."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(Reason.OVERSIZE, f"{len(raw)} bytes > {max_bytes}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidEvent(Reason.NOT_UTF8, str(err)) from None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise InvalidEvent(Reason.BAD_JSON, str(err)) from None
+    return validate_record(obj, now=now)
+
+
+def validate_record(obj: object, *, now: float | None = None) -> Event:
+    """Validate an already-decoded record (a dict) and build the :class:`Event`."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent(Reason.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    for name in ("user_id", "item_id", "type", "ts"):
+        if name not in obj or obj[name] is None:
+            raise InvalidEvent(Reason.MISSING_FIELD, f"{name} is required")
+    user_id = _id(obj["user_id"], "user_id", MAX_USER_ID_CHARS)
+    item_id = _id(obj["item_id"], "item_id", MAX_ID_CHARS)
+    category = obj.get("category_id")
+    category_id = UNKNOWN_CATEGORY if category is None else _id(category, "category_id", MAX_ID_CHARS)
+    return Event(
+        user_id=user_id,
+        item_id=item_id,
+        category_id=category_id,
+        type=_event_type(obj["type"]),
+        ts=parse_timestamp(obj["ts"], now=now),
+        event_id=_optional_str(obj.get("event_id"), "event_id"),
+        request_id=_optional_str(obj.get("request_id"), "request_id"),
+        features=_features(obj.get("features")),
+    )
+
+
+def _id(value: object, name: str, max_chars: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEvent(Reason.WRONG_TYPE, f"{name} must be a string or an integer")
+    text = str(value)
+    if not text:
+        raise InvalidEvent(Reason.BAD_VALUE, f"{name} must be non-empty")
+    if len(text) > max_chars:
+        raise InvalidEvent(Reason.BAD_VALUE, f"{name} longer than {max_chars} chars")
+    return text
+
+
+def _event_type(value: object) -> EventType:
+    if not isinstance(value, str):
+        raise InvalidEvent(Reason.WRONG_TYPE, "type must be a string")
+    try:
+        return TYPE_ALIASES[value.lower()]
+    except KeyError:
+        raise InvalidEvent(Reason.UNKNOWN_TYPE, f"unknown event type {value[:32]!r}") from None
+
+
+def parse_timestamp(value: object, *, now: float | None = None) -> float:
+    """Unix seconds (int/float/numeric string) or ISO-8601; within [2000-01-01, now + 1 day]."""
+    if isinstance(value, bool):
+        raise InvalidEvent(Reason.WRONG_TYPE, "ts must be a number or an ISO-8601 string")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        ts = _parse_ts_string(value)
+    else:
+        raise InvalidEvent(Reason.WRONG_TYPE, "ts must be a number or an ISO-8601 string")
+    if not math.isfinite(ts):
+        raise InvalidEvent(Reason.BAD_TIMESTAMP, f"ts is not finite: {ts}")
+    limit = (time.time() if now is None else now) + MAX_FUTURE_S
+    if ts < MIN_TS or ts > limit:
+        raise InvalidEvent(Reason.BAD_TIMESTAMP, f"ts {ts} outside [2000-01-01, now + 1 day]")
+    return ts
+
+
+def _parse_ts_string(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent(Reason.BAD_TIMESTAMP, f"unparseable ts {text[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise InvalidEvent(Reason.BAD_TIMESTAMP, "ISO-8601 ts needs a timezone")
+    return parsed.timestamp()
+
+
+def _optional_str(value: object, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEvent(Reason.WRONG_TYPE, f"{name} must be a string")
+    text = str(value)
+    if len(text) > MAX_ID_CHARS:
+        raise InvalidEvent(Reason.BAD_VALUE, f"{name} longer than {MAX_ID_CHARS} chars")
+    return text or None
+
+
+def _features(value: object) -> dict[str, Feature]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidEvent(Reason.WRONG_TYPE, "features must be an object")
+    out: dict[str, Feature] = {}
+    for key, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, int | float | str):
+            raise InvalidEvent(Reason.WRONG_TYPE, f"feature {key[:32]!r} must be a number or string")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidEvent(Reason.BAD_VALUE, f"feature {key[:32]!r} is not finite")
+        out[key] = float(item) if isinstance(item, int) else item
+    return out
