@@ -75,6 +75,7 @@ class Settings:
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
     topics: TopicNames = field(default_factory=TopicNames)
     max_event_bytes: int = 64 * 1024
+    min_event_ts: float = 946_684_800.0  # 2000-01-01; lower it to replay older logs (MovieLens)
     session_gap_s: float = 30 * 60
     allowed_lateness_s: float = 5 * 60
     recent_length: int = 200

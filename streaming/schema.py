@@ -110,7 +110,11 @@ class Event:
 
 
 def parse_event(
-    raw: bytes | str, *, now: float | None = None, max_bytes: int = MAX_EVENT_BYTES
+    raw: bytes | str,
+    *,
+    now: float | None = None,
+    max_bytes: int = MAX_EVENT_BYTES,
+    min_ts: float = MIN_TS,
 ) -> Event:
     """Decode and validate one message; raise :class:`InvalidEvent` with a reason."""
     if isinstance(raw, str):
@@ -125,10 +129,10 @@ def parse_event(
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         raise InvalidEvent(Reason.BAD_JSON, str(err)) from None
-    return validate_record(obj, now=now)
+    return validate_record(obj, now=now, min_ts=min_ts)
 
 
-def validate_record(obj: object, *, now: float | None = None) -> Event:
+def validate_record(obj: object, *, now: float | None = None, min_ts: float = MIN_TS) -> Event:
     """Validate an already-decoded record (a dict) and build the :class:`Event`."""
     if not isinstance(obj, dict):
         raise InvalidEvent(Reason.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
@@ -144,7 +148,7 @@ def validate_record(obj: object, *, now: float | None = None) -> Event:
         item_id=item_id,
         category_id=category_id,
         type=_event_type(obj["type"]),
-        ts=parse_timestamp(obj["ts"], now=now),
+        ts=parse_timestamp(obj["ts"], now=now, min_ts=min_ts),
         event_id=_optional_str(obj.get("event_id"), "event_id"),
         request_id=_optional_str(obj.get("request_id"), "request_id"),
         features=_features(obj.get("features")),
@@ -171,8 +175,11 @@ def _event_type(value: object) -> EventType:
         raise InvalidEvent(Reason.UNKNOWN_TYPE, f"unknown event type {value[:32]!r}") from None
 
 
-def parse_timestamp(value: object, *, now: float | None = None) -> float:
-    """Unix seconds (int/float/numeric string) or ISO-8601; within [2000-01-01, now + 1 day]."""
+def parse_timestamp(value: object, *, now: float | None = None, min_ts: float = MIN_TS) -> float:
+    """Unix seconds (int/float/numeric string) or ISO-8601; within [min_ts, now + 1 day].
+
+    ``min_ts`` defaults to 2000-01-01; historical logs (MovieLens starts in 1996) may lower it.
+    """
     if isinstance(value, bool):
         raise InvalidEvent(Reason.WRONG_TYPE, "ts must be a number or an ISO-8601 string")
     if isinstance(value, int | float):
@@ -184,8 +191,8 @@ def parse_timestamp(value: object, *, now: float | None = None) -> float:
     if not math.isfinite(ts):
         raise InvalidEvent(Reason.BAD_TIMESTAMP, f"ts is not finite: {ts}")
     limit = (time.time() if now is None else now) + MAX_FUTURE_S
-    if ts < MIN_TS or ts > limit:
-        raise InvalidEvent(Reason.BAD_TIMESTAMP, f"ts {ts} outside [2000-01-01, now + 1 day]")
+    if ts < min_ts or ts > limit:
+        raise InvalidEvent(Reason.BAD_TIMESTAMP, f"ts {ts} outside [{min_ts:.0f}, now + 1 day]")
     return ts
 
 
