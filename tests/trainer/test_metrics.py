@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
 import numpy as np
 import pytest
@@ -42,14 +43,16 @@ samples = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(samples)
 def test_auc_and_gauc_match_brute_force(rows: list[tuple[int, float, int]]) -> None:
-    y, s, g = ([r[i] for r in rows] for i in range(3))
+    y, s, g = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     np.testing.assert_allclose(auc(y, s), brute_auc(y, s), equal_nan=True)
     np.testing.assert_allclose(gauc(y, s, g), brute_gauc(y, s, g), equal_nan=True)
 
 
 @settings(max_examples=50, deadline=None)
 @given(samples, st.randoms(use_true_random=False))
-def test_auc_is_independent_of_input_order(rows: list[tuple[int, float, int]], rnd) -> None:
+def test_auc_is_independent_of_input_order(
+    rows: list[tuple[int, float, int]], rnd: random.Random
+) -> None:
     shuffled = rows[:]
     rnd.shuffle(shuffled)
     a = [auc([r[0] for r in x], [r[1] for r in x]) for x in (rows, shuffled)]
