@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from streaming.config import Settings
 
@@ -16,7 +18,7 @@ def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClien
     while True:
         try:
             return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-        except NoBrokersAvailable:
+        except (KafkaConnectionError, KafkaTimeoutError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
@@ -52,3 +54,47 @@ def delete_topics(settings: Settings, names: list[str]) -> None:
             client.delete_topics(doomed)
     finally:
         client.close()
+
+
+def read_topic(
+    settings: Settings, topic: str, expected: int | None = None, idle_timeout_s: float = 10.0
+) -> list[ConsumerRecord]:
+    """Read a topic from the beginning with a throw-away consumer (no group, no commits).
+
+    Stops after ``expected`` records, or when nothing new arrived for ``idle_timeout_s``.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    try:
+        partitions = _partitions(consumer, topic)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[ConsumerRecord] = []
+        last_progress = time.monotonic()
+        while expected is None or len(records) < expected:
+            batch = consumer.poll(timeout_ms=500, max_records=10_000)
+            for part in batch.values():
+                records.extend(part)
+            if batch:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > idle_timeout_s:
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 15.0) -> list[TopicPartition]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ids = consumer.partitions_for_topic(topic)
+        if ids:
+            return [TopicPartition(topic, p) for p in sorted(ids)]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic!r} has no partitions after {timeout_s}s")
+        time.sleep(0.2)

@@ -20,7 +20,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger_ms": 20,
     "batch_size": 512 * 1024,
     "max_request_size": 16 * 1024 * 1024,
-    "buffer_memory": 256 * 1024 * 1024,
     "compression_type": None,
     "retries": 5,
 }

@@ -1,0 +1,211 @@
+"""Implementations of the CLI's sub-commands (argument wiring and the work they start)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from ops import broker as broker_mod
+from streaming.admin import ensure_topics, read_topic
+from streaming.config import Settings
+from streaming.producer import EventProducer
+from streaming.replay import replay as replay_events
+from streaming.schema import InvalidEvent, parse_event
+from streaming.sources import ColumnMapping, LogFormat, MovieLensOptions, read_events
+from streaming.synthetic import GeneratorConfig, generate as generate_log
+
+SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_users/UserBehavior.csv"
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+# --- broker -------------------------------------------------------------------------------------
+
+
+def broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["start", "stop", "status"])
+
+
+def broker(args: argparse.Namespace) -> int:
+    cfg = broker_mod.BrokerConfig.from_env()
+    try:
+        if args.action == "start":
+            pid = broker_mod.start(cfg)
+            print(f"broker running (pid {pid}) on {cfg.bootstrap}; log {cfg.log_file}")
+        elif args.action == "stop":
+            print("broker stopped" if broker_mod.stop(cfg) else "no broker was running")
+        else:
+            print(broker_mod.status(cfg))
+    except broker_mod.BrokerError as err:
+        raise UserError(str(err)) from None
+    return 0
+
+
+# --- topics -------------------------------------------------------------------------------------
+
+
+def topics_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def topics(args: argparse.Namespace) -> int:
+    settings = _settings()
+    created = ensure_topics(settings)
+    for name, n in settings.topics.all().items():
+        print(f"{name}: {n} partitions{' (created)' if name in created else ''}")
+    return 0
+
+
+# --- publish ------------------------------------------------------------------------------------
+
+
+def publish_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", nargs="?", default="-", help="JSON-lines file, or - for stdin")
+    p.add_argument("--topic", help="target topic (default: the events topic)")
+
+
+def publish(args: argparse.Namespace) -> int:
+    settings = _settings()
+    stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    bad: Counter[str] = Counter()
+    with stream, EventProducer(settings) as producer:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = parse_event(line.rstrip(b"\r\n"), min_ts=settings.min_event_ts)
+            except InvalidEvent as err:
+                bad[err.reason.value] += 1
+                print(f"line {number}: {err}", file=sys.stderr)
+                continue
+            producer.send(event, args.topic)
+        sent = producer.sent
+    print(f"published {sent} events; rejected {sum(bad.values())} {dict(bad) or ''}".rstrip())
+    return 1 if bad and not sent else 0
+
+
+# --- replay -------------------------------------------------------------------------------------
+
+
+def replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="log file (or MovieLens folder)")
+    p.add_argument("--format", required=True, choices=[f.value for f in LogFormat])
+    p.add_argument("--map", default="", help="column mapping for csv/parquet: user_id=col,...")
+    p.add_argument("--speed", type=float, help="N × real time (default: as fast as possible)")
+    p.add_argument("--limit", type=int, help="send at most N events")
+    p.add_argument("--topic", help="target topic (default: the events topic)")
+    p.add_argument("--min-click-rating", type=float, default=4.0, help="MovieLens: click at ≥ this")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def replay(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if not Path(args.path).exists():
+        raise UserError(f"{args.path} does not exist")
+    events, report = read_events(
+        args.path,
+        args.format,
+        mapping=ColumnMapping.parse(args.map) if args.map else None,
+        movielens=MovieLensOptions(min_click_rating=args.min_click_rating),
+        min_ts=settings.min_event_ts,
+    )
+    print(f"read {args.path}: {report.summary()}", file=sys.stderr)
+    for example in report.examples[:5]:
+        print(f"  line {example.line}: {example.reason}: {example.detail}", file=sys.stderr)
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:
+        stats = replay_events(
+            events, producer, speed=args.speed, limit=args.limit, progress=args.progress,
+            topic=args.topic,
+        )
+    print(f"replayed {stats.sent} events in {stats.seconds:.2f}s ({stats.rate:,.0f} events/s)")
+    return 0
+
+
+# --- generate -----------------------------------------------------------------------------------
+
+
+def generate_args(p: argparse.ArgumentParser) -> None:
+    d = GeneratorConfig()
+    p.add_argument("out", help="output CSV path (Taobao format); truth goes to OUT.truth.jsonl")
+    p.add_argument("--users", type=int, default=d.users)
+    p.add_argument("--categories", type=int, default=d.categories)
+    p.add_argument("--long-users", type=int, default=d.long_users)
+    p.add_argument("--long-history", type=int, default=d.long_history)
+    p.add_argument("--shift-at", type=float, help="fraction of time where all interests change")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def generate(args: argparse.Namespace) -> int:
+    cfg = GeneratorConfig(
+        users=args.users,
+        categories=args.categories,
+        long_users=args.long_users,
+        long_history=args.long_history,
+        shift_at=args.shift_at,
+        seed=args.seed,
+    )
+    start = time.perf_counter()
+    log = generate_log(cfg)
+    truth = log.write(args.out)
+    took = time.perf_counter() - start
+    print(f"wrote {len(log.ts)} behaviours of {cfg.users + cfg.long_users} users to {args.out} "
+          f"and {len(log.truth)} planted revisits to {truth} in {took:.1f}s")
+    return 0
+
+
+# --- demo (the main job) ------------------------------------------------------------------------
+
+
+def demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="a Taobao-format log (default: ../shared/data sample, else generated)")
+    p.add_argument("--limit", type=int)
+
+
+def demo(args: argparse.Namespace) -> int:
+    data = _demo_data(args.data)
+    cfg = broker_mod.BrokerConfig.from_env()
+    settings = _settings()
+    if "KAFKA_BOOTSTRAP_SERVERS" not in __import__("os").environ:
+        broker(argparse.Namespace(action="start"))
+        settings = Settings.from_env({"TWINSTREAM_BOOTSTRAP_SERVERS": cfg.bootstrap})
+    prefix = f"demo-{int(time.time())}-"
+    settings = Settings.from_env({"TWINSTREAM_TOPIC_PREFIX": prefix,
+                                  "TWINSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers})
+    events, report = read_events(data, "taobao")
+    print(f"read {data}: {report.summary()}")
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:
+        stats = replay_events(events, producer, limit=args.limit)
+    print(f"replayed {stats.sent} events to {settings.topics.events} ({stats.rate:,.0f} events/s)")
+    records = read_topic(settings, settings.topics.events, expected=stats.sent)
+    _print_readback(records, stats.sent)
+    return 0 if len(records) == stats.sent else 1
+
+
+def _demo_data(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if SHARED_SAMPLE.exists():
+        return SHARED_SAMPLE
+    out = Path("twinstream-out/generated/UserBehavior.csv")
+    if not out.exists():
+        print("../shared/data is absent: generating a synthetic log", file=sys.stderr)
+        generate_log(GeneratorConfig(users=150, long_users=1, long_history=5_000)).write(out)
+    return out
+
+
+def _print_readback(records: list, expected: int) -> None:
+    per_partition = Counter(r.partition for r in records)
+    users = {r.key for r in records}
+    print(f"read back {len(records)}/{expected} events of {len(users)} users; per partition: "
+          + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items())))
