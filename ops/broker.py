@@ -129,7 +129,9 @@ def fetch_jars(cfg: BrokerConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = ["mvn", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies"]
     cmd.append(f"-DoutputDirectory={tmp}")
-    print(f"fetching Apache Kafka {cfg.version} jars with Maven into {cfg.libs} ...", file=sys.stderr)
+    print(
+        f"fetching Apache Kafka {cfg.version} jars with Maven into {cfg.libs} ...", file=sys.stderr
+    )
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise BrokerError(f"mvn failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -196,7 +198,9 @@ def start(cfg: BrokerConfig) -> int:
     if pid is not None and port_open(cfg.host, cfg.port):
         return pid
     if port_open(cfg.host, cfg.port):
-        raise BrokerError(f"port {cfg.port} is taken by another process; set TWINSTREAM_BROKER_PORT")
+        raise BrokerError(
+            f"port {cfg.port} is taken by another process; set TWINSTREAM_BROKER_PORT"
+        )
     java = _java()
     fetch_jars(cfg)
     props = _write_configs(cfg)
@@ -206,7 +210,10 @@ def start(cfg: BrokerConfig) -> int:
     cmd += ["-cp", f"{cfg.libs}/*", "kafka.Kafka", str(props)]
     with open(cfg.run_dir / "broker.stdout", "ab") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     cfg.pid_file.write_text(str(proc.pid))
@@ -247,7 +254,9 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}").exists() else "X"
+    state = (
+        Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}").exists() else "X"
+    )
     return state not in ("Z", "X")
 
 

@@ -8,21 +8,47 @@ from collections.abc import Callable, Sequence
 
 from ops import commands
 
-Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+Command = tuple[
+    str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+]
 
 COMMANDS: list[Command] = [
-    ("demo", "Run the main job: broker, topics, replay a sample log, show what went through",
-     commands.demo_args, commands.demo),
-    ("broker", "Start, stop or inspect the local Apache Kafka broker (no Docker needed)",
-     commands.broker_args, commands.broker),
-    ("topics", "Create the deployment's Kafka topics with their partition counts",
-     commands.topics_args, commands.topics),
-    ("publish", "Publish JSON-lines events from a file or stdin (bad lines are reported)",
-     commands.publish_args, commands.publish),
-    ("replay", "Replay a historical log (taobao, movielens, jsonl, csv, parquet) in event-time order",
-     commands.replay_args, commands.replay),
-    ("generate", "Write a synthetic Taobao-format log with drifting interests and planted truth",
-     commands.generate_args, commands.generate),
+    (
+        "demo",
+        "Run the main job: broker, topics, replay a sample log, show what went through",
+        commands.demo_args,
+        commands.demo,
+    ),
+    (
+        "broker",
+        "Start, stop or inspect the local Apache Kafka broker (no Docker needed)",
+        commands.broker_args,
+        commands.broker,
+    ),
+    (
+        "topics",
+        "Create the deployment's Kafka topics with their partition counts",
+        commands.topics_args,
+        commands.topics,
+    ),
+    (
+        "publish",
+        "Publish JSON-lines events from a file or stdin (bad lines are reported)",
+        commands.publish_args,
+        commands.publish,
+    ),
+    (
+        "replay",
+        "Replay a historical log (taobao, movielens, jsonl, csv, parquet) in event-time order",
+        commands.replay_args,
+        commands.replay,
+    ),
+    (
+        "generate",
+        "Write a synthetic Taobao-format log with drifting interests and planted truth",
+        commands.generate_args,
+        commands.generate,
+    ),
 ]
 
 

@@ -15,9 +15,12 @@ from streaming.producer import EventProducer
 from streaming.replay import replay as replay_events
 from streaming.schema import InvalidEvent, parse_event
 from streaming.sources import ColumnMapping, LogFormat, MovieLensOptions, read_events
-from streaming.synthetic import GeneratorConfig, generate as generate_log
+from streaming.synthetic import GeneratorConfig
+from streaming.synthetic import generate as generate_log
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_users/UserBehavior.csv"
+SHARED_SAMPLE = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/taobao_users/UserBehavior.csv"
+)
 
 
 class UserError(RuntimeError):
@@ -124,7 +127,11 @@ def replay(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     with EventProducer(settings) as producer:
         stats = replay_events(
-            events, producer, speed=args.speed, limit=args.limit, progress=args.progress,
+            events,
+            producer,
+            speed=args.speed,
+            limit=args.limit,
+            progress=args.progress,
             topic=args.topic,
         )
     print(f"replayed {stats.sent} events in {stats.seconds:.2f}s ({stats.rate:,.0f} events/s)")
@@ -158,8 +165,10 @@ def generate(args: argparse.Namespace) -> int:
     log = generate_log(cfg)
     truth = log.write(args.out)
     took = time.perf_counter() - start
-    print(f"wrote {len(log.ts)} behaviours of {cfg.users + cfg.long_users} users to {args.out} "
-          f"and {len(log.truth)} planted revisits to {truth} in {took:.1f}s")
+    print(
+        f"wrote {len(log.ts)} behaviours of {cfg.users + cfg.long_users} users to {args.out} "
+        f"and {len(log.truth)} planted revisits to {truth} in {took:.1f}s"
+    )
     return 0
 
 
@@ -167,7 +176,9 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="a Taobao-format log (default: ../shared/data sample, else generated)")
+    p.add_argument(
+        "--data", help="a Taobao-format log (default: ../shared/data sample, else generated)"
+    )
     p.add_argument("--limit", type=int)
 
 
@@ -179,8 +190,12 @@ def demo(args: argparse.Namespace) -> int:
         broker(argparse.Namespace(action="start"))
         settings = Settings.from_env({"TWINSTREAM_BOOTSTRAP_SERVERS": cfg.bootstrap})
     prefix = f"demo-{int(time.time())}-"
-    settings = Settings.from_env({"TWINSTREAM_TOPIC_PREFIX": prefix,
-                                  "TWINSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers})
+    settings = Settings.from_env(
+        {
+            "TWINSTREAM_TOPIC_PREFIX": prefix,
+            "TWINSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        }
+    )
     events, report = read_events(data, "taobao")
     print(f"read {data}: {report.summary()}")
     ensure_topics(settings)
@@ -207,5 +222,7 @@ def _demo_data(explicit: str | None) -> Path:
 def _print_readback(records: list, expected: int) -> None:
     per_partition = Counter(r.partition for r in records)
     users = {r.key for r in records}
-    print(f"read back {len(records)}/{expected} events of {len(users)} users; per partition: "
-          + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items())))
+    print(
+        f"read back {len(records)}/{expected} events of {len(users)} users; per partition: "
+        + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items()))
+    )

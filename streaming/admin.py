@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kafka import KafkaConsumer, TopicPartition
@@ -36,10 +37,8 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
             if name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 client.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
         return [t.name for t in new]
     finally:
         client.close()
@@ -89,7 +88,9 @@ def read_topic(
         consumer.close()
 
 
-def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 15.0) -> list[TopicPartition]:
+def _partitions(
+    consumer: KafkaConsumer, topic: str, timeout_s: float = 15.0
+) -> list[TopicPartition]:
     deadline = time.monotonic() + timeout_s
     while True:
         ids = consumer.partitions_for_topic(topic)

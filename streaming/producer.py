@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from streaming.config import Settings
 from streaming.schema import Event
 
-# Throughput-oriented defaults; acks=1 keeps replay fast while the broker still persists every batch.
+# Throughput-oriented defaults: acks=1 keeps replay fast; the broker still persists every batch.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": 1,
     "linger_ms": 20,

@@ -43,8 +43,13 @@ def replay(
     chosen = events[:limit] if limit is not None else events
     start = time.perf_counter()
     bar = tqdm(
-        total=len(chosen), unit="ev", unit_scale=True, disable=not progress,
-        file=sys.stderr, mininterval=0.5, desc="replay",
+        total=len(chosen),
+        unit="ev",
+        unit_scale=True,
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=0.5,
+        desc="replay",
     )
     first_ts = chosen[0].ts if chosen else 0.0
     with bar:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ MAX_FUTURE_S = 86_400.0
 UNKNOWN_CATEGORY = "0"
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     IMPRESSION = "impression"
     CLICK = "click"
     CART = "cart"
@@ -44,7 +44,7 @@ class EventType(str, Enum):
 TYPE_ALIASES: dict[str, EventType] = {t.value: t for t in EventType} | {"pv": EventType.CLICK}
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why an event was rejected. Closed set: used as a Prometheus label and in the DLQ."""
 
     OVERSIZE = "oversize"
@@ -142,7 +142,9 @@ def validate_record(obj: object, *, now: float | None = None, min_ts: float = MI
     user_id = _id(obj["user_id"], "user_id", MAX_USER_ID_CHARS)
     item_id = _id(obj["item_id"], "item_id", MAX_ID_CHARS)
     category = obj.get("category_id")
-    category_id = UNKNOWN_CATEGORY if category is None else _id(category, "category_id", MAX_ID_CHARS)
+    category_id = (
+        UNKNOWN_CATEGORY if category is None else _id(category, "category_id", MAX_ID_CHARS)
+    )
     return Event(
         user_id=user_id,
         item_id=item_id,
@@ -229,7 +231,9 @@ def _features(value: object) -> dict[str, Feature]:
     out: dict[str, Feature] = {}
     for key, item in value.items():
         if isinstance(item, bool) or not isinstance(item, int | float | str):
-            raise InvalidEvent(Reason.WRONG_TYPE, f"feature {key[:32]!r} must be a number or string")
+            raise InvalidEvent(
+                Reason.WRONG_TYPE, f"feature {key[:32]!r} must be a number or string"
+            )
         if isinstance(item, float) and not math.isfinite(item):
             raise InvalidEvent(Reason.BAD_VALUE, f"feature {key[:32]!r} is not finite")
         out[key] = float(item) if isinstance(item, int) else item

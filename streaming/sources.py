@@ -19,7 +19,7 @@ import io
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "type", "ts")
 MAX_EXAMPLES = 20
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     TAOBAO = "taobao"
     MOVIELENS = "movielens"
     JSONL = "jsonl"

@@ -67,8 +67,10 @@ class SyntheticLog:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as fh:
-            for row in zip(self.user, self.item, self.category, self.behaviour, self.ts, strict=True):
-                fh.write("%d,%d,%d,%s,%d\n" % row)
+            for row in zip(
+                self.user, self.item, self.category, self.behaviour, self.ts, strict=True
+            ):
+                fh.write("{},{},{},{},{}\n".format(*row))
         truth_path = path.with_name(path.name + ".truth.jsonl")
         with open(truth_path, "wb") as fh:
             for record in self.truth:
@@ -162,7 +164,10 @@ def _plant(
     draws = rng.random(ts.size)
     for i in range(ts.size):
         if shift_ts is not None and not shifted and ts[i] >= shift_ts:
-            interests, shifted = rng.choice(pools[1], size=cfg.interests_per_user, replace=False), True
+            interests, shifted = (
+                rng.choice(pools[1], size=cfg.interests_per_user, replace=False),
+                True,
+            )
         elif i > 0 and session_of[i] != session_of[i - 1] and rng.random() < cfg.drift_per_session:
             interests[rng.integers(interests.size)] = rng.choice(pools[1 if shifted else 0])
         if i > 0 and draws[i] < cfg.revisit_prob:

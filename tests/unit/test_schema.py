@@ -75,14 +75,21 @@ def test_nan_timestamp_in_a_string_is_rejected() -> None:
 
 
 bad_values = st.one_of(
-    st.none(), st.booleans(), st.floats(allow_nan=True), st.lists(st.integers(), max_size=2),
-    st.text(max_size=3), st.text(min_size=129, max_size=140), st.dictionaries(st.text(), st.integers(), max_size=1),
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.lists(st.integers(), max_size=2),
+    st.text(max_size=3),
+    st.text(min_size=129, max_size=140),
+    st.dictionaries(st.text(), st.integers(), max_size=1),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(field=st.sampled_from(["user_id", "item_id", "type", "ts"]), value=bad_values)
-def test_any_bad_field_is_rejected_with_a_reason_or_accepted_as_valid(field: str, value: object) -> None:
+def test_any_bad_field_is_rejected_with_a_reason_or_accepted_as_valid(
+    field: str, value: object
+) -> None:
     """Generated garbage in one field never crashes: a clean reject or a consistent event."""
     try:
         raw = orjson.dumps(VALID | {field: value})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import orjson
@@ -26,7 +27,10 @@ def test_taobao_rows_map_behaviours_and_sort_stably(tmp_path: Path) -> None:
     rows = f"1,10,5,pv,{TS + 5}\n2,11,5,buy,{TS}\n3,12,5,cart,{TS}\n1,13,6,fav,{TS + 1}\n"
     events, report = read_events(write(tmp_path, "t.csv", rows.encode()), "taobao")
     assert [(e.user_id, e.type.value) for e in events] == [
-        ("2", "buy"), ("3", "cart"), ("1", "fav"), ("1", "click"),
+        ("2", "buy"),
+        ("3", "cart"),
+        ("1", "fav"),
+        ("1", "click"),
     ]
     assert report.valid == report.rows == 4
     assert events[0].event_id == "t:2"  # file-derived ids make re-replays dedupable
@@ -46,7 +50,11 @@ def test_bad_taobao_rows_are_counted_with_reasons(tmp_path: Path) -> None:
     events, report = read_events(write(tmp_path, "t.csv", b"\n".join(rows)), "taobao")
     assert len(events) == 1
     assert dict(report.bad) == {
-        "missing_field": 2, "unknown_type": 1, "bad_timestamp": 2, "not_utf8": 1, "bad_value": 1,
+        "missing_field": 2,
+        "unknown_type": 1,
+        "bad_timestamp": 2,
+        "not_utf8": 1,
+        "bad_value": 1,
     }
     assert sorted(e.line for e in report.examples) == list(range(2, 9))
 
@@ -55,13 +63,18 @@ def test_movielens_ratings_and_genres(tmp_path: Path) -> None:
     (tmp_path / "ratings.csv").write_text(
         f"userId,movieId,rating,timestamp\n1,7,4.5,{TS}\n1,8,2.0,{TS + 1}\n2,7,x,{TS}\n"
     )
-    (tmp_path / "movies.csv").write_text('movieId,title,genres\n7,"A, film",Drama|War\n8,B,Comedy\n')
+    (tmp_path / "movies.csv").write_text(
+        'movieId,title,genres\n7,"A, film",Drama|War\n8,B,Comedy\n'
+    )
     events, report = read_events(tmp_path, "movielens")
     assert [(e.item_id, e.category_id, e.type.value) for e in events] == [
-        ("7", "Drama", "click"), ("8", "Comedy", "impression"),
+        ("7", "Drama", "click"),
+        ("8", "Comedy", "impression"),
     ]
     assert dict(report.bad) == {"wrong_type": 1}
-    skipped, report = read_events(tmp_path, "movielens", movielens=MovieLensOptions(low_ratings="skip"))
+    skipped, report = read_events(
+        tmp_path, "movielens", movielens=MovieLensOptions(low_ratings="skip")
+    )
     assert len(skipped) == 1 and report.filtered == 1
 
 
@@ -69,10 +82,13 @@ def test_jsonl_csv_and_parquet_agree(tmp_path: Path) -> None:
     records = [{"uid": f"u{i}", "iid": i, "t": TS + i, "kind": "click"} for i in range(5)]
     mapping = ColumnMapping.parse("user_id=uid,item_id=iid,ts=t,type=kind,category_id=")
     jsonl = b"".join(
-        orjson.dumps({"user_id": r["uid"], "item_id": r["iid"], "ts": r["t"], "type": "click"}) + b"\n"
+        orjson.dumps({"user_id": r["uid"], "item_id": r["iid"], "ts": r["t"], "type": "click"})
+        + b"\n"
         for r in records
     )
-    csv_text = "uid,iid,t,kind\n" + "".join(f"{r['uid']},{r['iid']},{r['t']},click\n" for r in records)
+    csv_text = "uid,iid,t,kind\n" + "".join(
+        f"{r['uid']},{r['iid']},{r['t']},click\n" for r in records
+    )
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "e.parquet")
     from_jsonl, _ = read_events(write(tmp_path, "e.jsonl", jsonl), "jsonl")
     from_csv, _ = read_events(write(tmp_path, "e.csv", csv_text.encode()), "csv", mapping=mapping)
@@ -83,7 +99,9 @@ def test_jsonl_csv_and_parquet_agree(tmp_path: Path) -> None:
 
 
 def test_event_log_columns(tmp_path: Path) -> None:
-    events, _ = read_events(write(tmp_path, "t.csv", f"1,10,5,pv,{TS}\n2,11,6,buy,{TS - 1}\n".encode()), "taobao")
+    events, _ = read_events(
+        write(tmp_path, "t.csv", f"1,10,5,pv,{TS}\n2,11,6,buy,{TS - 1}\n".encode()), "taobao"
+    )
     log = EventLog.from_events(events)
     assert len(log) == 2 and list(log.item_id) == ["11", "10"] and log.ts.dtype.kind == "f"
 
@@ -91,7 +109,7 @@ def test_event_log_columns(tmp_path: Path) -> None:
 def test_real_taobao_users_file_reads_completely() -> None:
     events, report = read_events(shared_file("taobao_users", "UserBehavior.csv"), "taobao")
     assert report.valid == report.rows == 14_316 and not report.bad
-    assert all(a.ts <= b.ts for a, b in zip(events, events[1:], strict=False))
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(events))
 
 
 bad_row = st.one_of(
@@ -99,9 +117,9 @@ bad_row = st.one_of(
     st.just(b"1,2,3,pv,1511658000,extra"),
     st.sampled_from([b"nan", b"inf", b"-1", b"1e20", b"abc", b""]).map(lambda t: b"1,2,3,pv," + t),
     st.integers(129, 400).map(lambda n: b"u" * n + b",2,3,pv,1511658000"),
-    st.binary(min_size=1, max_size=8).filter(lambda b: not _utf8(b) and b"\n" not in b and b"\r" not in b).map(
-        lambda b: b + b",2,3,pv,1511658000"
-    ),
+    st.binary(min_size=1, max_size=8)
+    .filter(lambda b: not _utf8(b) and b"\n" not in b and b"\r" not in b)
+    .map(lambda b: b + b",2,3,pv,1511658000"),
     st.sampled_from([b"click!", b"", b"PVX"]).map(lambda t: b"1,2,3," + t + b",1511658000"),
 )
 
@@ -114,9 +132,13 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    valid=st.lists(st.tuples(st.integers(1, 50), st.integers(1, 10**6), st.integers(0, 86_400)), max_size=30),
+    valid=st.lists(
+        st.tuples(st.integers(1, 50), st.integers(1, 10**6), st.integers(0, 86_400)), max_size=30
+    ),
     bad=st.lists(bad_row, max_size=30),
     seed=st.randoms(use_true_random=False),
 )
