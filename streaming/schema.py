@@ -4,7 +4,7 @@ Every rejection carries a :class:`Reason` (a small closed set, safe as a metric 
 human-readable detail.
 
 >>> e = parse_event(b'{"user_id": 7, "item_id": "i1", "type": "pv", "ts": 1511658000}')
->>> (e.user_id, e.item_id, e.category_id, e.type, e.ts)
+>>> (e.user_id, e.item_id, e.category_id, e.type.value, e.ts)
 ('7', 'i1', '0', 'click', 1511658000.0)
 >>> try:
 ...     parse_event(b'{"user_id": "", "item_id": 1, "type": "click", "ts": 1511658000}')
