@@ -1,0 +1,107 @@
+"""Retrieval quality of a two-stage model's search stage (GSU): NDCG@k of its top-k.
+
+A two-stage model (TWIN, TWIN-V2, DARE) keeps the top-k behaviours of its search stage
+(``ModelOutput.attended_index``, (B, K) positions in the sequence, best first) and attends only to
+those. Its retrieval is measured against graded relevance over the S sequence positions:
+
+(a) the **exact target attention** of the same model (the weights it would give every behaviour
+    with an unlimited top-k), and
+(b) **planted ground truth** from ``streaming.synthetic`` (a JSON-lines file: per target event
+    ``{"user_id", "position", "relevant": [positions]}``, positions counted in the user's own
+    behaviour sequence), binary relevance.
+
+>>> relevance = np.array([[0.0, 0.1, 0.6, 0.3]])
+>>> ndcg_at_k(np.array([[2, 3]]), relevance).round(3).tolist()  # the ideal top-2
+[1.0]
+>>> ndcg_at_k(np.array([[3, 2]]), relevance).round(3).tolist()  # right set, wrong order
+[0.86]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from trainer.dataset import OfflineDataset, Samples
+
+TruthIndex = dict[tuple[str, int], npt.NDArray[np.int64]]
+
+
+def ndcg_at_k(
+    retrieved: npt.ArrayLike, relevance: npt.ArrayLike, k: int | None = None
+) -> npt.NDArray[np.float64]:
+    """Per-row NDCG@k of ranked positions ``retrieved`` (B, K) against ``relevance`` (B, S).
+
+    Positions outside ``[0, S)`` (padding) and repeated positions gain nothing. Rows without any
+    relevant position have no ideal ranking and give ``nan``.
+
+    >>> ndcg_at_k(np.array([[0, -1]]), np.array([[0.0, 1.0]])).tolist()
+    [0.0]
+    >>> ndcg_at_k(np.array([[0]]), np.array([[0.0, 0.0]])).tolist()
+    [nan]
+    """
+    ret = np.asarray(retrieved, dtype=np.int64)
+    rel = np.asarray(relevance, dtype=np.float64)
+    k = ret.shape[1] if k is None else min(k, ret.shape[1])
+    ret = ret[:, :k]
+    inside = (ret >= 0) & (ret < rel.shape[1])
+    gains = np.where(inside, np.take_along_axis(rel, np.where(inside, ret, 0), axis=1), 0.0)
+    gains = np.where(_repeated(ret), 0.0, gains)
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)  # (K,)
+    dcg = gains @ discount
+    ideal = -np.sort(-rel, axis=1)[:, :k]
+    idcg = ideal @ discount[: ideal.shape[1]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(idcg > 0, dcg / idcg, np.nan)
+
+
+def _repeated(ret: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """True where a position already appeared earlier in its row."""
+    order = np.argsort(ret, axis=1, kind="stable")
+    s = np.take_along_axis(ret, order, axis=1)
+    dup_sorted = np.zeros_like(s, dtype=bool)
+    dup_sorted[:, 1:] = s[:, 1:] == s[:, :-1]
+    out = np.zeros_like(dup_sorted)
+    np.put_along_axis(out, order, dup_sorted, axis=1)
+    return out
+
+
+def load_truth(path: str | Path) -> TruthIndex:
+    """Planted relevance: ``(user_id as str, target position) -> relevant positions``."""
+    with open(path, "rb") as fh:
+        return truth_index(orjson.loads(line) for line in fh if line.strip())
+
+
+def truth_index(records: Iterable[dict[str, object]]) -> TruthIndex:
+    out: TruthIndex = {}
+    for r in records:
+        relevant = np.asarray(r["relevant"], dtype=np.int64)
+        out[(str(r["user_id"]), int(r["position"]))] = relevant  # type: ignore[call-overload]
+    return out
+
+
+def window_relevance(
+    ds: OfflineDataset, samples: Samples, truth: TruthIndex, length: int | None = None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Binary relevance (B, L) over each sample's right-aligned history window, and which rows
+    have planted truth. Positions count the user's kept behaviours, so build the dataset with
+    every behaviour type of the generator (``behaviour_types=("click", "cart", "fav", "buy")``).
+    """
+    length = length or ds.config.seq_len
+    b = ds.behaviours
+    local = samples.position - b.user_start[samples.user]  # target position within its user
+    rel = np.zeros((len(samples), length))
+    has = np.zeros(len(samples), dtype=bool)
+    for i, (u, k) in enumerate(zip(samples.user, local, strict=True)):  # one per sample
+        relevant = truth.get((str(ds.users[u]), int(k)))
+        if relevant is None:
+            continue
+        slot = length - (int(k) - relevant)  # behaviour k-1 sits at slot length-1
+        slot = slot[(slot >= 0) & (slot < length)]
+        rel[i, slot] = 1.0
+        has[i] = slot.size > 0
+    return rel, has
