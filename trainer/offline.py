@@ -1,0 +1,393 @@
+"""Offline evaluation (DARE protocol, DESIGN.md section 9): every model x seed, the same loop.
+
+For each model and seed: train on the train split, keep the weights of the epoch with the best
+valid AUC (stop after ``patience`` epochs without a gain), report test AUC, GAUC and logloss,
+training time and samples/s, the mean attention weight by relative position, and for two-stage
+models the NDCG@k of the search stage against exact attention (and against planted ground truth
+when a truth file is given). The dataset (and so its sampled negatives) is built once; seeds vary
+the model's initialisation and the shuffling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import models
+from models.base import ModelConfig, ModelOutput
+from models.batch import Batch
+from trainer.dataset import OfflineDataset, Samples, Split
+from trainer.loop import Learner, LearnerConfig
+from trainer.metrics import auc, gauc, logloss
+from trainer.retrieval import TruthIndex, ndcg_at_k, window_relevance
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    models: tuple[str, ...] = models.MODEL_NAMES
+    seeds: int = 5
+    epochs: int = 3
+    patience: int = 1  # epochs without a valid-AUC gain before stopping
+    batch_size: int = 2048
+    eval_batch_size: int = 4096
+    dim: int = 64
+    topk: int = 20
+    lr: float = 0.01
+    device: str | None = None
+    max_batches: int | None = None  # per epoch, for smoke runs
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    auc: float
+    gauc: float
+    logloss: float
+    n: int
+
+
+@dataclass
+class Profile:
+    """Attention weight summed by relative position (0 = most recent) and how often it was real."""
+
+    weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    count: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ndcg_exact: list[float] = field(default_factory=list)
+    ndcg_truth: list[float] = field(default_factory=list)
+
+    def add(self, attention: torch.Tensor, mask: torch.Tensor) -> None:
+        """Accumulate (B, S) right-aligned attention weights of the real positions."""
+        w = (attention.float() * mask).sum(0).flip(0).cpu().numpy()  # index 0 = most recent
+        c = mask.sum(0).flip(0).cpu().numpy().astype(np.float64)
+        n = max(self.weight.size, w.size)
+        self.weight = np.pad(self.weight, (0, n - self.weight.size)) + np.pad(w, (0, n - w.size))
+        self.count = np.pad(self.count, (0, n - self.count.size)) + np.pad(c, (0, n - c.size))
+
+    def mean(self) -> list[float]:
+        return (self.weight / np.maximum(self.count, 1)).tolist()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    model: str
+    seed: int
+    test: SplitScores
+    valid_auc: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    train_samples: int
+    attention_by_position: list[float]
+    ndcg_exact: float | None
+    ndcg_truth: float | None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.train_samples / max(self.train_seconds, 1e-9)
+
+
+def model_config(ds: OfflineDataset, cfg: EvalConfig) -> ModelConfig:
+    return ModelConfig(
+        n_items=ds.n_items,
+        n_categories=ds.n_categories,
+        dim=cfg.dim,
+        seq_len=ds.config.seq_len,
+        topk=min(cfg.topk, ds.config.seq_len),
+    )
+
+
+def evaluate_split(
+    learner: Learner,
+    ds: OfflineDataset,
+    split: Split,
+    batch_size: int,
+    profile: Profile | None = None,
+    exact: Callable[[Batch], torch.Tensor] | None = None,
+    truth: TruthIndex | None = None,
+) -> SplitScores:
+    """Scores of a split; with ``profile`` also attention statistics of the attention models."""
+    samples = ds.split(split)
+    attends = getattr(learner.model, "attends", "recent")
+    probs = []
+    for lo in range(0, len(samples), batch_size):
+        part = samples.take(np.arange(lo, min(lo + batch_size, len(samples))))
+        batch = ds.make_batch(part)
+        out = learner.predict(batch)
+        probs.append(torch.sigmoid(out.logits).float().cpu().numpy())
+        if profile is not None:
+            _profile(profile, out, batch, exact, ds, part, truth, attends)
+    p = np.concatenate(probs) if probs else np.zeros(0)
+    y = samples.label
+    return SplitScores(auc(y, p), gauc(y, p, samples.user), logloss(y, p), len(samples))
+
+
+def _profile(
+    profile: Profile,
+    out: ModelOutput,
+    batch: Batch,
+    exact: Callable[[Batch], torch.Tensor] | None,
+    ds: OfflineDataset,
+    part: Samples,
+    truth: TruthIndex | None,
+    attends: str | None,
+) -> None:
+    if out.attention is None:
+        return
+    on_clusters = attends == "cluster"
+    mask = batch.cluster_mask if on_clusters else batch.hist_mask
+    profile.add(out.attention, mask.to(out.attention.device))
+    if out.attended_index is None or on_clusters:
+        return
+    top = out.attended_index.cpu().numpy()
+    if exact is not None:
+        profile.ndcg_exact.extend(ndcg_at_k(top, exact(batch).float().cpu().numpy()).tolist())
+    if truth is not None:
+        rel, has = window_relevance(ds, part, truth)
+        profile.ndcg_truth.extend(ndcg_at_k(top[has], rel[has]).tolist())
+
+
+def train_epoch(learner: Learner, ds: OfflineDataset, cfg: EvalConfig, seed: int, bar: tqdm) -> int:
+    """One shuffled pass over the train split (at most ``max_batches``); returns samples seen."""
+    seen = 0
+    for i, batch in enumerate(ds.batches("train", cfg.batch_size, shuffle=True, seed=seed)):
+        if cfg.max_batches is not None and i >= cfg.max_batches:
+            break
+        loss = learner.learn_many(batch)
+        seen += batch.size
+        bar.update(batch.size)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return seen
+
+
+def train_one(
+    name: str,
+    seed: int,
+    ds: OfflineDataset,
+    cfg: EvalConfig,
+    truth: TruthIndex | None = None,
+) -> RunResult:
+    """Train one model with one seed, select the epoch on valid AUC, score the test split."""
+    torch.manual_seed(seed)
+    mcfg = model_config(ds, cfg)
+    learner = Learner(models.build_model(name, mcfg), LearnerConfig(lr=cfg.lr, device=cfg.device))
+    per_epoch = _batches_per_epoch(ds, cfg)
+    bar = tqdm(
+        total=per_epoch * cfg.epochs,
+        desc=f"{name} seed {seed}",
+        unit="sample",
+        unit_scale=True,
+        disable=not cfg.progress,
+        leave=False,
+    )
+    best, best_state, best_epoch, seconds, samples, epoch = (
+        -np.inf,
+        learner.state_copy(),
+        0,
+        0.0,
+        0,
+        0,
+    )
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter()
+        samples += train_epoch(learner, ds, cfg, seed * 1000 + epoch, bar)
+        seconds += time.perf_counter() - start
+        valid = evaluate_split(learner, ds, "valid", cfg.eval_batch_size).auc
+        if not valid <= best:  # a gain, or the first epoch, or NaN on a one-class valid split
+            best, best_state, best_epoch = valid, learner.state_copy(), epoch
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    bar.close()
+    learner.load_state(best_state)
+    profile = Profile()
+    exact = exact_attention_fn(learner)
+    test = evaluate_split(learner, ds, "test", cfg.eval_batch_size, profile, exact, truth)
+    return RunResult(
+        name,
+        seed,
+        test,
+        float(best),
+        best_epoch,
+        epoch + 1,
+        seconds,
+        samples,
+        profile.mean(),
+        _nanmean(profile.ndcg_exact),
+        _nanmean(profile.ndcg_truth),
+    )
+
+
+def exact_attention_fn(learner: Learner) -> Callable[[Batch], torch.Tensor] | None:
+    """Exact target attention of a two-stage model: its ``attend(batch, None)`` (no search stage).
+
+    ``None`` for models without a search stage.
+    """
+    attend = getattr(learner.model, "attend", None)
+    if attend is None:
+        return None
+
+    @torch.inference_mode()
+    def attention(batch: Batch) -> torch.Tensor:
+        learner.model.eval()
+        out: ModelOutput = attend(batch.to(learner.device), None)
+        assert out.attention is not None
+        return out.attention
+
+    return attention
+
+
+def _batches_per_epoch(ds: OfflineDataset, cfg: EvalConfig) -> int:
+    n = len(ds.train)
+    if cfg.max_batches is not None:
+        n = min(n, cfg.max_batches * cfg.batch_size)
+    return n
+
+
+def _nanmean(values: list[float]) -> float | None:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else None
+
+
+def run_evaluation(
+    ds: OfflineDataset, cfg: EvalConfig, truth: TruthIndex | None = None
+) -> list[RunResult]:
+    """Every model x seed, in that order."""
+    return [train_one(m, s, ds, cfg, truth) for m in cfg.models for s in range(cfg.seeds)]
+
+
+@dataclass(frozen=True)
+class Summary:
+    model: str
+    runs: int
+    auc: tuple[float, float]  # (mean, std over seeds)
+    gauc: tuple[float, float]
+    logloss: tuple[float, float]
+    train_seconds: float  # mean per run
+    samples_per_s: float  # mean over runs
+    ndcg_exact: float | None
+    ndcg_truth: float | None
+
+
+def summarise(results: list[RunResult]) -> list[Summary]:
+    out = []
+    for name in dict.fromkeys(r.model for r in results):
+        rs = [r for r in results if r.model == name]
+        out.append(
+            Summary(
+                name,
+                len(rs),
+                _mean_std([r.test.auc for r in rs]),
+                _mean_std([r.test.gauc for r in rs]),
+                _mean_std([r.test.logloss for r in rs]),
+                float(np.mean([r.train_seconds for r in rs])),
+                float(np.mean([r.samples_per_s for r in rs])),
+                _nanmean([np.nan if r.ndcg_exact is None else r.ndcg_exact for r in rs]),
+                _nanmean([np.nan if r.ndcg_truth is None else r.ndcg_truth for r in rs]),
+            )
+        )
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.mean(arr)), float(np.std(arr, ddof=1)) if arr.size > 1 else 0.0
+
+
+def markdown_table(summaries: list[Summary]) -> str:
+    """Results as a Markdown table: mean ± std over seeds."""
+    head = (
+        "| model | test AUC | test GAUC | test logloss | NDCG@k vs exact "
+        "| train s/run | samples/s |\n|---|---|---|---|---|---|---|\n"
+    )
+    rows = [
+        f"| {s.model} | {s.auc[0]:.4f} ± {s.auc[1]:.4f} | {s.gauc[0]:.4f} ± {s.gauc[1]:.4f} "
+        f"| {s.logloss[0]:.4f} ± {s.logloss[1]:.4f} "
+        f"| {'-' if s.ndcg_exact is None else f'{s.ndcg_exact:.3f}'} "
+        f"| {s.train_seconds:.1f} | {s.samples_per_s:,.0f} |"
+        for s in summaries
+    ]
+    return head + "\n".join(rows) + "\n"
+
+
+def write_report(out: Path, results: list[RunResult], meta: dict[str, object]) -> list[Path]:
+    """Write results.json, results.md, auc.png and attention.png into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = summarise(results)
+    payload = {
+        "meta": meta,
+        "summary": [asdict(s) for s in summaries],
+        "runs": [asdict(r) | {"samples_per_s": r.samples_per_s} for r in results],
+    }
+    paths = [out / "results.json", out / "results.md", out / "auc.png", out / "attention.png"]
+    paths[0].write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    paths[1].write_text(_markdown_report(summaries, meta))
+    plot_auc(summaries, paths[2])
+    plot_attention(results, paths[3])
+    return paths
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _markdown_report(summaries: list[Summary], meta: dict[str, object]) -> str:
+    lines = [f"- {k}: {v}" for k, v in meta.items()]
+    return (
+        "# Offline evaluation (DARE protocol)\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + markdown_table(summaries)
+    )
+
+
+def plot_auc(summaries: list[Summary], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.1 * len(summaries) + 2, 3.5))
+    ax.bar(
+        [s.model for s in summaries],
+        [s.auc[0] for s in summaries],
+        yerr=[s.auc[1] for s in summaries],
+        capsize=4,
+        color="tab:blue",
+    )
+    lo = min(s.auc[0] - s.auc[1] for s in summaries)
+    ax.set_ylim(max(0.0, lo - 0.02), 1.0)
+    ax.set_ylabel("test AUC (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_attention(results: list[RunResult], path: Path) -> None:
+    """Mean attention weight by relative position (0 = most recent), one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in dict.fromkeys(r.model for r in results):
+        profiles = [r.attention_by_position for r in results if r.model == name]
+        if not profiles or not profiles[0]:
+            continue
+        width = min(len(p) for p in profiles)
+        ax.plot(np.mean([p[:width] for p in profiles], axis=0), label=name)
+    ax.set_xlabel("relative position (0 = most recent; clusters for twin_v2)")
+    ax.set_ylabel("mean attention weight")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
