@@ -1,0 +1,250 @@
+"""Training throughput and scoring latency per model, each beside a plain PyTorch reference.
+
+Setting (DESIGN.md section 5): a Taobao-sized vocabulary (4,068,791 items, 9,408 categories),
+history 200 (every position real), batch 2048, dim 64, top-k 20; ids drawn uniformly, so a batch
+touches ~400k distinct item rows (the worst case for sparse updates).
+
+- **ours**: ``sparse_embeddings=True`` tables updated by lazy ``SparseAdam``, dense weights by Adam
+  (:class:`trainer.loop.Learner`).
+- **reference**: the same model with dense ``nn.Embedding`` gradients and one plain
+  ``torch.optim.Adam`` over every parameter, as the public DARE code trains.
+
+Scoring: 100 candidates sharing one history. ``ours`` passes that history once, broadcast over the
+candidates (a stride-0 view, no copy); ``reference`` copies it per candidate. Latency p50/p99 over
+``--score-reps`` calls after a warm-up.
+
+    python -m ops.bench.bench_models --models dare,twin --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import models
+from models.base import ModelConfig, ModelOutput
+from models.batch import Batch
+from trainer.loop import Learner, LearnerConfig, resolve_device
+
+TAOBAO_ITEMS = 4_068_791
+TAOBAO_CATEGORIES = 9_408
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...] = models.MODEL_NAMES
+    steps: int = 5
+    warmup: int = 1
+    batch_size: int = 2048
+    seq_len: int = 200
+    clusters: int = 40
+    dim: int = 64
+    topk: int = 20
+    candidates: int = 100
+    score_reps: int = 200
+    device: str | None = None
+    reference: bool = True
+
+
+def model_config(cfg: BenchConfig, sparse: bool) -> ModelConfig:
+    return ModelConfig(
+        n_items=TAOBAO_ITEMS + 1,
+        n_categories=TAOBAO_CATEGORIES + 1,
+        dim=cfg.dim,
+        seq_len=cfg.seq_len,
+        topk=cfg.topk,
+        sparse_embeddings=sparse,
+    )
+
+
+def random_batch(cfg: BenchConfig, n: int, seed: int) -> Batch:
+    """A full-history batch with uniform ids over the whole vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    length, c = cfg.seq_len, cfg.clusters
+
+    def ids(high: int, *shape: int) -> torch.Tensor:
+        return torch.randint(1, high + 1, shape, generator=g)
+
+    return Batch(
+        target_item=ids(TAOBAO_ITEMS, n),
+        target_category=ids(TAOBAO_CATEGORIES, n),
+        hist_item=ids(TAOBAO_ITEMS, n, length),
+        hist_category=ids(TAOBAO_CATEGORIES, n, length),
+        hist_mask=torch.ones(n, length, dtype=torch.bool),
+        hist_session=torch.arange(length)
+        .div(6, rounding_mode="floor")
+        .expand(n, length)
+        .contiguous(),
+        hist_age=torch.arange(length - 1, -1, -1).expand(n, length).contiguous(),
+        hist_dense=torch.zeros(n, length, 0),
+        cluster_item=ids(TAOBAO_ITEMS, n, c),
+        cluster_category=ids(TAOBAO_CATEGORIES, n, c),
+        cluster_size=torch.full((n, c), 5.0),
+        cluster_mask=torch.ones(n, c, dtype=torch.bool),
+        cluster_dense=torch.zeros(n, c, 0),
+        target_dense=torch.zeros(n, 0),
+        label=torch.randint(0, 2, (n,), generator=g).float(),
+    )
+
+
+def candidates_batch(cfg: BenchConfig, seed: int, share: bool) -> Batch:
+    """``cfg.candidates`` targets with one user's history: broadcast (``share``) or copied."""
+    one = random_batch(cfg, 1, seed)
+    targets = random_batch(cfg, cfg.candidates, seed + 1)
+    n = cfg.candidates
+
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        wide = x.expand(n, *x.shape[1:])
+        return wide if share else wide.contiguous()
+
+    per_user = (
+        "hist_item",
+        "hist_category",
+        "hist_mask",
+        "hist_session",
+        "hist_age",
+        "hist_dense",
+        "cluster_item",
+        "cluster_category",
+        "cluster_size",
+        "cluster_mask",
+        "cluster_dense",
+    )
+    return replace(targets, label=None, **{k: spread(getattr(one, k)) for k in per_user})
+
+
+def reference_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> Callable[[Batch], float]:
+    def step(batch: Batch) -> float:
+        model.train()
+        out: ModelOutput = model(batch)
+        assert batch.label is not None
+        loss = F.binary_cross_entropy_with_logits(out.logits, batch.label)
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def samples_per_s(step: Callable[[Batch], float], batch: Batch, cfg: BenchConfig) -> float:
+    for _ in range(cfg.warmup):
+        step(batch)
+    _sync(cfg)
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        step(batch)
+    _sync(cfg)
+    return cfg.steps * batch.size / (time.perf_counter() - start)
+
+
+def latency_ms(model: torch.nn.Module, batch: Batch, cfg: BenchConfig) -> tuple[float, float]:
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(cfg.score_reps + 10):
+            start = time.perf_counter()
+            model(batch)
+            _sync(cfg)
+            if i >= 10:
+                times.append((time.perf_counter() - start) * 1e3)
+    q = np.percentile(times, [50, 99])
+    return float(q[0]), float(q[1])
+
+
+def _sync(cfg: BenchConfig) -> None:
+    if resolve_device(cfg.device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    variant: str
+    train_samples_per_s: float
+    score_p50_ms: float
+    score_p99_ms: float
+
+
+def bench_ours(name: str, cfg: BenchConfig, batch: Batch) -> Row:
+    device = resolve_device(cfg.device)
+    learner = Learner(
+        models.build_model(name, model_config(cfg, sparse=True)), LearnerConfig(device=str(device))
+    )
+    rate = samples_per_s(learner.learn_many, batch.to(device), cfg)
+    p50, p99 = latency_ms(learner.model, candidates_batch(cfg, 7, share=True).to(device), cfg)
+    return Row(name, "ours (sparse, SparseAdam)", rate, p50, p99)
+
+
+def bench_reference(name: str, cfg: BenchConfig, batch: Batch) -> Row:
+    device = resolve_device(cfg.device)
+    model = models.build_model(name, model_config(cfg, sparse=False)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, foreach=False)
+    rate = samples_per_s(reference_step(model, opt), batch.to(device), cfg)
+    p50, p99 = latency_ms(model, candidates_batch(cfg, 7, share=False).to(device), cfg)
+    return Row(name, "reference (dense, Adam)", rate, p50, p99)
+
+
+def run(cfg: BenchConfig) -> list[Row]:
+    batch = random_batch(cfg, cfg.batch_size, seed=0)
+    rows = []
+    for name in cfg.models:
+        variants = [bench_ours] + ([bench_reference] if cfg.reference else [])
+        for bench in variants:
+            rows.append(bench(name, cfg, batch))
+            _print_row(rows[-1], rows)
+            gc.collect()
+    return rows
+
+
+def _print_row(row: Row, rows: list[Row]) -> None:
+    ours = next(r for r in rows if r.model == row.model)
+    ratio = f" ({ours.train_samples_per_s / row.train_samples_per_s:.1f}x slower than ours)"
+    note = ratio if row is not ours else ""
+    print(
+        f"{row.model:8s} {row.variant:27s} train {row.train_samples_per_s:9,.0f} samples/s  "
+        f"score {row.score_p50_ms:7.2f} ms p50 {row.score_p99_ms:7.2f} ms p99{note}",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--models", default=",".join(models.MODEL_NAMES))
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--score-reps", type=int, default=200)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-reference", dest="reference", action="store_false")
+    args = p.parse_args(argv)
+    cfg = BenchConfig(
+        models=tuple(args.models.split(",")),
+        steps=args.steps,
+        score_reps=args.score_reps,
+        dim=args.dim,
+        batch_size=args.batch_size,
+        device=args.device,
+        reference=args.reference,
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"{TAOBAO_ITEMS:,} items, batch {cfg.batch_size}, L {cfg.seq_len}, dim {cfg.dim}, "
+        f"top-k {cfg.topk}"
+    )
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
