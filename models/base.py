@@ -142,7 +142,8 @@ class Dice(nn.Module):
 
 
 def make_activation(name: Activation, n: int) -> nn.Module:
-    return Dice(n) if name == "dice" else nn.PReLU(n, init=0.1)
+    """Dice over n channels, or one shared PReLU slope (the DARE reference's PReLU(1, 0.1))."""
+    return Dice(n) if name == "dice" else nn.PReLU(num_parameters=1, init=0.1)
 
 
 def mlp(

@@ -4,7 +4,8 @@
    one interest state h_t per behaviour.
 2. Auxiliary loss: h_t must tell the next behaviour e_{t+1} from a negative. Negatives are the
    behaviours at the same step of another user in the batch (rows shuffled), so no item sampler is
-   needed; a negative may occasionally equal the positive.
+   needed; a negative may occasionally equal the positive. The classifier is an MLP 100 → 50 → 1
+   over ``[h_t, e]`` with PReLU (the paper's sigmoid units sit on a plateau for ~100 steps).
 3. Attention a_t = softmax_t(h_t · W e_target) over the real steps.
 4. AUGRU: a GRU whose update gate is scaled by a_t, ``u'_t = a_t · u_t``, run over h_t; its final
    state is the user's interest for this target. Head input ``[target, h_final]``.
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import CTRModel, ModelConfig, ModelOutput
+from models.base import CTRModel, ModelConfig, ModelOutput, mlp
 from models.batch import Batch
 from models.layers import left_align, masked_softmax, run_packed, scatter_steps, steps_mask
 
@@ -66,9 +67,7 @@ class DIEN(CTRModel):
         self.extractor = nn.GRU(d, d, batch_first=True)
         self.bilinear = nn.Linear(d, d, bias=False)  # attention: h_t · W e_target
         self.evolution = AUGRU(d, d)
-        self.aux_net = nn.Sequential(
-            nn.Linear(2 * d, 100), nn.Sigmoid(), nn.Linear(100, 50), nn.Sigmoid(), nn.Linear(50, 1)
-        )
+        self.aux_net = mlp(2 * d, (100, 50), "prelu", dropout=0.0)  # [h_t, e] → logit
 
     def forward(self, batch: Batch) -> ModelOutput:
         target = self.embed_target(batch)  # (B, D)

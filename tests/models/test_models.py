@@ -1,0 +1,272 @@
+"""Per-model properties: what makes each family what it is."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from models import Batch, CTRModel, ModelConfig, build_model
+from models.base import Dice
+from models.dare import DARE
+from models.dien import DIEN
+from models.dsin import DSIN, session_slots
+from models.layers import masked_softmax
+from models.testing import random_batch
+from models.twin import TWIN
+from models.twin_v2 import TWINV2
+
+
+def build(name: str, config: ModelConfig, seed: int = 0) -> CTRModel:
+    torch.manual_seed(seed)
+    return build_model(name, config).eval()
+
+
+def sparse_norm(p: torch.Tensor) -> float:
+    g = p.grad
+    if g is None:
+        return 0.0
+    return float(g.coalesce().values().norm() if g.is_sparse else g.norm())
+
+
+# --- search-stage models: top-k ≥ L is exact target attention ---------------------------------
+
+
+@pytest.mark.parametrize("name", ["twin", "twin_v2", "dare"])
+def test_topk_covering_the_sequence_is_exact_attention(name: str, config: ModelConfig) -> None:
+    cfg = replace(config, topk=50, twin_v2_recent=True)  # 50 ≥ L = 12 and ≥ C = 9
+    batch = random_batch(cfg, batch_size=16, n_clusters=9, seed=1)
+    model = build(name, cfg)
+    assert isinstance(model, TWIN | TWINV2 | DARE)
+    searched, exact = model(batch), model.attend(batch, None)
+    torch.testing.assert_close(searched.logits, exact.logits, atol=1e-5, rtol=1e-5)
+    assert searched.attention is not None and exact.attention is not None
+    torch.testing.assert_close(searched.attention, exact.attention, atol=1e-6, rtol=1e-5)
+
+
+def test_twin_exact_attention_matches_a_direct_computation(config: ModelConfig) -> None:
+    """TWIN with k ≥ L against masked multi-head softmax over the whole sequence, by hand."""
+    cfg = replace(config, topk=12)
+    batch = random_batch(cfg, batch_size=16, seed=2)
+    model = build("twin", cfg)
+    assert isinstance(model, TWIN)
+    target, tokens = model.embed_target(batch), model.embed_history(batch)
+    alpha = model.attn.scores(target, tokens, batch.hist_dense)  # (B, H, L)
+    weights = masked_softmax(alpha, batch.hist_mask.unsqueeze(1))  # (B, H, L)
+    b, length, d = tokens.shape
+    v = model.attn.value(tokens).view(b, length, cfg.n_heads, -1).transpose(1, 2)
+    h = model.attn.out((weights.unsqueeze(-1) * v).sum(2).reshape(b, d))
+    logits = model.predict(target, [h, target * h], batch)
+    out = model(batch)
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.attention, weights.mean(1), atol=1e-6, rtol=1e-5)
+
+
+def relevance(model: CTRModel, batch: Batch) -> torch.Tensor:
+    """The GSU's (B, L) ranking score: head-mean α for TWIN, the attention logit for DARE."""
+    if isinstance(model, DARE):
+        return model.relevance(batch)
+    assert isinstance(model, TWIN)
+    target, tokens = model.embed_target(batch), model.embed_history(batch)
+    return model.attn.scores(target, tokens, batch.hist_dense).mean(1)
+
+
+@pytest.mark.parametrize("name", ["twin", "dare"])
+def test_search_keeps_the_k_most_relevant_behaviours(name: str, config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=16, seed=3, min_len=6)
+    model = build(name, config)
+    out = model(batch)
+    assert out.attention is not None and out.attended_index is not None
+    scores = relevance(model, batch).masked_fill(~batch.hist_mask, float("-inf"))
+    best = scores.topk(config.topk, dim=1).indices
+    assert torch.equal(best.sort(1).values, out.attended_index.sort(1).values)
+    outside = torch.ones_like(out.attention, dtype=torch.bool).scatter(1, out.attended_index, False)
+    assert (out.attention[outside] == 0).all()
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(16))
+
+
+def test_twin_v2_weights_clusters_by_size(config: ModelConfig) -> None:
+    """Equal logits α for every cluster → cluster-aware softmax(α + ln N) gives N / ΣN."""
+    cfg = replace(config, topk=50)
+    batch = random_batch(cfg, batch_size=4, n_clusters=9, seed=4, min_len=3)
+    same = torch.full_like(batch.cluster_item, 5) * batch.cluster_mask
+    batch = replace(
+        batch,
+        cluster_item=same,
+        cluster_category=torch.full_like(same, 2) * batch.cluster_mask,
+        cluster_dense=torch.zeros_like(batch.cluster_dense),
+    )
+    out = build("twin_v2", cfg)(batch)
+    size = batch.cluster_size * batch.cluster_mask
+    torch.testing.assert_close(out.attention, size / size.sum(1, keepdim=True))
+
+
+def test_twin_v2_recent_branch_adds_features(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=8, n_clusters=9, seed=5)
+    plain = build("twin_v2", config)
+    both = build("twin_v2", replace(config, twin_v2_recent=True))
+    assert plain.head.norm.num_features + 2 * config.token_dim == both.head.norm.num_features
+    assert both(batch).logits.shape == (8,)
+
+
+# --- DARE: decoupled embeddings ---------------------------------------------------------------
+
+
+def test_dare_attention_gradients_reach_only_the_attention_tables(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=16, seed=6, min_len=3)
+    model = build("dare", config).train()
+    assert isinstance(model, DARE)
+    out = model(batch)
+    assert out.attention is not None
+    probe = torch.randn(out.attention.shape, generator=torch.Generator().manual_seed(0))
+    (out.attention * probe).sum().backward()
+    assert sparse_norm(model.attn_item.weight) > 0 and sparse_norm(model.attn_category.weight) > 0
+    assert model.item.weight.grad is None and model.category.weight.grad is None
+
+
+def test_dare_prediction_gradients_reach_both_tables(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=16, seed=7, min_len=3)
+    model = build("dare", config).train()
+    assert isinstance(model, DARE)
+    model(batch).logits.sum().backward()
+    for table in (model.item, model.category, model.attn_item, model.attn_category):
+        assert sparse_norm(table.weight) > 0
+    assert model.time.weight.grad is not None and model.target_time.grad is not None
+
+
+def test_dare_representation_tables_see_only_the_kept_behaviours(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=16, seed=8, min_len=8)
+    model = build("dare", config)
+    assert isinstance(model, DARE)
+    seen: list[tuple[int, ...]] = []
+    model.item.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    model(batch)
+    assert sorted(seen) == [(16,), (16, config.topk)]  # target and k behaviours, never (16, L)
+
+
+def test_dare_age_embedding_shifts_attention(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=8, seed=9, min_len=4)
+    model = build("dare", config)
+    assert isinstance(model, DARE)
+    before = model.attend(batch, None).attention
+    with torch.no_grad():
+        model.time.weight[0] += 5 * model.target_time  # favour the most recent behaviour
+    after = model.attend(batch, None).attention
+    assert before is not None and after is not None
+    assert (after[:, -1] > before[:, -1]).all()
+
+
+# --- DIEN ---------------------------------------------------------------------------------------
+
+
+def successor_batch(config: ModelConfig, batch_size: int, seed: int) -> Batch:
+    """Histories where item t+1 = item t + 1 (mod n): the next behaviour is predictable."""
+    batch = random_batch(config, batch_size=batch_size, seed=seed, min_len=config.seq_len)
+    n = config.n_items - 1
+    start = torch.randint(0, n, (batch_size, 1), generator=torch.Generator().manual_seed(seed))
+    items = (start + torch.arange(config.seq_len)) % n + 1
+    return replace(batch, hist_item=items, hist_category=(items % 5) + 1)
+
+
+def test_dien_aux_loss_learns_a_predictable_sequence() -> None:
+    cfg = ModelConfig(n_items=20, n_categories=6, dim=8, seq_len=10, sparse_embeddings=False)
+    torch.manual_seed(0)
+    model = DIEN(cfg).train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for step in range(60):
+        aux = model(successor_batch(cfg, 32, seed=step)).aux_loss
+        assert aux is not None and torch.isfinite(aux)
+        opt.zero_grad()
+        aux.backward()
+        opt.step()
+        losses.append(float(aux.detach()))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+
+
+def test_dien_aux_loss_is_weighted_and_absent_in_eval(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=8, seed=10, min_len=3)
+
+    def aux(weight: float) -> torch.Tensor:
+        model = build("dien", replace(config, aux_loss_weight=weight)).train()
+        torch.manual_seed(1)  # same negatives
+        out = model(batch).aux_loss
+        assert out is not None
+        return out
+
+    torch.testing.assert_close(aux(0.5) * 2, aux(1.0))
+    assert build("dien", config).eval()(batch).aux_loss is None
+
+
+def test_dien_attention_is_a_distribution_over_real_behaviours(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=16, seed=11, min_len=1)
+    out = build("dien", config)(batch)
+    assert out.attention is not None
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(16))
+
+
+# --- DIN ----------------------------------------------------------------------------------------
+
+
+def test_din_weights_are_raw_unless_softmax_is_asked(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=16, seed=12, min_len=2)
+    raw = build("din", config)(batch).attention
+    normalised = build("din", replace(config, din_softmax=True))(batch).attention
+    assert raw is not None and normalised is not None
+    assert not torch.allclose(raw.sum(1), torch.ones(16))
+    torch.testing.assert_close(normalised.sum(1), torch.ones(16))
+
+
+# --- DSIN ---------------------------------------------------------------------------------------
+
+
+def test_session_slots_keep_recent_sessions_and_recent_behaviours() -> None:
+    session = torch.tensor([[0, 0, 0, 0, 1, 2, 2, 3], [0, 0, 0, 0, 0, 0, 1, 1]])
+    mask = torch.tensor([[True] * 8, [False] * 5 + [True] * 3])
+    slots = session_slots(session, mask, n_sessions=3, session_len=2)
+    # row 0: sessions 1, 2, 3 kept (slots 0-1, 2-3, 4-5), session 2's two behaviours both fit
+    # row 1: padding ignored; session 0 has one real behaviour, session 1 two
+    assert slots.tolist() == [
+        [-1, -1, -1, -1, 1, 2, 3, 5],
+        [-1, -1, -1, -1, -1, 3, 4, 5],
+    ]
+
+
+def test_dsin_ignores_behaviours_outside_the_kept_sessions(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=8, seed=13, min_len=12, session_break=0.6)
+    model = build("dsin", config)
+    assert isinstance(model, DSIN)
+    cfg = config
+    slot = session_slots(batch.hist_session, batch.hist_mask, cfg.max_sessions, cfg.session_len)
+    dropped = slot < 0
+    assert dropped.any()
+    changed = replace(batch, hist_item=torch.where(dropped, 1, batch.hist_item))
+    torch.testing.assert_close(model(changed).logits, model(batch).logits)
+    out = model(batch)
+    assert out.attention is not None
+    assert (out.attention[dropped] == 0).all()
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(8))
+
+
+# --- BST ----------------------------------------------------------------------------------------
+
+
+def test_bst_attention_is_the_target_row(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=8, seed=14, min_len=1)
+    out = build("bst", config)(batch)
+    assert out.attention is not None
+    assert (out.attention >= 0).all() and (out.attention.sum(1) < 1).all()
+
+
+# --- shared parts -------------------------------------------------------------------------------
+
+
+def test_dice_in_eval_is_the_formula() -> None:
+    dice = Dice(3).eval()
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    x = torch.randn(5, 3)
+    p = torch.sigmoid(x / (1 + 1e-8) ** 0.5)  # fresh running stats: mean 0, var 1
+    torch.testing.assert_close(dice(x), p * x + (1 - p) * dice.alpha * x)
