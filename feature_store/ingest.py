@@ -1,0 +1,157 @@
+"""The per-partition work of the ingest agent, without Kafka: records in, samples out, one batch.
+
+The Faust agent owns one :class:`PartitionWorker` per assigned partition and, for each chunk of
+``(offset, Event)`` records it takes from the stream (validated events only):
+
+    result = worker.process(records)        # reads states, makes samples, applies events
+    send result.samples to `samples`, result.rejected to `events-dlq` (reason `late`)
+    worker.commit(result)                   # states + offset + pending impressions, one batch
+
+Records at or below the partition's stored offset are skipped (a replay after a crash changes
+nothing). If sending fails, drop the worker and build a new one from the store: ``process`` has
+already advanced the in-memory sampler and pending impressions. A timer calls :meth:`tick` to close
+expired attribution windows (explicit mode).
+
+>>> from feature_store.store import MemoryStore
+>>> from streaming.schema import Event, EventType
+>>> worker = PartitionWorker(MemoryStore(), partition=0)
+>>> events = [(i, Event("u1", str(i % 3), EventType.CLICK, 1e9 + 60 * i, "9")) for i in range(5)]
+>>> result = worker.process(events)
+>>> worker.commit(result)
+>>> len(result.samples), worker.store.last_offset(0), worker.process(events).skipped
+(5, 4, 5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from feature_store.clustering import ClusterConfig, ItemEmbedder
+from feature_store.samples import FrequencySampler, PendingImpressions, SampleBuilder, SampleConfig
+from feature_store.state import Admission, LateEvent, StateConfig, UserState
+from feature_store.store import StateStore
+from streaming.config import Settings
+from streaming.schema import Event, InvalidEvent
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything the feature store needs, in one place."""
+
+    state: StateConfig = field(default_factory=StateConfig)
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)
+    samples: SampleConfig = field(default_factory=SampleConfig)
+    sampler_checkpoint_every: int = 100  # batches between sampler checkpoints
+
+    def __post_init__(self) -> None:
+        if self.clusters.lifelong_cap != self.state.lifelong_cap:
+            raise ValueError("clusters.lifelong_cap must equal state.lifelong_cap")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeatureConfig:
+        """The deployment's session gap, lateness, L and lifelong cap; other knobs default."""
+        state = StateConfig(
+            recent_length=settings.recent_length,
+            lifelong_cap=settings.lifelong_cap,
+            session_gap_s=settings.session_gap_s,
+            allowed_lateness_s=settings.allowed_lateness_s,
+        )
+        return cls(
+            state=state,
+            clusters=ClusterConfig(lifelong_cap=settings.lifelong_cap),
+            samples=SampleConfig(recent_length=settings.recent_length),
+        )
+
+
+@dataclass
+class BatchResult:
+    """What one :meth:`PartitionWorker.process` call produced."""
+
+    samples: list[bytes] = field(default_factory=list)
+    rejected: list[tuple[int, InvalidEvent]] = field(default_factory=list)  # (offset, reason)
+    applied: int = 0
+    duplicates: int = 0
+    skipped: int = 0  # at or below the stored offset: already applied before a restart
+    states: dict[str, UserState] = field(default_factory=dict)
+    offset: int | None = None
+
+
+class PartitionWorker:
+    """State, samples and idempotent writes for one partition of ``events``."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        partition: int,
+        config: FeatureConfig | None = None,
+        embedder: ItemEmbedder | None = None,
+    ) -> None:
+        self.store, self.partition = store, partition
+        self.config = config or FeatureConfig()
+        self.embedder = embedder
+        self.watermark: float | None = None
+        self._batches = 0
+        blob = store.get_meta(self._sampler_key)
+        sampler = FrequencySampler() if blob is None else FrequencySampler.decode(blob)
+        pending = PendingImpressions(
+            self.config.samples.attribution_window_s, prefix=f"pending/{partition}/"
+        )
+        pending.restore(value for _, value in store.meta_items(pending.prefix))
+        self.builder = SampleBuilder(self.config.samples, self.config.state, sampler, pending)
+
+    @property
+    def _sampler_key(self) -> str:
+        return f"sampler/{self.partition}"
+
+    def process(self, records: Sequence[tuple[int, Event]]) -> BatchResult:
+        """Apply a chunk of ``(offset, event)`` records in offset order (nothing is written)."""
+        result = BatchResult()
+        last = self.store.last_offset(self.partition)
+        fresh = [(o, e) for o, e in records if last is None or o > last]
+        result.skipped = len(records) - len(fresh)
+        users = list(dict.fromkeys(e.user_id for _, e in fresh))
+        empty = self.config.state
+        loaded = self.store.get_many(users)
+        result.states = {u: s or UserState.empty(empty) for u, s in zip(users, loaded, strict=True)}
+        for offset, event in fresh:
+            self._one(offset, event, result.states[event.user_id], result)
+        result.offset = max((o for o, _ in fresh), default=None)
+        return result
+
+    def _one(self, offset: int, event: Event, state: UserState, result: BatchResult) -> None:
+        try:
+            verdict = state.check(event, self.config.state)
+        except LateEvent as err:
+            result.rejected.append((offset, err))
+            return
+        if verdict is Admission.DUPLICATE:
+            result.duplicates += 1
+            return
+        result.samples += self.builder.samples_for(state, event)
+        state.apply(event, self.config.state)
+        state.maybe_recluster(self.config.clusters, self.embedder)
+        self.watermark = event.ts if self.watermark is None else max(self.watermark, event.ts)
+        result.applied += 1
+
+    def commit(self, result: BatchResult) -> None:
+        """Write the batch's states, offset and metadata atomically."""
+        meta: dict[str, bytes | None] = dict(self.builder.pending.drain_changes())
+        self._batches += 1
+        if self._batches % self.config.sampler_checkpoint_every == 0:
+            meta[self._sampler_key] = self.builder.sampler.encode()
+        offsets = {} if result.offset is None else {self.partition: result.offset}
+        self.store.write_batch(result.states, offsets, meta)
+
+    def tick(self, now: float | None = None) -> list[bytes]:
+        """Close attribution windows that ended before ``now`` (default: the partition's
+        watermark minus the allowed lateness) and persist the change; returns label-0 samples."""
+        if now is None:
+            if self.watermark is None:
+                return []
+            now = self.watermark - self.config.state.allowed_lateness_s
+        out = self.builder.close_expired(now)
+        changes = self.builder.pending.drain_changes()
+        if changes:
+            self.store.write_batch({}, {}, changes)
+        return out

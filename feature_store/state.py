@@ -1,0 +1,413 @@
+"""Per-user state: recent sequence, lifelong log, sessions, dedupe ring, TWIN-V2 clusters.
+
+The lifelong log is one numpy structured array (:func:`behaviour_dtype`), oldest first, capped at
+``lifelong_cap`` (the oldest behaviours drop out); the recent sequence is its last ``L`` rows, so
+nothing is stored twice. Only the ``history_types`` (click, cart, fav, buy by default) enter the
+log; impressions move the user's event-time watermark and the dedupe ring but are no behaviours,
+and sessions are computed over behaviours.
+
+Sessions: behaviour i starts a new session when ``ts[i] - ts[i-1] > session_gap_s`` (event time);
+``session`` is the absolute session index of the user (0 = the first session ever). A late event
+(earlier than the user's watermark, the largest ts applied) within ``allowed_lateness_s`` is
+inserted in time order (after behaviours with the same ts) and the session indices from the
+insertion point on are recomputed, so the log always equals the offline computation over the sorted
+behaviours. Later than that it raises :class:`LateEvent` (reason ``late``, for the DLQ).
+
+Encoding: a fixed header (magic ``TWUS``, format version, counts) followed by fixed-dtype blocks;
+:meth:`UserState.decode` uses ``np.frombuffer`` (zero copy; the log is copied on the first write).
+
+>>> from streaming.schema import Event, EventType
+>>> cfg = StateConfig(session_gap_s=1800, allowed_lateness_s=300)
+>>> s = UserState.empty(cfg)
+>>> for ts in (1000.0, 1100.0, 5000.0):
+...     _ = s.apply(Event("u", "7", EventType.CLICK, ts, "3", event_id=f"e{ts}"), cfg)
+>>> s.recent(2)["item"].tolist(), s.recent(2)["session"].tolist(), s.session_count
+([7, 7], [0, 1], 2)
+>>> s.apply(Event("u", "7", EventType.CLICK, 5000.0, "3", event_id="e5000.0"), cfg).value
+'duplicate'
+>>> UserState.decode(s.encode()).log.tobytes() == s.log.tobytes()
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from feature_store.clustering import (
+    BLOCK_DTYPE,
+    ClusterConfig,
+    ClusterState,
+    ItemEmbedder,
+    cluster_dtype,
+    needs_update,
+    update,
+)
+from feature_store.ids import hash_id, stable_id
+from streaming.schema import Event, EventType, InvalidEvent, Reason
+
+FORMAT_VERSION = 1
+MAGIC = b"TWUS"
+TYPE_CODES: dict[EventType, int] = {
+    EventType.IMPRESSION: 0,
+    EventType.CLICK: 1,
+    EventType.CART: 2,
+    EventType.FAV: 3,
+    EventType.BUY: 4,
+}
+BEHAVIOUR_TYPES = frozenset({EventType.CLICK, EventType.CART, EventType.FAV, EventType.BUY})
+
+HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "S4"),
+        ("version", "<u2"),
+        ("n_dense", "<u2"),
+        ("n_log", "<u4"),
+        ("ring_size", "<u4"),
+        ("ring_fill", "<u4"),
+        ("ring_pos", "<u4"),
+        ("total", "<i8"),
+        ("watermark", "<f8"),
+        ("cluster_version", "<i8"),
+        ("cluster_upto", "<i8"),
+        ("cluster_dirty", "<i8"),  # -1: clean
+        ("n_blocks", "<u4"),
+        ("n_clusters", "<u4"),
+    ]
+)
+
+
+@lru_cache(maxsize=16)
+def behaviour_dtype(n_dense: int) -> np.dtype:
+    """One behaviour of the log: 29 bytes + 4 per dense feature, packed."""
+    return np.dtype(
+        [
+            ("item", "<i8"),
+            ("category", "<i8"),
+            ("ts", "<f8"),
+            ("type", "u1"),
+            ("session", "<u4"),
+            ("dense", "<f4", (n_dense,)),
+        ]
+    )
+
+
+class Admission(StrEnum):
+    """What :meth:`UserState.apply` did with an event."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+
+
+class LateEvent(InvalidEvent):
+    """An event older than the user's watermark minus the allowed lateness (reason ``late``)."""
+
+    def __init__(self, ts: float, watermark: float, allowed_lateness_s: float) -> None:
+        detail = f"ts {ts} is {watermark - ts:.0f}s behind the user's watermark {watermark}"
+        super().__init__(Reason.LATE, f"{detail} (allowed {allowed_lateness_s:.0f}s)")
+        self.ts, self.watermark = ts, watermark
+
+
+class StateFormatError(ValueError):
+    """Bytes that are not a user state of a known format version."""
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Per-user state knobs (defaults: DESIGN.md section 3)."""
+
+    recent_length: int = 200  # L
+    lifelong_cap: int = 100_000
+    session_gap_s: float = 30 * 60
+    allowed_lateness_s: float = 5 * 60
+    dedupe_window: int = 1_024  # event ids remembered per user
+    dense_features: tuple[str, ...] = ()  # numeric event features kept per behaviour, in order
+    history_types: frozenset[EventType] = BEHAVIOUR_TYPES
+
+    def __post_init__(self) -> None:
+        if not 0 < self.recent_length <= self.lifelong_cap:
+            raise ValueError("need 0 < recent_length <= lifelong_cap")
+        if self.session_gap_s <= 0 or self.allowed_lateness_s < 0 or self.dedupe_window < 1:
+            raise ValueError(f"invalid StateConfig: {self}")
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.dense_features)
+
+    def dense(self, event: Event) -> npt.NDArray[np.float32]:
+        """The event's numeric features in ``dense_features`` order (0 when absent or a string)."""
+        values = [event.features.get(name, 0.0) for name in self.dense_features]
+        return np.array([v if isinstance(v, float) else 0.0 for v in values], dtype=np.float32)
+
+
+class UserState:
+    """One user's features. Mutated in place by :meth:`apply`; read by ``recent``/``clusters``."""
+
+    __slots__ = (
+        "_buf",
+        "_hi",
+        "_lo",
+        "_ring",
+        "_ring_fill",
+        "_ring_pos",
+        "_total",
+        "_watermark",
+        "cluster_state",
+    )
+
+    def __init__(
+        self,
+        log: np.ndarray,
+        *,
+        total: int,
+        watermark: float | None,
+        ring: npt.NDArray[np.int64],
+        ring_fill: int,
+        ring_pos: int,
+        cluster_state: ClusterState,
+    ) -> None:
+        self._buf, self._lo, self._hi = log, 0, log.shape[0]
+        self._total = total
+        self._watermark = watermark
+        self._ring, self._ring_fill, self._ring_pos = ring, ring_fill, ring_pos
+        self.cluster_state = cluster_state
+
+    @classmethod
+    def empty(cls, config: StateConfig) -> UserState:
+        n_dense = config.n_dense
+        return cls(
+            np.zeros(0, dtype=behaviour_dtype(n_dense)),
+            total=0,
+            watermark=None,
+            ring=np.zeros(config.dedupe_window, dtype=np.int64),
+            ring_fill=0,
+            ring_pos=0,
+            cluster_state=ClusterState(clusters=np.zeros(0, dtype=cluster_dtype(n_dense))),
+        )
+
+    # ------------------------------------------------------------ reads
+
+    @property
+    def log(self) -> np.ndarray:
+        """The lifelong log (structured, oldest first). Treat as read-only."""
+        return self._buf[self._lo : self._hi]
+
+    @property
+    def n_dense(self) -> int:
+        shape = self._buf.dtype["dense"].shape
+        return int(shape[0]) if shape else 0
+
+    @property
+    def total(self) -> int:
+        """Behaviours ever logged; the log holds absolute positions [total - len(log), total)."""
+        return self._total
+
+    @property
+    def watermark(self) -> float | None:
+        """The largest event time applied (any event type); ``None`` before the first event."""
+        return self._watermark
+
+    @property
+    def session_count(self) -> int:
+        return int(self.log["session"][-1]) + 1 if self._hi > self._lo else 0
+
+    @property
+    def session_start(self) -> float | None:
+        """Event time of the first behaviour of the current (last) session."""
+        sessions = self.log["session"]
+        if not sessions.shape[0]:
+            return None
+        first = int(np.searchsorted(sessions, sessions[-1], side="left"))
+        return float(self.log["ts"][first])
+
+    @property
+    def last_ts(self) -> float | None:
+        """Event time of the most recent behaviour."""
+        return float(self._buf["ts"][self._hi - 1]) if self._hi > self._lo else None
+
+    def position(self, ts: float) -> int:
+        """Index in :attr:`log` where a behaviour at ``ts`` goes (after equal timestamps)."""
+        return int(np.searchsorted(self.log["ts"], ts, side="right"))
+
+    def recent(self, length: int, as_of: float | None = None) -> np.ndarray:
+        """The last ``length`` behaviours with ts <= ``as_of`` (default: all), oldest first."""
+        end = self._hi - self._lo if as_of is None else self.position(as_of)
+        return self.log[max(0, end - length) : end]
+
+    def clusters(self) -> np.ndarray:
+        """The TWIN-V2 cluster sequence (item, category, size, dense), oldest first."""
+        return self.cluster_state.clusters
+
+    def seen(self, event_id: str | None) -> bool:
+        """Whether ``event_id`` is among the last ``dedupe_window`` event ids of this user."""
+        if event_id is None:
+            return False
+        return bool((self._ring[: self._ring_fill] == hash_id(event_id)).any())
+
+    # ------------------------------------------------------------ writes
+
+    def check(self, event: Event, config: StateConfig) -> Admission:
+        """Classify ``event`` without changing anything; raise :class:`LateEvent` when too late."""
+        if self.seen(event.event_id):
+            return Admission.DUPLICATE
+        wm = self._watermark
+        if wm is not None and event.ts < wm - config.allowed_lateness_s:
+            raise LateEvent(event.ts, wm, config.allowed_lateness_s)
+        return Admission.APPLIED
+
+    def apply(self, event: Event, config: StateConfig) -> Admission:
+        """Apply one event (deduped, late-checked); behaviours enter the log in time order."""
+        verdict = self.check(event, config)
+        if verdict is Admission.DUPLICATE:
+            return verdict
+        self._remember(event.event_id)
+        self._watermark = event.ts if self._watermark is None else max(self._watermark, event.ts)
+        if event.type in config.history_types:
+            self._insert(self._record(event, config), config)
+        return verdict
+
+    def maybe_recluster(self, config: ClusterConfig, embedder: ItemEmbedder | None = None) -> bool:
+        """Re-cluster when the log grew enough or the embeddings changed; True if it ran."""
+        version = 0 if embedder is None else int(embedder.version)
+        lo = self._total - (self._hi - self._lo)
+        if not needs_update(self.cluster_state, lo, self._total, version, config):
+            return False
+        self.cluster_state = update(self.cluster_state, self.log, lo, config, embedder)
+        return True
+
+    def _record(self, event: Event, config: StateConfig) -> np.ndarray:
+        """The event as a 0-d behaviour record."""
+        if config.n_dense != self.n_dense:
+            raise StateFormatError(f"state has {self.n_dense} dense features, not {config.n_dense}")
+        rec = np.zeros((), dtype=self._buf.dtype)
+        rec["item"], rec["category"] = stable_id(event.item_id), stable_id(event.category_id)
+        rec["ts"], rec["type"] = event.ts, TYPE_CODES[event.type]
+        if config.n_dense:
+            rec["dense"] = config.dense(event)
+        return rec
+
+    def _remember(self, event_id: str | None) -> None:
+        if event_id is None:
+            return
+        if not self._ring.flags.writeable:
+            self._ring = self._ring.copy()
+        self._ring[self._ring_pos] = hash_id(event_id)
+        self._ring_pos = (self._ring_pos + 1) % self._ring.shape[0]
+        self._ring_fill = min(self._ring_fill + 1, self._ring.shape[0])
+
+    def _insert(self, rec: np.ndarray, config: StateConfig) -> None:
+        """Insert in time order, recompute sessions from there on, enforce the cap."""
+        p = self.position(float(rec["ts"]))
+        n = self._hi - self._lo
+        first_session = int(self._buf["session"][self._lo]) if n else 0
+        self._reserve(1, config.lifelong_cap)
+        buf, at = self._buf, self._lo + p
+        buf[at + 1 : self._hi + 1] = buf[at : self._hi]
+        buf[at] = rec
+        self._hi += 1
+        self._total += 1
+        self._resession(p, first_session, config.session_gap_s)
+        if p < n:
+            lo_abs = self._total - (self._hi - self._lo)
+            self.cluster_state = self.cluster_state.mark_dirty(lo_abs + p)
+        if self._hi - self._lo > config.lifelong_cap:
+            self._lo = self._hi - config.lifelong_cap
+
+    def _resession(self, p: int, first_session: int, gap_s: float) -> None:
+        """Session index of log rows p.. from their predecessors (row 0 gets ``first_session``)."""
+        log = self._buf[self._lo : self._hi]
+        if p == 0:
+            log["session"][0] = first_session
+        start = max(p, 1)
+        if start < log.shape[0]:
+            breaks = np.diff(log["ts"][start - 1 :]) > gap_s
+            log["session"][start:] = log["session"][start - 1] + np.cumsum(breaks)
+
+    def _reserve(self, extra: int, cap: int) -> None:
+        """Room for ``extra`` rows after the log in a writable buffer (amortised O(1))."""
+        if self._buf.flags.writeable and self._hi + extra <= self._buf.shape[0]:
+            return
+        n = self._hi - self._lo
+        size = min(max(16, 2 * (n + extra)), max(n + extra, cap + cap // 4))
+        buf = np.zeros(size, dtype=self._buf.dtype)
+        buf[:n] = self._buf[self._lo : self._hi]
+        self._buf, self._lo, self._hi = buf, 0, n
+
+    # ------------------------------------------------------------ encoding
+
+    def encode(self) -> bytes:
+        """Versioned binary form: header + log + dedupe ring + cluster blocks + clusters."""
+        cs = self.cluster_state
+        header = np.zeros((), dtype=HEADER_DTYPE)
+        header["magic"], header["version"], header["n_dense"] = MAGIC, FORMAT_VERSION, self.n_dense
+        header["n_log"], header["total"] = self._hi - self._lo, self._total
+        header["ring_size"], header["ring_fill"] = self._ring.shape[0], self._ring_fill
+        header["ring_pos"] = self._ring_pos
+        header["watermark"] = np.nan if self._watermark is None else self._watermark
+        header["cluster_version"], header["cluster_upto"] = cs.version, cs.upto
+        header["cluster_dirty"] = -1 if cs.dirty_from is None else cs.dirty_from
+        header["n_blocks"], header["n_clusters"] = cs.blocks.shape[0], cs.clusters.shape[0]
+        parts = (header, self.log, self._ring[: self._ring_fill], cs.blocks, cs.clusters)
+        return b"".join(np.ascontiguousarray(part).tobytes() for part in parts)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> UserState:
+        """Inverse of :meth:`encode`; arrays are read-only views of ``blob`` until written."""
+        h = _header(blob)
+        n_dense = int(h["n_dense"])
+        reader = _Reader(blob, HEADER_DTYPE.itemsize)
+        log = reader.take(behaviour_dtype(n_dense), int(h["n_log"]))
+        ring = np.zeros(int(h["ring_size"]), dtype=np.int64)
+        ring[: int(h["ring_fill"])] = reader.take(np.dtype("<i8"), int(h["ring_fill"]))
+        blocks = reader.take(BLOCK_DTYPE, int(h["n_blocks"]))
+        clusters = reader.take(cluster_dtype(n_dense), int(h["n_clusters"]))
+        reader.done()
+        dirty = int(h["cluster_dirty"])
+        cs = ClusterState(
+            int(h["cluster_version"]), int(h["cluster_upto"]), None if dirty < 0 else dirty,
+            blocks.copy(), clusters,
+        )  # fmt: skip
+        wm = float(h["watermark"])
+        return cls(
+            log,
+            total=int(h["total"]),
+            watermark=None if np.isnan(wm) else wm,
+            ring=ring,
+            ring_fill=int(h["ring_fill"]),
+            ring_pos=int(h["ring_pos"]),
+            cluster_state=cs,
+        )
+
+
+def _header(blob: bytes) -> np.void:
+    if len(blob) < HEADER_DTYPE.itemsize:
+        raise StateFormatError(f"{len(blob)} bytes is shorter than the state header")
+    h = np.frombuffer(blob, dtype=HEADER_DTYPE, count=1)[0]
+    if bytes(h["magic"]) != MAGIC:
+        raise StateFormatError("not a twinstream user state (bad magic)")
+    if int(h["version"]) != FORMAT_VERSION:
+        raise StateFormatError(f"unsupported state format version {int(h['version'])}")
+    return h
+
+
+class _Reader:
+    """Sequential zero-copy reads of fixed-dtype blocks from one buffer."""
+
+    def __init__(self, blob: bytes, offset: int) -> None:
+        self.blob, self.offset = blob, offset
+
+    def take(self, dtype: np.dtype, count: int) -> np.ndarray:
+        end = self.offset + dtype.itemsize * count
+        if end > len(self.blob):
+            raise StateFormatError(f"truncated: need {end} bytes, have {len(self.blob)}")
+        out = np.frombuffer(self.blob, dtype=dtype, count=count, offset=self.offset)
+        self.offset = end
+        return out
+
+    def done(self) -> None:
+        if self.offset != len(self.blob):
+            raise StateFormatError(f"{len(self.blob) - self.offset} trailing bytes")
