@@ -21,6 +21,7 @@ from torch import nn
 
 from models.batch import Batch
 from models.embedding import EmbeddingTable
+from models.layers import once_per_user
 
 Activation = Literal["prelu", "dice"]
 Sequence = Literal["recent", "cluster"]
@@ -188,7 +189,10 @@ class CTRModel(nn.Module):
         self.head = PredictionHead(config.token_dim + n_features + config.dense_features, config)
 
     def embed(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """(...) rows → (..., 2·dim) tokens ``[item, category]``."""
+        """(...) rows → (..., 2·dim) tokens ``[item, category]`` (once for a shared history)."""
+        return once_per_user(self._embed, items, categories)
+
+    def _embed(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item(items), self.category(categories)], dim=-1)
 
     def embed_target(self, batch: Batch) -> torch.Tensor:  # (B, D)

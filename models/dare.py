@@ -28,7 +28,7 @@ from torch import nn
 from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch
 from models.embedding import EmbeddingTable
-from models.layers import masked_softmax, scatter_steps
+from models.layers import keys_dot_query, masked_softmax, once_per_user, scatter_steps
 from models.twin import top_k
 
 
@@ -46,7 +46,10 @@ class DARE(CTRModel):
         nn.init.normal_(self.time.weight, std=d_a**-0.5)
 
     def embed_attention(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """(...) rows → (..., 2·d_A) attention tokens."""
+        """(...) rows → (..., 2·d_A) attention tokens (once for a shared history)."""
+        return once_per_user(self._embed_attention, items, categories)
+
+    def _embed_attention(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.attn_item(items), self.attn_category(categories)], dim=-1)
 
     def time_bias(self, age: torch.Tensor) -> torch.Tensor:
@@ -58,7 +61,7 @@ class DARE(CTRModel):
         """(B, L) attention logits from the attention tables and the age embedding only."""
         q = self.embed_attention(batch.target_item, batch.target_category)  # (B, 2dA)
         k = self.embed_attention(batch.hist_item, batch.hist_category)  # (B, L, 2dA)
-        scores = (k @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.shape[-1])  # (B, L)
+        scores = keys_dot_query(k, q) / math.sqrt(q.shape[-1])  # (B, L)
         return scores + self.time_bias(batch.hist_age)
 
     def forward(self, batch: Batch) -> ModelOutput:

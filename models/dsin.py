@@ -28,6 +28,7 @@ from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch
 from models.layers import (
     gather_steps,
+    is_shared,
     left_align,
     masked_mean,
     masked_softmax,
@@ -73,13 +74,9 @@ class DSIN(CTRModel):
         self.att_evolved = nn.Linear(d, d, bias=False)  # ... and over H_k
 
     def forward(self, batch: Batch) -> ModelOutput:
-        cfg = self.config
         target = self.embed_target(batch)  # (B, D)
-        slot = session_slots(batch.hist_session, batch.hist_mask, cfg.max_sessions, cfg.session_len)
-        grid, grid_mask = self.to_grid(self.embed_history(batch), slot)  # (B, S, T, D), (B, S, T)
-        interests = self.extract(grid, grid_mask)  # (B, S, D)
+        slot, grid_mask, interests, evolved = self.user_side(batch)
         sess_mask = grid_mask.any(dim=-1)  # (B, S)
-        evolved = self.across(interests, sess_mask)  # (B, S, D)
         a = self.target_attention(self.att_interest, interests, target, sess_mask)  # (B, S)
         b = self.target_attention(self.att_evolved, evolved, target, sess_mask)  # (B, S)
         u_i = (a.unsqueeze(-1) * interests).sum(1)  # (B, D)
@@ -88,6 +85,29 @@ class DSIN(CTRModel):
             logits=self.predict(target, [u_i, u_h], batch),
             attention=self.spread(a, slot, grid_mask),
         )
+
+    def user_side(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Target-independent part, once per user when the batch shares one history (scoring)."""
+        hist = (batch.hist_item, batch.hist_category, batch.hist_session, batch.hist_mask)
+        if not all(is_shared(x) for x in hist):
+            return self.sessions(*hist)
+        one = self.sessions(*(x[:1] for x in hist))
+        return tuple(x.expand(batch.size, *x.shape[1:]) for x in one)
+
+    def sessions(
+        self,
+        items: torch.Tensor,
+        categories: torch.Tensor,
+        session: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """→ slots (B, L), grid mask (B, S, T), interests I and evolved H (B, S, D) each."""
+        cfg = self.config
+        slot = session_slots(session, mask, cfg.max_sessions, cfg.session_len)  # (B, L)
+        grid, grid_mask = self.to_grid(self.embed(items, categories), slot)  # (B, S, T, D)
+        interests = self.extract(grid, grid_mask)  # (B, S, D)
+        evolved = self.across(interests, grid_mask.any(dim=-1))  # (B, S, D)
+        return slot, grid_mask, interests, evolved
 
     def to_grid(
         self, tokens: torch.Tensor, slot: torch.Tensor

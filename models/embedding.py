@@ -26,6 +26,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from models.layers import is_shared
+
 Int64 = npt.NDArray[np.int64]
 IdsLike = npt.ArrayLike | torch.Tensor
 
@@ -242,5 +244,8 @@ class EmbeddingTable(nn.Module):
         self.weight[rows] = torch.randn_like(self.weight[rows]) * self.init_std
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:  # (...) → (..., dim)
+        if is_shared(rows):  # one history broadcast over many candidates: look it up once
+            one = self(rows[:1])
+            return one.expand(rows.shape[0], *one.shape[1:])
         inside = (rows > 0) & (rows < self.num_rows)
         return self.embedding(torch.where(inside, rows, torch.zeros_like(rows)))

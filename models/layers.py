@@ -15,9 +15,36 @@ tensor([[0.0000, 0.5000, 0.5000],
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def is_shared(x: torch.Tensor) -> bool:
+    """True when every batch row is the same memory (stride 0 along dim 0): the scorer passes one
+    user's history broadcast over many candidates. Target-independent work can then run once.
+
+    >>> is_shared(torch.zeros(1, 5).expand(3, 5)), is_shared(torch.zeros(3, 5))
+    (True, False)
+    """
+    return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0
+
+
+def once_per_user(fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
+    """``fn(*xs)``; computed on the first row and broadcast when every input :func:`is_shared`."""
+    if not all(is_shared(x) for x in xs):
+        return fn(*xs)
+    one = fn(*(x[:1] for x in xs))
+    return one.expand(xs[0].shape[0], *one.shape[1:])
+
+
+def keys_dot_query(keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) keys · (B, D) query → (B, L); one (B, D) × (D, L) matmul when keys are shared."""
+    if is_shared(keys):
+        return query @ keys[0].T
+    return (keys @ query.unsqueeze(-1)).squeeze(-1)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

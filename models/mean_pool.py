@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch
-from models.layers import masked_mean
+from models.layers import masked_mean, once_per_user
 
 
 class MeanPool(CTRModel):
@@ -22,5 +22,5 @@ class MeanPool(CTRModel):
 
     def forward(self, batch: Batch) -> ModelOutput:
         target = self.embed_target(batch)  # (B, D)
-        user = masked_mean(self.embed_history(batch), batch.hist_mask)  # (B, D)
+        user = once_per_user(masked_mean, self.embed_history(batch), batch.hist_mask)  # (B, D)
         return ModelOutput(logits=self.predict(target, [user], batch))

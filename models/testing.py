@@ -7,6 +7,9 @@
 >>> padded = pad_left(b, 2)
 >>> padded.hist_item.shape, bool(padded.hist_mask[:, :2].any())
 (torch.Size([4, 9]), False)
+>>> shared = share_history(b)
+>>> shared.hist_item.stride(0), torch.equal(shared.hist_item[3], b.hist_item[0])
+(0, True)
 """
 
 from __future__ import annotations
@@ -95,5 +98,24 @@ def pad_left(batch: Batch, extra: int, clusters: bool = True) -> Batch:
         name: pad(value)
         for name, value in ((f.name, getattr(batch, f.name)) for f in fields(batch))
         if name.startswith(prefixes) and isinstance(value, torch.Tensor)
+    }
+    return replace(batch, **changes)
+
+
+def share_history(batch: Batch, copy: bool = False) -> Batch:
+    """Every row gets row 0's sequences (the scorer's "one user, many candidates" batch).
+
+    By default a broadcast view (stride 0, no copy), which models exploit to do the
+    target-independent work once; ``copy=True`` gives the same values in ordinary memory.
+    """
+
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        wide = x[:1].expand(x.shape[0], *x.shape[1:])
+        return wide.contiguous() if copy else wide
+
+    changes = {
+        f.name: spread(getattr(batch, f.name))
+        for f in fields(batch)
+        if f.name.startswith(_SEQUENCE_FIELDS)
     }
     return replace(batch, **changes)

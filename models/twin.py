@@ -28,7 +28,7 @@ from torch import nn
 
 from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch
-from models.layers import gather_steps, masked_softmax, scatter_steps
+from models.layers import gather_steps, is_shared, masked_softmax, once_per_user, scatter_steps
 
 
 class TwinAttention(nn.Module):
@@ -46,13 +46,11 @@ class TwinAttention(nn.Module):
     def scores(self, query: torch.Tensor, keys: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(B, D) target, (B, L, D) tokens, (B, L, F) cross features → (B, H, L) logits α."""
         b, length, _ = keys.shape
-        q = self.query(query).view(b, self.n_heads, 1, self.d_head)  # (B, H, 1, d)
-        k = (
-            self.key(keys).view(b, length, self.n_heads, self.d_head).transpose(1, 2)
-        )  # (B, H, L, d)
-        alpha = (q @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(self.d_head)  # (B, H, L)
+        q = self.query(query).view(b, self.n_heads, self.d_head)  # (B, H, d)
+        k = once_per_user(self.key, keys).view(b, length, self.n_heads, self.d_head)  # (B, L, H, d)
+        alpha = per_head(q, k, "bhd,blhd->bhl") / math.sqrt(self.d_head)  # (B, H, L)
         if self.cross is not None:
-            alpha = alpha + self.cross(dense).transpose(1, 2)  # + β·(W_c k_c)
+            alpha = alpha + once_per_user(self.cross, dense).transpose(1, 2)  # + β·(W_c k_c)
         return alpha
 
     def pool(
@@ -61,9 +59,17 @@ class TwinAttention(nn.Module):
         """(B, H, K) logits, (B, K, D) tokens, (B, K) mask → h (B, D), weights (B, H, K)."""
         b, k, _ = tokens.shape
         weights = masked_softmax(alpha, mask.unsqueeze(1))  # (B, H, K) softmax over K per head
-        v = self.value(tokens).view(b, k, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, K, d)
-        heads = (weights.unsqueeze(-1) * v).sum(dim=2)  # (B, H, d)
+        v = once_per_user(self.value, tokens).view(b, k, self.n_heads, self.d_head)  # (B, K, H, d)
+        heads = per_head(weights, v, "bhk,bkhd->bhd")  # (B, H, d)
         return self.out(heads.reshape(b, -1)), weights
+
+
+def per_head(x: torch.Tensor, seq: torch.Tensor, equation: str) -> torch.Tensor:
+    """``einsum(equation, x, seq)`` with ``seq`` (B, S, H, d); when ``seq`` is one user's sequence
+    broadcast over the batch, contract against its first row only (no per-candidate copy)."""
+    if is_shared(seq):
+        return torch.einsum(equation.replace(",b", ","), x, seq[0])
+    return torch.einsum(equation, x, seq)
 
 
 def top_k(relevance: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models import MODEL_NAMES, Batch, CTRModel, ModelConfig, ModelOutput, build_model
-from models.testing import pad_left, random_batch
+from models.testing import pad_left, random_batch, share_history
 
 TWO_STAGE = {"twin", "twin_v2", "dare"}
 
@@ -166,6 +166,34 @@ def take_rows(batch: Batch, rows: list[int]) -> Batch:
             if isinstance(getattr(batch, f.name), torch.Tensor)
         },
     )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_shared_history_view_matches_copied_history(name: str, config: ModelConfig) -> None:
+    """Scoring many candidates against one broadcast history: same numbers as copying it."""
+    batch = random_batch(config, batch_size=12, n_clusters=9, seed=10, min_len=8)
+    view, copy = share_history(batch), share_history(batch, copy=True)
+    assert view.hist_item.stride(0) == 0
+    model = build(name, config)
+    train_step(model, batch)
+    model.eval()
+    out_view, out_copy = model(view), model(copy)
+    torch.testing.assert_close(out_view.logits, out_copy.logits, atol=1e-5, rtol=1e-5)
+    if out_copy.attention is not None:
+        torch.testing.assert_close(out_view.attention, out_copy.attention, atol=1e-6, rtol=1e-5)
+    grads = []
+    for b in (view, copy):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same DIEN negatives
+        loss_of(model.train()(b), b).backward()
+        grads.append(dense_grads(model))
+    for g_view, g_copy in zip(*grads, strict=True):
+        torch.testing.assert_close(g_view, g_copy, atol=1e-5, rtol=1e-4)
+
+
+def dense_grads(model: CTRModel) -> list[torch.Tensor]:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return [g.to_dense() if g.is_sparse else g for g in grads]
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
