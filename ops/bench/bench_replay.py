@@ -29,7 +29,9 @@ from streaming.synthetic import GeneratorConfig, generate
 SHARED = Path(__file__).resolve().parents[3] / "shared/data/taobao_stream/UserBehavior.csv"
 
 
-def raw_producer_seconds(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
+def raw_producer_seconds(
+    settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]
+) -> float:
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, **PRODUCER_DEFAULTS)
     start = time.perf_counter()
     for key, value in messages:
@@ -70,8 +72,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     path = data_path(args.data)
-    settings = Settings.from_env({**dict(__import__("os").environ),
-                                  "TWINSTREAM_TOPIC_PREFIX": f"bench-{uuid.uuid4().hex[:6]}-"})
+    settings = Settings.from_env(
+        {
+            **dict(__import__("os").environ),
+            "TWINSTREAM_TOPIC_PREFIX": f"bench-{uuid.uuid4().hex[:6]}-",
+        }
+    )
     events, report = read_events(path, "taobao")
     messages = [(e.key, e.to_json()) for e in events]
     print(f"data: {path} ({report.summary()})")
@@ -83,9 +89,14 @@ def main() -> None:
         rep.append(replay_seconds(settings, topic, events))
         e2e.append(end_to_end_seconds(settings, topic, path))
     n = len(events)
-    rates = {name: n / statistics.median(s) for name, s in
-             (("raw kafka-python producer", raw), ("twinstream replay", rep),
-              ("replay incl. file read+validate", e2e))}
+    rates = {
+        name: n / statistics.median(s)
+        for name, s in (
+            ("raw kafka-python producer", raw),
+            ("twinstream replay", rep),
+            ("replay incl. file read+validate", e2e),
+        )
+    }
     base = rates["raw kafka-python producer"]
     for name, rate in rates.items():
         print(f"{name:34s} {rate:10,.0f} events/s   ratio vs raw {rate / base:5.2f}x")
