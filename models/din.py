@@ -14,24 +14,41 @@ torch.Size([3, 6])
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.base import CTRModel, ModelConfig, ModelOutput, mlp
 from models.batch import Batch
-from models.layers import masked_softmax
+from models.layers import masked_softmax, once_per_user
 
 
 class ActivationUnit(nn.Module):
-    """(B, D) query, (B, L, D) keys → (B, L) raw attention scores."""
+    """(B, D) query, (B, L, D) keys → (B, L) raw attention scores ``MLP([k, q, k − q, k ⊙ q])``.
+
+    The first layer is applied by blocks of its weight, W·[k, q, k−q, k⊙q] = (W_k + W_d)·k +
+    (W_q − W_d)·q + W_p·(k ⊙ q): the same function with a quarter of the per-pair work, no
+    (B, L, 4D) concatenation, and the key part done once for a shared history.
+    """
 
     def __init__(self, d: int, config: ModelConfig) -> None:
         super().__init__()
-        self.mlp = mlp(4 * d, config.attention_mlp, config.activation, dropout=0.0)
+        layers = list(mlp(4 * d, config.attention_mlp, config.activation, dropout=0.0))
+        assert isinstance(layers[0], nn.Linear)
+        self.first: nn.Linear = layers[0]
+        self.rest = nn.Sequential(*layers[1:])
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        w_k, w_q, w_d, w_p = self.first.weight.chunk(4, dim=1)  # (h, D) each
+        key_part = once_per_user(lambda k: F.linear(k, w_k + w_d), keys)  # (B, L, h)
+        query_part = F.linear(query, w_q - w_d, self.first.bias).unsqueeze(1)  # (B, 1, h)
+        x = key_part + query_part + F.linear(keys * query.unsqueeze(1), w_p)  # (B, L, h)
+        return self.rest(x).squeeze(-1)  # (B, L)
+
+    def reference(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The same scores the plain way (for tests)."""
         q = query.unsqueeze(1).expand_as(keys)  # (B, L, D)
-        x = torch.cat([keys, q, keys - q, keys * q], dim=-1)  # (B, L, 4D)
-        return self.mlp(x).squeeze(-1)  # (B, L)
+        x = self.first(torch.cat([keys, q, keys - q, keys * q], dim=-1))  # (B, L, h)
+        return self.rest(x).squeeze(-1)
 
 
 class DIN(CTRModel):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from models import Batch, CTRModel, ModelConfig, build_model
-from models.base import Dice
+from models.base import Activation, Dice
 from models.dare import DARE
 from models.dien import DIEN
+from models.din import DIN
 from models.dsin import DSIN, session_slots
 from models.layers import masked_softmax
 from models.testing import random_batch
@@ -217,6 +218,20 @@ def test_din_weights_are_raw_unless_softmax_is_asked(config: ModelConfig) -> Non
     assert raw is not None and normalised is not None
     assert not torch.allclose(raw.sum(1), torch.ones(16))
     torch.testing.assert_close(normalised.sum(1), torch.ones(16))
+
+
+@pytest.mark.parametrize("activation", ["prelu", "dice"])
+def test_din_unit_by_weight_blocks_equals_the_concatenation(
+    activation: Activation, config: ModelConfig
+) -> None:
+    cfg = replace(config, activation=activation)
+    batch = random_batch(cfg, batch_size=8, seed=15, min_len=2)
+    model = build("din", cfg)
+    assert isinstance(model, DIN)
+    target, keys = model.embed_target(batch), model.embed_history(batch)
+    torch.testing.assert_close(
+        model.unit(target, keys), model.unit.reference(target, keys), atol=1e-5, rtol=1e-5
+    )
 
 
 # --- DSIN ---------------------------------------------------------------------------------------
