@@ -134,9 +134,10 @@ class PartitionWorker:
         self.watermark = event.ts if self.watermark is None else max(self.watermark, event.ts)
         result.applied += 1
 
-    def commit(self, result: BatchResult) -> None:
-        """Write the batch's states, offset and metadata atomically."""
+    def commit(self, result: BatchResult, extra_meta: dict[str, bytes | None] | None = None) -> None:
+        """Write the batch's states, offset and metadata (plus ``extra_meta``) atomically."""
         meta: dict[str, bytes | None] = dict(self.builder.pending.drain_changes())
+        meta.update(extra_meta or {})
         self._batches += 1
         if self._batches % self.config.sampler_checkpoint_every == 0:
             meta[self._sampler_key] = self.builder.sampler.encode()
