@@ -30,10 +30,10 @@ when the log grew by ``recluster_every`` behaviours (earlier for short logs), wh
 version changes (all blocks rebuilt), or when a late insertion touched a clustered block. A merge
 re-clusters ``B * 2**(t+1)`` behaviours, so each behaviour is re-clustered O(log(n / B)) times.
 
-Before any model snapshot exists (no embedder) each category gets a fixed pseudo-random unit
-vector as the "item embedding": the same machinery then groups behaviours by category (members of
-one category are never separated unless their node exceeds the cap; a leaf may still hold several
-small categories).
+Before any model snapshot exists (no embedder) a block is clustered by category: one leaf per
+category (cut into near-equal runs in time order when over the cap), represented by its most recent
+item. When a block has too many small categories for the budget, it falls back to the clamped
+2-means over a fixed pseudo-random unit vector per category (so leaves may then mix categories).
 
 >>> cfg = ClusterConfig(max_leaf=4, max_clusters=64, lifelong_cap=1_000)
 >>> x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # 3 tight groups of 5
@@ -192,6 +192,19 @@ def _two_means(x: F32, iters: int) -> tuple[F32, F32]:
             break
         c0, c1 = x[~side].mean(axis=0), x[side].mean(axis=0)
     return c0, c1
+
+
+def category_leaves(categories: I64, cap: int, allowance: int) -> list[I64] | None:
+    """One leaf per category (a category over ``cap`` is cut into near-equal runs in time order),
+    or ``None`` when that would give more than ``allowance`` leaves."""
+    n = categories.shape[0]
+    order = np.lexsort((np.arange(n), categories))  # by category, then position
+    cuts = np.flatnonzero(np.diff(categories[order])) + 1
+    groups = np.split(order, cuts) if n else []
+    pieces = sum(-(-g.shape[0] // cap) for g in groups)
+    if pieces > allowance:
+        return None
+    return [run for g in groups for run in np.array_split(g, -(-g.shape[0] // cap))]
 
 
 def category_embedding(categories: I64, dim: int = CATEGORY_DIM) -> F32:
@@ -356,8 +369,14 @@ def _build(
 ) -> np.ndarray:
     """Cluster the behaviours of one block."""
     part = log[int(block["built_from"]) - lo : int(block["end"]) - lo]
+    level = int(block["level"])
+    cap = config.leaf_cap(level)
     x = _embed(part, embedder)
-    return summarize(split_leaves(x, config.leaf_cap(int(block["level"])), config), x, part)
+    leaves = None
+    if embedder is None:  # the block's share of cluster_bound caps its category leaves
+        nominal = config.base << level if _complete(block, config.base) else config.base - 1
+        leaves = category_leaves(part["category"], cap, leaf_bound(nominal, cap, config))
+    return summarize(leaves if leaves is not None else split_leaves(x, cap, config), x, part)
 
 
 def _embed(part: np.ndarray, embedder: ItemEmbedder | None) -> F32:

@@ -86,10 +86,10 @@ def _numeric_mask(arr: npt.NDArray[np.str_]) -> npt.NDArray[np.bool_]:
 
 def splitmix64(x: U64) -> U64:
     """The splitmix64 finaliser, elementwise: a fast, well-mixed stateless hash of uint64s."""
-    z = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
-    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)).astype(np.uint64)
-    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)).astype(np.uint64)
-    return (z ^ (z >> np.uint64(31))).astype(np.uint64)
+    z = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64, copy=False)
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)).astype(np.uint64, copy=False)
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)).astype(np.uint64, copy=False)
+    return (z ^ (z >> np.uint64(31))).astype(np.uint64, copy=False)
 
 
 def hash_draws(key: int, start: int, n: int, high: int) -> Int64Array:

@@ -134,7 +134,9 @@ class PartitionWorker:
         self.watermark = event.ts if self.watermark is None else max(self.watermark, event.ts)
         result.applied += 1
 
-    def commit(self, result: BatchResult, extra_meta: dict[str, bytes | None] | None = None) -> None:
+    def commit(
+        self, result: BatchResult, extra_meta: dict[str, bytes | None] | None = None
+    ) -> None:
         """Write the batch's states, offset and metadata (plus ``extra_meta``) atomically."""
         meta: dict[str, bytes | None] = dict(self.builder.pending.drain_changes())
         meta.update(extra_meta or {})

@@ -300,76 +300,90 @@ def _ages(mask: npt.NDArray[np.bool_]) -> I64:
 class FrequencySampler:
     """Items seen in a partition with their counts; draws items in proportion to frequency.
 
-    Draws are counter-based hashes of a key (:func:`event_key`: a replay draws the same items)
-    mapped through cumulative counts + ``searchsorted``; the table is rebuilt lazily after
-    ``refresh_every`` new observations (until then draws use the slightly stale table).
+    Counts live in a Fenwick tree, so every draw uses the exact current counts (O(log V) per
+    update, a vectorised O(log V) descent per batch of draws). Draws are counter-based hashes of a
+    key (:func:`event_key`), so a replay from persisted counts draws exactly the same items.
 
     >>> s = FrequencySampler()
     >>> s.observe_many(np.array([1, 1, 1, 2, 3]), np.array([10, 10, 10, 20, 30]))
     >>> items, cats = s.sample(2, exclude=np.array([1]), key=12345)
-    >>> sorted(set(items.tolist()) - {2, 3}), len(items)
-    ([], 2)
+    >>> sorted(set(items.tolist()) - {2, 3}), len(items), s.total
+    ([], 2, 5)
     """
 
-    def __init__(self, refresh_every: int = 1024) -> None:
-        self.refresh_every = refresh_every
+    def __init__(self, capacity: int = 64) -> None:
         self._index: dict[int, int] = {}
-        self._items = np.zeros(0, np.int64)
-        self._cats = np.zeros(0, np.int64)
-        self._counts = np.zeros(0, np.int64)
+        self._items = np.zeros(capacity, np.int64)
+        self._cats = np.zeros(capacity, np.int64)
+        self._counts = np.zeros(capacity, np.int64)
+        self._tree = np.zeros(capacity + 1, np.int64)  # 1-based Fenwick tree over _counts
         self._n = 0
-        self._cum: I64 | None = None
-        self._stale = 0
+        self.total = 0
 
     def __len__(self) -> int:
         return self._n
 
     def observe(self, item: int, category: int) -> None:
-        self.observe_many(np.array([item], np.int64), np.array([category], np.int64))
+        """Count one occurrence of ``item`` (its latest category is kept)."""
+        i = self._index.get(item)
+        if i is None:
+            i = self._add(item)
+        self._counts[i] += 1
+        self._cats[i] = category
+        self.total += 1
+        j, tree, size = i + 1, self._tree, self._tree.shape[0]
+        while j < size:
+            tree[j] += 1
+            j += j & -j
 
     def observe_many(self, items: I64, categories: I64) -> None:
-        """Count ``items`` (their latest category is kept)."""
         for item, cat in zip(items.tolist(), categories.tolist(), strict=True):
-            i = self._index.get(item)
-            if i is None:
-                i = self._add(item)
-            self._counts[i] += 1
-            self._cats[i] = cat
-        self._stale += len(items)
+            self.observe(item, cat)
 
     def _add(self, item: int) -> int:
         if self._n == self._items.shape[0]:
-            size = max(64, 2 * self._n)
-            self._items, self._cats, self._counts = (
-                np.resize(a, size) for a in (self._items, self._cats, self._counts)
-            )
+            self._grow(2 * self._n)
         i, self._n = self._n, self._n + 1
         self._index[item] = i
-        self._items[i], self._counts[i] = item, 0
+        self._items[i] = item
         return i
 
-    def _table(self) -> I64:
-        if self._cum is None or self._stale >= self.refresh_every:
-            self._cum = np.cumsum(self._counts[: self._n])
-            self._stale = 0
-        return self._cum
+    def _grow(self, capacity: int) -> None:
+        pad = capacity - self._items.shape[0]
+        self._items, self._cats, self._counts = (
+            np.concatenate([a, np.zeros(pad, np.int64)])
+            for a in (self._items, self._cats, self._counts)
+        )
+        self._tree = _fenwick(self._counts)
 
     def sample(self, k: int, exclude: I64, key: int, max_rounds: int = 8) -> tuple[I64, I64]:
         """``k`` items (with their categories) by frequency, none of them in ``exclude``; fewer
         when the candidates run out. Repeats across the k draws are allowed."""
-        cum = self._table()
-        if k <= 0 or cum.shape[0] == 0 or cum[-1] == 0:
+        if k <= 0 or self.total == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         found: list[I64] = []
-        for _ in range(max_rounds):
-            ticket = hash_draws(key, 4 * k * len(found), 4 * k, int(cum[-1]))
-            draws = np.searchsorted(cum, ticket, side="right")
-            keep = draws[~_member(self._items[draws], exclude)]
-            found.append(keep)
+        for round_ in range(max_rounds):
+            draws = self._find(hash_draws(key, 4 * k * round_, 4 * k, self.total))
+            found.append(draws[~_member(self._items[draws], exclude)])
             if sum(f.shape[0] for f in found) >= k:
                 break
         idx = np.concatenate(found)[:k]
         return self._items[idx].copy(), self._cats[idx].copy()
+
+    def _find(self, targets: I64) -> I64:
+        """Index i of each target t: prefix(i) <= t < prefix(i + 1), by Fenwick descent."""
+        pos = np.zeros(targets.shape[0], np.int64)
+        rem = targets.copy()
+        size = self._tree.shape[0] - 1
+        step = 1 << (size.bit_length() - 1)
+        while step:
+            nxt = pos + step
+            value = self._tree[np.minimum(nxt, size)]
+            go = (nxt <= size) & (value <= rem)
+            pos = np.where(go, nxt, pos)
+            rem = rem - np.where(go, value, 0)
+            step >>= 1
+        return pos
 
     def encode(self) -> bytes:
         """Items, categories and counts as three int64 blocks after a count."""
@@ -378,14 +392,22 @@ class FrequencySampler:
         return struct.pack("<q", n) + b"".join(a.astype("<i8").tobytes() for a in arrays)
 
     @classmethod
-    def decode(cls, blob: bytes, refresh_every: int = 1024) -> FrequencySampler:
+    def decode(cls, blob: bytes) -> FrequencySampler:
         (n,) = struct.unpack_from("<q", blob)
         cols = np.frombuffer(blob, "<i8", 3 * n, 8).reshape(3, n)
-        out = cls(refresh_every)
-        for item in cols[0].tolist():
-            out._add(item)
-        out._cats[:n], out._counts[:n] = cols[1], cols[2]
+        out = cls(capacity=max(64, n))
+        out._items[:n], out._cats[:n], out._counts[:n] = cols
+        out._index = {item: i for i, item in enumerate(cols[0].tolist())}
+        out._n, out.total = n, int(cols[2].sum())
+        out._tree = _fenwick(out._counts)
         return out
+
+
+def _fenwick(counts: I64) -> I64:
+    """The 1-based Fenwick tree of ``counts``: tree[j] = sum of counts over (j - lowbit(j), j]."""
+    prefix = np.concatenate([[0], np.cumsum(counts)])
+    j = np.arange(1, counts.shape[0] + 1)
+    return np.concatenate([[0], prefix[j] - prefix[j - (j & -j)]]).astype(np.int64)
 
 
 def _member(values: I64, pool: I64) -> npt.NDArray[np.bool_]:
@@ -416,8 +438,9 @@ class SampleBuilder:
         pending: PendingImpressions | None = None,
     ) -> None:
         self.config, self.state_config = config, state_config
-        self.sampler = sampler or FrequencySampler()
-        self.pending = pending or PendingImpressions(config.attribution_window_s)
+        self.sampler = FrequencySampler() if sampler is None else sampler
+        window = config.attribution_window_s
+        self.pending = PendingImpressions(window) if pending is None else pending
 
     def samples_for(self, state: UserState, event: Event) -> list[bytes]:
         """Samples completed by ``event`` (implicit: now; explicit: when a label is known)."""

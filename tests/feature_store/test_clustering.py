@@ -1,0 +1,235 @@
+"""TWIN-V2 clustering: leaves, the bounded coarse-when-old rule, incremental updates, 100k users."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feature_store.clustering import (
+    ClusterConfig,
+    ClusterState,
+    category_leaves,
+    cluster_bound,
+    leaf_bound,
+    needs_update,
+    split_leaves,
+    update,
+)
+from feature_store.state import StateConfig, UserState, behaviour_dtype
+from tests.feature_store.conftest import event
+
+SMALL = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=400, recluster_every=8)
+
+
+class TableEmbedder:
+    """Item embeddings from a fixed table (what a model snapshot provides), rows by item % n."""
+
+    def __init__(self, n_items: int = 1_000, dim: int = 8, version: int = 1, seed: int = 0):
+        self.table = np.random.default_rng(seed).standard_normal((n_items, dim)).astype(np.float32)
+        self.version = version
+
+    def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return self.table[items % self.table.shape[0]]
+
+
+def make_log(n: int, n_dense: int = 0, seed: int = 0, n_items: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    log = np.zeros(n, dtype=behaviour_dtype(n_dense))
+    log["item"] = rng.integers(0, n_items, n)
+    log["category"] = log["item"] % 7
+    log["ts"] = np.arange(n, dtype=np.float64)
+    if n_dense:
+        log["dense"] = rng.random((n, n_dense))
+    return log
+
+
+def check_invariants(cs: ClusterState, lo: int, total: int, cfg: ClusterConfig) -> None:
+    """Every behaviour in exactly one cluster; leaf caps by level; the recency rule; the budget."""
+    blocks = cs.blocks
+    if total == lo:
+        assert blocks.shape[0] == 0 and cs.clusters.shape[0] == 0
+        return
+    assert blocks["built_from"][0] == lo and blocks["end"][-1] == total == cs.upto
+    assert np.array_equal(blocks["built_from"][1:], blocks["end"][:-1])  # contiguous, no overlap
+    assert np.all(np.diff(blocks["level"].astype(int)) <= 0)  # older blocks are never finer
+    offsets = np.concatenate([[0], np.cumsum(blocks["n_clusters"], dtype=np.int64)])
+    for i, b in enumerate(blocks):
+        sizes = cs.clusters["size"][offsets[i] : offsets[i + 1]].astype(int)
+        assert sizes.sum() == b["end"] - b["built_from"]  # a partition of the block
+        assert sizes.max() <= cfg.leaf_cap(int(b["level"]))
+        newest_rank = total - int(b["end"])  # recency rank of the block's newest member
+        assert newest_rank >= cfg.base * ((1 << int(b["level"])) - 1)
+    assert cs.clusters.shape[0] <= cfg.max_clusters
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 120),
+    dim=st.integers(1, 4),
+    cap=st.integers(1, 12),
+    duplicates=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_split_leaves_partition_and_sizes(
+    n: int, dim: int, cap: int, duplicates: bool, seed: int
+) -> None:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    if duplicates:
+        x[:] = x[:1] if n else x  # all identical: k-means cannot separate them
+    leaves = split_leaves(x, cap, SMALL)
+    members = np.sort(np.concatenate(leaves)) if leaves else np.zeros(0, int)
+    assert np.array_equal(members, np.arange(n))
+    assert all(leaf.shape[0] <= cap for leaf in leaves)
+    if n > cap:
+        assert min(leaf.shape[0] for leaf in leaves) >= SMALL.min_leaf(cap)
+    assert len(leaves) <= leaf_bound(n, cap, SMALL)
+
+
+def test_split_finds_separated_groups_and_representatives() -> None:
+    cfg = ClusterConfig(max_leaf=5)
+    centres = np.eye(4, dtype=np.float32) * 10
+    x = np.repeat(centres, 5, axis=0) + np.random.default_rng(0).normal(0, 0.01, (20, 4))
+    leaves = split_leaves(x.astype(np.float32), 5, cfg)
+    assert sorted(tuple(sorted(leaf // 5)) for leaf in leaves) == [(g,) * 5 for g in range(4)]
+
+
+def test_summaries_mean_dense_and_nearest_member() -> None:
+    log = make_log(8, n_dense=2)
+    log["item"] = [10, 11, 12, 13, 20, 21, 22, 23]
+    x = np.array([[0, 0], [1, 0], [0.4, 0], [0, 1], [9, 9], [9, 9], [10, 10], [9.4, 9.4]])
+    table = {int(i): v for i, v in zip(log["item"], x.astype(np.float32), strict=True)}
+
+    class Fixed:
+        version = 3
+
+        def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+            return np.stack([table[int(i)] for i in items])
+
+    cs = update(ClusterState(), log, 0, ClusterConfig(max_leaf=4, lifelong_cap=1_000), Fixed())
+    assert cs.version == 3 and cs.clusters["size"].tolist() == [4, 4]
+    assert cs.clusters["item"].tolist() == [12, 23]  # the members nearest each centroid
+    for k, rows in enumerate((slice(0, 4), slice(4, 8))):
+        assert np.allclose(cs.clusters["dense"][k], log["dense"][rows].mean(axis=0), atol=1e-6)
+
+
+def test_category_mode_gives_one_cluster_per_category_with_its_latest_item() -> None:
+    log = make_log(30)
+    cs = update(ClusterState(), log, 0, ClusterConfig(max_leaf=20, lifelong_cap=1_000))
+    assert cs.version == 0
+    assert sorted(cs.clusters["category"].tolist()) == sorted(set(log["category"].tolist()))
+    for c in cs.clusters:
+        members = np.flatnonzero(log["category"] == c["category"])
+        assert c["size"] == members.shape[0] and c["item"] == log["item"][members[-1]]
+
+
+def test_category_leaves_fall_back_when_over_allowance() -> None:
+    cats = np.arange(10, dtype=np.int64)  # ten categories of one member
+    assert category_leaves(cats, cap=4, allowance=3) is None
+    leaves = category_leaves(np.array([1, 1, 1, 1, 1, 2]), cap=2, allowance=10)
+    assert leaves is not None and sorted(len(x) for x in leaves) == [1, 1, 2, 2]  # 2+2+1, 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    growth=st.lists(st.integers(1, 90), min_size=1, max_size=14),
+    embed=st.booleans(),
+)
+def test_incremental_updates_keep_the_invariants_under_the_cap(
+    growth: list[int], embed: bool
+) -> None:
+    """Grow a capped log step by step: invariants hold after every update."""
+    total, cs = 0, ClusterState()
+    full = make_log(sum(growth), seed=len(growth))
+    embedder = TableEmbedder() if embed else None
+    for step in growth:
+        total += step
+        lo = max(0, total - SMALL.lifelong_cap)
+        cs = update(cs, full[lo:total], lo, SMALL, embedder)
+        check_invariants(cs, lo, total, SMALL)
+
+
+@settings(max_examples=30, deadline=None)
+@given(growth=st.lists(st.integers(1, 70), min_size=1, max_size=10))
+def test_incremental_equals_from_scratch(growth: list[int]) -> None:
+    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=10_000)
+    log = make_log(sum(growth), n_dense=1)
+    embedder = TableEmbedder()
+    cs, total = ClusterState(), 0
+    for step in growth:
+        total += step
+        cs = update(cs, log[:total], 0, cfg, embedder)
+    scratch = update(ClusterState(), log, 0, cfg, embedder)
+    assert cs.blocks.tobytes() == scratch.blocks.tobytes()
+    assert cs.clusters.tobytes() == scratch.clusters.tobytes()
+
+
+def test_unchanged_blocks_are_reused_and_version_change_rebuilds() -> None:
+    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=10_000)
+    log = make_log(200)
+    v1 = update(ClusterState(), log[:150], 0, cfg, TableEmbedder(version=1))
+    v1b = update(v1, log[:151], 0, cfg, TableEmbedder(version=1, seed=9))  # same version: reused
+    n_complete = int((v1.blocks["end"] - v1.blocks["start"] == cfg.base).sum())
+    old = int(v1.blocks["n_clusters"][:n_complete].sum())
+    assert v1b.clusters[:old].tobytes() == v1.clusters[:old].tobytes()
+    v2 = update(v1b, log[:151], 0, cfg, TableEmbedder(version=2, seed=9))
+    assert v2.version == 2
+    assert needs_update(v1, 0, 150, 2, cfg) and not needs_update(v1, 0, 150, 1, cfg)
+
+
+def test_needs_update_schedule() -> None:
+    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=10_000, recluster_every=16)
+    state, runs = UserState.empty(StateConfig()), []
+    for i in range(100):
+        state.apply(event(float(i), item=str(i)), StateConfig())
+        if state.maybe_recluster(cfg):
+            runs.append(state.total)
+    assert runs == [1, 2, 4, 8, 16, 32, 48, 64, 80, 96]  # doubling, then every 16
+
+
+def test_late_insertion_marks_clusters_dirty_and_rebuild_restores_them() -> None:
+    scfg = StateConfig(session_gap_s=100, allowed_lateness_s=300)
+    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=scfg.lifelong_cap)
+    state = UserState.empty(scfg)
+    for i in range(40):
+        state.apply(event(10.0 * i, item=str(i), category=str(i % 3)), scfg)
+    state.maybe_recluster(cfg)
+    assert not state.maybe_recluster(cfg)
+    state.apply(event(385.0, item="late", category="1"), scfg)
+    assert state.cluster_state.dirty_from == 39
+    assert state.maybe_recluster(cfg)
+    check_invariants(state.cluster_state, 0, state.total, cfg)
+    fresh = update(ClusterState(), state.log, 0, cfg)
+    assert state.clusters().tobytes() == fresh.clusters.tobytes()
+
+
+def test_default_budget_guarantee() -> None:
+    cfg = ClusterConfig()
+    assert cfg.base > cfg.max_leaf and cluster_bound(cfg.base, cfg) <= cfg.max_clusters
+    with pytest.raises(ValueError):
+        ClusterConfig(max_leaf=20, max_clusters=2)
+    with pytest.raises(ValueError):
+        ClusterConfig(block=10_000)
+
+
+def test_100k_user_clusters_in_bounded_time_and_memory() -> None:
+    """A user at the 100,000 cap with 64-d embeddings: full clustering and the budget."""
+    cfg = ClusterConfig()
+    log = make_log(100_000, n_dense=2, n_items=50_000)
+    embedder = TableEmbedder(n_items=50_000, dim=64)
+    tracemalloc.start()
+    start = time.perf_counter()
+    cs = update(ClusterState(), log, 0, cfg, embedder)
+    elapsed = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    check_invariants(cs, 0, 100_000, cfg)
+    print(
+        f"100k full: {elapsed:.2f}s, peak {peak / 2**20:.0f} MiB, {cs.clusters.shape[0]} clusters"
+    )
+    assert elapsed < 20 and peak < 256 * 2**20
