@@ -28,7 +28,7 @@ from torch import nn
 from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch
 from models.embedding import EmbeddingTable
-from models.layers import keys_dot_query, masked_softmax, once_per_user, scatter_steps
+from models.layers import keys_dot_query, masked_softmax, scatter_steps
 from models.twin import top_k
 
 
@@ -45,24 +45,23 @@ class DARE(CTRModel):
         self.target_time = nn.Parameter(torch.randn(d_a) * d_a**-0.5)
         nn.init.normal_(self.time.weight, std=d_a**-0.5)
 
-    def embed_attention(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """(...) rows → (..., 2·d_A) attention tokens (once for a shared history)."""
-        return once_per_user(self._embed_attention, items, categories)
-
-    def _embed_attention(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.attn_item(items), self.attn_category(categories)], dim=-1)
-
     def time_bias(self, age: torch.Tensor) -> torch.Tensor:
         """(B, L) ages → (B, L) score bias τ·T[age]/√d_A (one small matvec, then a lookup)."""
         per_age = self.time.weight @ self.target_time / math.sqrt(self.time.embedding_dim)
         return per_age[age.clamp(0, self.config.seq_len - 1)]
 
     def relevance(self, batch: Batch) -> torch.Tensor:
-        """(B, L) attention logits from the attention tables and the age embedding only."""
-        q = self.embed_attention(batch.target_item, batch.target_category)  # (B, 2dA)
-        k = self.embed_attention(batch.hist_item, batch.hist_category)  # (B, L, 2dA)
-        scores = keys_dot_query(k, q) / math.sqrt(q.shape[-1])  # (B, L)
-        return scores + self.time_bias(batch.hist_age)
+        """(B, L) attention logits from the attention tables and the age embedding only.
+
+        q·k over ``[item, category]`` tokens, summed per table so that no (B, L, 2·d_A) token
+        tensor is built.
+        """
+        item = keys_dot_query(self.attn_item(batch.hist_item), self.attn_item(batch.target_item))
+        category = keys_dot_query(
+            self.attn_category(batch.hist_category), self.attn_category(batch.target_category)
+        )
+        scale = math.sqrt(2 * self.time.embedding_dim)  # √(2·d_A), the token width
+        return (item + category) / scale + self.time_bias(batch.hist_age)  # (B, L)
 
     def forward(self, batch: Batch) -> ModelOutput:
         return self.attend(batch, self.config.topk)
