@@ -44,6 +44,12 @@ COMMANDS: list[Command] = [
         commands.replay,
     ),
     (
+        "worker",
+        "Run a Faust ingest worker: validate, sessionize, keep state, emit samples",
+        commands.worker_args,
+        commands.worker,
+    ),
+    (
         "generate",
         "Write a synthetic Taobao-format log with drifting interests and planted truth",
         commands.generate_args,

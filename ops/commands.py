@@ -172,6 +172,30 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- worker -------------------------------------------------------------------------------------
+
+
+def worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", help="local RocksDB state (default: TWINSTREAM_STATE_DIR)")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
+    p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+
+
+def worker(args: argparse.Namespace) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from streaming.app import build_ingest
+
+    settings = _settings()
+    ensure_topics(settings)
+    app, _ = build_ingest(settings, Path(args.state_dir or settings.state_dir))
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+    faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    return 0
+
+
 # --- demo (the main job) ------------------------------------------------------------------------
 
 

@@ -12,6 +12,8 @@ from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyEx
 
 from streaming.config import Settings
 
+COMPACTED = {"cleanup.policy": "compact", "max.message.bytes": str(16 * 1024 * 1024)}
+
 
 def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
     """Connect, retrying while the broker is still starting."""
@@ -32,7 +34,12 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
     try:
         existing = set(client.list_topics())
         new = [
-            NewTopic(name, num_partitions=n, replication_factor=settings.topics.replication_factor)
+            NewTopic(
+                name,
+                num_partitions=n,
+                replication_factor=settings.topics.replication_factor,
+                topic_configs=COMPACTED if name.endswith("changelog") else {},
+            )
             for name, n in wanted.items()
             if name not in existing
         ]

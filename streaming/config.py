@@ -55,6 +55,11 @@ class TopicNames:
     def model_updates(self) -> str:
         return self._name("model-updates")
 
+    @property
+    def state_changelog(self) -> str:
+        """Compacted: the latest state per user plus an offset marker per partition."""
+        return self._name("user-state-changelog")
+
     def all(self) -> dict[str, int]:
         """Every topic with its partition count; score-requests is co-partitioned with events."""
         n = self.events_partitions
@@ -65,6 +70,7 @@ class TopicNames:
             self.score_requests: n,
             self.scores: n,
             self.model_updates: 1,
+            self.state_changelog: n,
         }
 
 

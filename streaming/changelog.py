@@ -1,0 +1,86 @@
+"""The state changelog: how a partition's user state moves between workers and survives a disk.
+
+Topic ``user-state-changelog`` is compacted and co-partitioned with ``events``. After each ingest
+batch the owner writes every touched user's full state (key = user id) and one offset marker
+(key = empty bytes, value = the last applied ``events`` offset) to the same partition number, and
+waits for the broker before committing its local RocksDB. The changelog is therefore never behind
+the local store; a worker that is assigned a partition replays the changelog from where its local
+store left off (or from the start on a new machine) and then resumes from the committed consumer
+offset, skipping events at or below the marker.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from kafka import KafkaConsumer, TopicPartition
+
+from feature_store import StateStore, UserState
+from streaming.config import Settings
+
+MARKER_KEY = b""
+_OFFSET = struct.Struct(">q")
+
+
+def changelog_position_key(partition: int) -> str:
+    return f"changelog/{partition}"
+
+
+def encode_marker(offset: int) -> bytes:
+    return _OFFSET.pack(offset)
+
+
+def stored_position(store: StateStore, partition: int) -> int:
+    blob = store.get_meta(changelog_position_key(partition))
+    return 0 if blob is None else _OFFSET.unpack(blob)[0]
+
+
+def restore_partition(
+    settings: Settings, store: StateStore, partition: int, chunk: int = 5_000
+) -> int:
+    """Apply changelog records past the store's position; returns how many were read."""
+    tp = TopicPartition(settings.topics.state_changelog, partition)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    try:
+        consumer.assign([tp])
+        start, end = stored_position(store, partition), consumer.end_offsets([tp])[tp]
+        if start >= end:
+            return 0
+        consumer.seek(tp, start)
+        return _replay(consumer, tp, store, end, chunk)
+    finally:
+        consumer.close()
+
+
+def _replay(
+    consumer: KafkaConsumer, tp: TopicPartition, store: StateStore, end: int, chunk: int
+) -> int:
+    states: dict[str, UserState] = {}
+    marker: int | None = None
+    read = 0
+    while consumer.position(tp) < end:
+        for record in consumer.poll(timeout_ms=1000).get(tp, []):
+            if record.offset >= end:
+                break
+            read += 1
+            if record.key == MARKER_KEY:
+                marker = _OFFSET.unpack(record.value)[0]
+            else:
+                states[record.key.decode()] = UserState.decode(record.value)
+        if len(states) >= chunk or consumer.position(tp) >= end:
+            _write(store, tp.partition, states, marker, consumer.position(tp))
+            states, marker = {}, None
+    return read
+
+
+def _write(
+    store: StateStore, partition: int, states: dict[str, UserState], marker: int | None, pos: int
+) -> None:
+    last = store.last_offset(partition)
+    offsets = {} if marker is None or (last is not None and marker <= last) else {partition: marker}
+    meta = {changelog_position_key(partition): _OFFSET.pack(pos)}
+    store.write_batch(states, offsets, meta)

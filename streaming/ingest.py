@@ -1,0 +1,172 @@
+"""The ingest service behind the Faust agent: validate, dead-letter, apply, emit, commit.
+
+Kafka-facing only through :class:`Sink` (send + flush), so the same code runs under Faust and in
+plain asyncio tests. One RocksDB database per owned partition under ``state_dir``; revoked
+partitions are closed and deleted, so a user's state lives on exactly one worker, and assigned
+ones are caught up from the state changelog first (:mod:`streaming.changelog`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from feature_store import FeatureConfig, PartitionWorker, RocksDBStore
+from feature_store.ingest import BatchResult
+from streaming.changelog import MARKER_KEY, changelog_position_key, encode_marker, restore_partition
+from streaming.config import Settings
+from streaming.metrics import IngestMetrics
+from streaming.schema import Event, InvalidEvent, Reason, parse_event
+
+
+class Sink(Protocol):
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]: ...
+
+    async def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """What the agent hands over per Kafka message."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp: float  # Kafka record time, seconds
+
+
+class IngestService:
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        state_dir: str | Path,
+        metrics: IngestMetrics | None = None,
+        config: FeatureConfig | None = None,
+    ) -> None:
+        self.settings, self.sink = settings, sink
+        self.state_dir = Path(state_dir)
+        self.metrics = metrics or IngestMetrics.create()
+        self.config = config or FeatureConfig.from_settings(settings)
+        self.workers: dict[int, PartitionWorker] = {}
+        self._lock = asyncio.Lock()
+        self._paused: set[int] = set()
+
+    # --- partition ownership ---------------------------------------------------------------------
+
+    def _path(self, partition: int) -> Path:
+        return self.state_dir / f"p{partition}.rocksdb"
+
+    async def pause(self, partitions: Iterable[int]) -> None:
+        """Stop applying these partitions (a rebalance began); waits for the batch in flight."""
+        async with self._lock:
+            self._paused |= set(partitions)
+
+    async def own(self, partitions: Iterable[int]) -> None:
+        """The new assignment: drop what we lost (state deleted), catch up what we gained."""
+        wanted = set(partitions)
+        async with self._lock:
+            for p in set(self.workers) - wanted:
+                self.workers.pop(p).store.close()
+                shutil.rmtree(self._path(p), ignore_errors=True)
+            for p in sorted(wanted - set(self.workers)):
+                store = RocksDBStore(self._path(p))
+                await asyncio.to_thread(restore_partition, self.settings, store, p)
+                self.workers[p] = PartitionWorker(store, p, self.config)
+            self._paused -= wanted
+            self.metrics.assigned_partitions.set(len(self.workers))
+
+    async def close(self) -> None:
+        async with self._lock:
+            for worker in self.workers.values():
+                worker.store.close()
+            self.workers.clear()
+
+    # --- the batch path --------------------------------------------------------------------------
+
+    async def handle(self, messages: Sequence[RawMessage]) -> None:
+        started = time.perf_counter()
+        async with self._lock:
+            by_partition: dict[int, list[RawMessage]] = defaultdict(list)
+            for m in messages:
+                # events of a partition in hand-over are left to its next owner (not acked by us)
+                if m.partition in self.workers and m.partition not in self._paused:
+                    by_partition[m.partition].append(m)
+            for partition, part in by_partition.items():
+                await self._partition_batch(self.workers[partition], part)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _partition_batch(self, worker: PartitionWorker, messages: list[RawMessage]) -> None:
+        records: list[tuple[int, Event]] = []
+        for m in messages:
+            try:
+                records.append((m.offset, self._parse(m)))
+            except InvalidEvent as err:
+                await self._dead_letter(m, err)
+        result = worker.process(records)
+        for offset, late in result.rejected:
+            await self._dead_letter(_find(messages, offset), late)
+        await self._emit(worker.partition, result)
+        worker.commit(result, await self._changelog(worker.partition, result))
+        self._count(result, messages)
+
+    def _parse(self, m: RawMessage) -> Event:
+        if m.value is None:
+            raise InvalidEvent(Reason.MISSING_FIELD, "message has no value")
+        s = self.settings
+        return parse_event(m.value, max_bytes=s.max_event_bytes, min_ts=s.min_event_ts)
+
+    async def _dead_letter(self, m: RawMessage, err: InvalidEvent) -> None:
+        headers = [
+            ("reason", err.reason.value.encode()),
+            ("detail", err.detail[:500].encode()),
+            ("source", f"{self.settings.topics.events}/{m.partition}/{m.offset}".encode()),
+        ]
+        topic = self.settings.topics.events_dlq
+        await self.sink.send(topic, None, m.value or b"", None, headers)
+        self.metrics.dlq.labels(reason=err.reason.value).inc()
+        self.metrics.events.labels(outcome="rejected").inc()
+
+    async def _emit(self, partition: int, result: BatchResult) -> None:
+        topic = self.settings.topics.samples
+        for sample in result.samples:
+            await self.sink.send(topic, None, sample, partition)
+        self.metrics.samples.inc(len(result.samples))
+
+    async def _changelog(self, partition: int, result: BatchResult) -> dict[str, bytes | None]:
+        """Send touched states + the offset marker, wait for the broker; the position to store."""
+        if result.offset is None:
+            return {}
+        topic = self.settings.topics.state_changelog
+        for user, state in result.states.items():
+            await self.sink.send(topic, user.encode(), state.encode(), partition)
+        marker = await self.sink.send(topic, MARKER_KEY, encode_marker(result.offset), partition)
+        await self.sink.flush()
+        metadata = await marker
+        return {changelog_position_key(partition): encode_marker(metadata.offset + 1)}
+
+    def _count(self, result: BatchResult, messages: list[RawMessage]) -> None:
+        m = self.metrics
+        m.events.labels(outcome="applied").inc(result.applied)
+        m.events.labels(outcome="duplicate").inc(result.duplicates)
+        m.events.labels(outcome="skipped").inc(result.skipped)
+        now = time.time()
+        for msg in messages:
+            m.event_to_state_seconds.observe(max(0.0, now - msg.timestamp))
+
+
+def _find(messages: list[RawMessage], offset: int) -> RawMessage:
+    return next(m for m in messages if m.offset == offset)

@@ -1,0 +1,162 @@
+"""The Faust ingest worker against the real broker: sessions, recent sequences, crash, rebalance, DLQ."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from feature_store import UserState, decode_samples, stable_id
+from streaming.admin import ensure_topics, read_topic
+from streaming.config import Settings
+from streaming.producer import EventProducer
+from streaming.replay import replay
+from streaming.schema import Event
+from streaming.sources import read_events
+from tests.conftest import shared_file
+from tests.integration.harness import WorkerProcess, read_changelog, wait_caught_up
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+GAP = 1800.0
+
+
+def taobao_events() -> list[Event]:
+    events, _ = read_events(shared_file("taobao_users", "UserBehavior.csv"), "taobao")
+    return events
+
+
+def offline_sessions(events: list[Event]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per user: (ts, session index) over the time-sorted behaviours, split at gaps > 30 min."""
+    per_user: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        per_user[e.user_id].append(e.ts)
+    out = {}
+    for user, ts in per_user.items():
+        t = np.sort(np.array(ts))
+        out[user] = (t, np.concatenate([[0], np.cumsum(np.diff(t) > GAP)]))
+    return out
+
+
+def send(settings: Settings, events: list[Event]) -> None:
+    with EventProducer(settings) as producer:
+        replay(events, producer, progress=False)
+
+
+def assert_states_match(states: dict[str, UserState], events: list[Event]) -> None:
+    expected = offline_sessions(events)
+    assert set(states) == set(expected)
+    for user, (ts, sessions) in expected.items():
+        log = states[user].log
+        assert np.array_equal(log["ts"], ts), user
+        assert np.array_equal(log["session"], sessions), user
+        assert states[user].session_count == sessions[-1] + 1
+
+
+def test_sessions_and_recent_sequences_match_an_offline_computation(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events = taobao_events()
+    ensure_topics(settings)
+    send(settings, events)
+    with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log"):
+        states = wait_caught_up(settings)
+    assert_states_match(states, events)
+    samples = read_topic(settings, settings.topics.samples, idle_timeout_s=5)
+    batch = decode_samples([r.value for r in samples])
+    history: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for e in events:  # replay order = event-time order, ties in file order
+        history[stable_id(e.user_id)].append((e.ts, stable_id(e.item_id)))
+    positives = np.flatnonzero(batch.label == 1.0)
+    assert positives.size == len(events)  # every behaviour in the log is a click/cart/fav/buy
+    for row in positives[:: max(1, positives.size // 500)]:
+        seq = history[int(batch.user[row])]
+        target = (float(batch.ts[row]), int(batch.target_item[row]))
+        got = batch.hist_item[row][batch.hist_mask[row]].tolist()
+        candidates = [[i for _, i in seq[:k]][-200:] for k, ev in enumerate(seq) if ev == target]
+        assert got in candidates, f"row {row}: recent sequence differs from the last 200 before it"
+
+
+def test_kill_9_mid_replay_then_restart_equals_an_uninterrupted_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events = taobao_events()
+    ensure_topics(settings)
+    send(settings, events[: len(events) // 2])
+    worker = WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log")
+    _wait_for_some_progress(settings)
+    send(settings, events[len(events) // 2 :])
+    time.sleep(0.5)
+    worker.kill()  # kill -9 while the second half streams in
+    with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log"):
+        states = wait_caught_up(settings)
+    assert_states_match(states, events)  # no event counted twice, none lost
+    assert all(s.total == len(s.log) for s in states.values())
+
+
+def test_second_worker_mid_stream_takes_partitions_with_their_state(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events = taobao_events()
+    ensure_topics(settings)
+    send(settings, events[: len(events) // 3])
+    a = WorkerProcess(settings, tmp_path / "a", tmp_path / "a.log")
+    _wait_for_some_progress(settings)
+    b = WorkerProcess(settings, tmp_path / "b", tmp_path / "b.log")
+    time.sleep(8)
+    send(settings, events[len(events) // 3 :])
+    with a, b:
+        states = wait_caught_up(settings)
+        time.sleep(2)
+    assert_states_match(states, events)
+    owned_a = {p.name for p in (tmp_path / "a").glob("p*.rocksdb")}
+    owned_b = {p.name for p in (tmp_path / "b").glob("p*.rocksdb")}
+    assert owned_a and owned_b and not owned_a & owned_b  # each partition on exactly one worker
+    _, _, partitions = read_changelog(settings)
+    assert all(len(p) == 1 for p in partitions.values())  # each user in one partition
+
+
+def test_bad_input_goes_to_the_dlq_and_valid_state_is_unaffected(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events = taobao_events()[:3000]
+    ensure_topics(settings)
+    bad = [
+        b"{not json",
+        orjson.dumps({"user_id": 1, "item_id": [1], "type": "click", "ts": 1511658000}),
+        orjson.dumps({"user_id": "1", "item_id": 1, "type": "click", "ts": 99}),
+        orjson.dumps({"user_id": "1", "item_id": 1, "type": "teleport", "ts": 1511658000}),
+        b"x" * (10 * 1024 * 1024),
+        b"\xff\xfe\xfd",
+    ]
+    raw = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=16 * 2**20)
+    for i, e in enumerate(events):
+        raw.send(settings.topics.events, key=e.key, value=e.to_json())
+        if i % 500 == 0:
+            raw.send(settings.topics.events, key=e.key, value=bad[(i // 500) % len(bad)])
+    raw.flush()
+    raw.close()
+    with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log"):
+        states = wait_caught_up(settings)
+    assert_states_match(states, events)
+    dlq = read_topic(settings, settings.topics.events_dlq, expected=len(bad))
+    reasons = sorted(dict(r.headers)["reason"].decode() for r in dlq)
+    assert reasons == sorted(
+        ["bad_json", "wrong_type", "bad_timestamp", "unknown_type", "oversize", "not_utf8"]
+    )
+    assert {len(r.value) for r in dlq} >= {10 * 1024 * 1024}  # raw bytes kept
+    assert all(dict(r.headers)["source"].startswith(settings.topics.events.encode()) for r in dlq)
+
+
+def _wait_for_some_progress(settings: Settings, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _, markers, _ = read_changelog(settings)
+        if markers:
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the worker made no progress")
