@@ -38,9 +38,8 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, weights = self.attn(
-            x, x, x, key_padding_mask=pad, need_weights=True
-        )  # (B, N, D), (B, N, N)
+        # y: (B, N, D); weights: (B, N, N), averaged over heads
+        y, weights = self.attn(x, x, x, key_padding_mask=pad, need_weights=True)
         x = self.norm1(x + self.dropout(y))
         x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, weights

@@ -1,4 +1,4 @@
-"""DSIN (Feng et al., IJCAI 2019): sessions, self-attention in, Bi-LSTM across, target attention.
+"""DSIN (Feng et al., IJCAI 2019): self-attention within sessions, Bi-LSTM across them.
 
 1. :func:`session_slots` puts the behaviours of the ``max_sessions`` most recent sessions (by
    ``hist_session``) into an (S, T) grid, keeping the ``session_len`` most recent behaviours of
