@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -204,7 +205,12 @@ def category_leaves(categories: I64, cap: int, allowance: int) -> list[I64] | No
     pieces = sum(-(-g.shape[0] // cap) for g in groups)
     if pieces > allowance:
         return None
-    return [run for g in groups for run in np.array_split(g, -(-g.shape[0] // cap))]
+    return [run for g in groups for run in _runs(g, cap)]
+
+
+def _runs(group: I64, cap: int) -> list[I64]:
+    """``group`` cut into the fewest near-equal runs of at most ``cap``."""
+    return [group] if group.shape[0] <= cap else np.array_split(group, -(-group.shape[0] // cap))
 
 
 def category_embedding(categories: I64, dim: int = CATEGORY_DIM) -> F32:
@@ -218,6 +224,7 @@ def category_embedding(categories: I64, dim: int = CATEGORY_DIM) -> F32:
 # ---------------------------------------------------------------- summaries
 
 
+@lru_cache(maxsize=16)
 def cluster_dtype(n_dense: int) -> np.dtype:
     """One cluster of the sequence: representative item/category, size, mean dense features."""
     return np.dtype(
@@ -225,11 +232,12 @@ def cluster_dtype(n_dense: int) -> np.dtype:
     )
 
 
-def summarize(leaves: list[I64], x: F32, log: np.ndarray) -> np.ndarray:
+def summarize(leaves: list[I64], x: F32 | None, log: np.ndarray) -> np.ndarray:
     """One cluster record per leaf, ordered by the mean position of the members (oldest first).
 
     ``log`` is the structured behaviour array the rows of ``x`` belong to (fields item, category,
-    dense)."""
+    dense). The representative is the member nearest the centroid of ``x`` (ties: the most
+    recent); with ``x = None`` (all members alike) it is the most recent member."""
     n_dense = _n_dense(log)
     out = np.zeros(len(leaves), dtype=cluster_dtype(n_dense))
     if not leaves:
@@ -237,10 +245,13 @@ def summarize(leaves: list[I64], x: F32, log: np.ndarray) -> np.ndarray:
     order = np.concatenate(leaves)  # members grouped by leaf
     sizes = np.array([leaf.shape[0] for leaf in leaves], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    leaf_of = np.repeat(np.arange(len(leaves)), sizes)
-    centroid = np.add.reduceat(x[order], starts, axis=0) / sizes[:, None]  # (k, d)
-    dist = ((x[order] - centroid[leaf_of]) ** 2).sum(axis=1)
-    nearest = order[np.lexsort((-order, dist, leaf_of))[starts]]  # ties -> most recent
+    if x is None:
+        nearest = np.maximum.reduceat(order, starts)
+    else:
+        leaf_of = np.repeat(np.arange(len(leaves)), sizes)
+        centroid = np.add.reduceat(x[order], starts, axis=0) / sizes[:, None]  # (k, d)
+        dist = ((x[order] - centroid[leaf_of]) ** 2).sum(axis=1)
+        nearest = order[np.lexsort((-order, dist, leaf_of))[starts]]  # ties -> most recent
     out["item"], out["category"] = log["item"][nearest], log["category"][nearest]
     out["size"] = sizes
     if n_dense:
@@ -371,12 +382,13 @@ def _build(
     part = log[int(block["built_from"]) - lo : int(block["end"]) - lo]
     level = int(block["level"])
     cap = config.leaf_cap(level)
-    x = _embed(part, embedder)
-    leaves = None
     if embedder is None:  # the block's share of cluster_bound caps its category leaves
         nominal = config.base << level if _complete(block, config.base) else config.base - 1
         leaves = category_leaves(part["category"], cap, leaf_bound(nominal, cap, config))
-    return summarize(leaves if leaves is not None else split_leaves(x, cap, config), x, part)
+        if leaves is not None:
+            return summarize(leaves, None, part)  # one category per leaf: no centroid needed
+    x = _embed(part, embedder)
+    return summarize(split_leaves(x, cap, config), x, part)
 
 
 def _embed(part: np.ndarray, embedder: ItemEmbedder | None) -> F32:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -50,8 +51,9 @@ def hash_id(s: str) -> int:
     return (int.from_bytes(digest, "little") & _HASH_MASK) | HASH_BIT
 
 
+@lru_cache(maxsize=1 << 16)
 def stable_id(s: str) -> int:
-    """Map one raw id to its int64 key (see the module docstring)."""
+    """Map one raw id to its int64 key (see the module docstring). Cached: ids repeat."""
     return int(s) if is_canonical_decimal(s) else hash_id(s)
 
 
@@ -84,6 +86,9 @@ def _numeric_mask(arr: npt.NDArray[np.str_]) -> npt.NDArray[np.bool_]:
     return ok
 
 
+_M64 = (1 << 64) - 1
+
+
 def splitmix64(x: U64) -> U64:
     """The splitmix64 finaliser, elementwise: a fast, well-mixed stateless hash of uint64s."""
     z = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64, copy=False)
@@ -92,9 +97,20 @@ def splitmix64(x: U64) -> U64:
     return (z ^ (z >> np.uint64(31))).astype(np.uint64, copy=False)
 
 
-def hash_draws(key: int, start: int, n: int, high: int) -> Int64Array:
+def splitmix64_int(x: int) -> int:
+    """:func:`splitmix64` of one Python int (same bits; no numpy overhead for a few values)."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def hash_draws(key: int, start: int, n: int, high: int) -> list[int]:
     """``n`` integers in [0, high) determined by (``key``, ``start + i``): counter-based random
-    draws, so a replay of the same event draws the same values without any generator state."""
-    counter = np.arange(start, start + n, dtype=np.uint64) + np.uint64(key & 0xFFFFFFFFFFFFFFFF)
-    u = (splitmix64(splitmix64(counter)) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return np.minimum((u * high).astype(np.int64), high - 1)
+    draws, so a replay of the same event draws the same values without any generator state.
+    Meant for a few draws at a time (pure Python)."""
+    out = []
+    for i in range(start, start + n):
+        u53 = splitmix64_int(splitmix64_int((key + i) & _M64)) >> 11
+        out.append((u53 * high) >> 53)
+    return out

@@ -316,7 +316,7 @@ class FrequencySampler:
         self._items = np.zeros(capacity, np.int64)
         self._cats = np.zeros(capacity, np.int64)
         self._counts = np.zeros(capacity, np.int64)
-        self._tree = np.zeros(capacity + 1, np.int64)  # 1-based Fenwick tree over _counts
+        self._tree: list[int] = [0] * (capacity + 1)  # 1-based Fenwick tree over _counts
         self._n = 0
         self.total = 0
 
@@ -331,7 +331,7 @@ class FrequencySampler:
         self._counts[i] += 1
         self._cats[i] = category
         self.total += 1
-        j, tree, size = i + 1, self._tree, self._tree.shape[0]
+        j, tree, size = i + 1, self._tree, len(self._tree)
         while j < size:
             tree[j] += 1
             j += j & -j
@@ -363,27 +363,28 @@ class FrequencySampler:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         found: list[I64] = []
         for round_ in range(max_rounds):
-            draws = self._find(hash_draws(key, 4 * k * round_, 4 * k, self.total))
+            draws = self._find(hash_draws(key, 2 * k * round_, 2 * k, self.total))
             found.append(draws[~_member(self._items[draws], exclude)])
             if sum(f.shape[0] for f in found) >= k:
                 break
         idx = np.concatenate(found)[:k]
         return self._items[idx].copy(), self._cats[idx].copy()
 
-    def _find(self, targets: I64) -> I64:
-        """Index i of each target t: prefix(i) <= t < prefix(i + 1), by Fenwick descent."""
-        pos = np.zeros(targets.shape[0], np.int64)
-        rem = targets.copy()
-        size = self._tree.shape[0] - 1
-        step = 1 << (size.bit_length() - 1)
-        while step:
-            nxt = pos + step
-            value = self._tree[np.minimum(nxt, size)]
-            go = (nxt <= size) & (value <= rem)
-            pos = np.where(go, nxt, pos)
-            rem = rem - np.where(go, value, 0)
-            step >>= 1
-        return pos
+    def _find(self, targets: list[int]) -> I64:
+        """Index i of each target t: prefix(i) <= t < prefix(i + 1), by Fenwick descent (a few
+        targets at a time: plain Python on the tree list beats numpy's per-call overhead)."""
+        tree, size = self._tree, len(self._tree) - 1
+        top = 1 << (size.bit_length() - 1)
+        out = []
+        for rem in targets:
+            pos, step = 0, top
+            while step:
+                nxt = pos + step
+                if nxt <= size and tree[nxt] <= rem:
+                    pos, rem = nxt, rem - tree[nxt]
+                step >>= 1
+            out.append(pos)
+        return np.array(out, dtype=np.int64)
 
     def encode(self) -> bytes:
         """Items, categories and counts as three int64 blocks after a count."""
@@ -403,11 +404,11 @@ class FrequencySampler:
         return out
 
 
-def _fenwick(counts: I64) -> I64:
+def _fenwick(counts: I64) -> list[int]:
     """The 1-based Fenwick tree of ``counts``: tree[j] = sum of counts over (j - lowbit(j), j]."""
     prefix = np.concatenate([[0], np.cumsum(counts)])
     j = np.arange(1, counts.shape[0] + 1)
-    return np.concatenate([[0], prefix[j] - prefix[j - (j & -j)]]).astype(np.int64)
+    return [0, *(prefix[j] - prefix[j - (j & -j)]).tolist()]
 
 
 def _member(values: I64, pool: I64) -> npt.NDArray[np.bool_]:

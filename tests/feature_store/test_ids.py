@@ -6,7 +6,15 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feature_store.ids import HASH_BIT, NUMERIC_LIMIT, hash_draws, stable_id, stable_ids
+from feature_store.ids import (
+    HASH_BIT,
+    NUMERIC_LIMIT,
+    hash_draws,
+    splitmix64,
+    splitmix64_int,
+    stable_id,
+    stable_ids,
+)
 
 PINNED_USER_42 = 7417400528562987119
 PINNED_ABC = 6455300059550759896
@@ -50,8 +58,13 @@ def test_no_collisions_among_200k_hashed_ids() -> None:
     assert np.unique(keys).shape[0] == keys.shape[0]
 
 
+def test_splitmix_scalar_equals_vectorised() -> None:
+    x = np.array([0, 1, 2**63, 2**64 - 1, 12345678901234567], dtype=np.uint64)
+    assert splitmix64(x).tolist() == [splitmix64_int(int(v)) for v in x]
+
+
 def test_hash_draws_are_deterministic_and_in_range() -> None:
-    a = hash_draws(key=99, start=0, n=10_000, high=7)
-    assert np.array_equal(a, hash_draws(key=99, start=0, n=10_000, high=7))
+    a = np.array(hash_draws(key=99, start=0, n=10_000, high=7))
+    assert a.tolist() == hash_draws(key=99, start=0, n=10_000, high=7)
     assert a.min() == 0 and a.max() == 6
     assert np.allclose(np.bincount(a) / a.shape[0], 1 / 7, atol=0.02)

@@ -283,6 +283,6 @@ def test_sampler_is_exact_after_many_items_and_growth() -> None:
     # every target value maps to the item whose cumulative range holds it
     order = [int(i) for i in dict.fromkeys(items.tolist())]
     cum = np.cumsum([counts[i] for i in order])
-    targets = np.arange(s.total)
+    targets = list(range(s.total))
     expected = np.array(order)[np.searchsorted(cum, targets, side="right")]
     assert np.array_equal(s._items[s._find(targets)], expected)
