@@ -60,7 +60,10 @@ class FeatureConfig:
         return cls(
             state=state,
             clusters=ClusterConfig(lifelong_cap=settings.lifelong_cap),
-            samples=SampleConfig(recent_length=settings.recent_length),
+            samples=SampleConfig(
+                mode="explicit" if settings.sample_mode == "explicit" else "implicit",
+                recent_length=settings.recent_length,
+            ),
         )
 
 

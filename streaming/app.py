@@ -67,6 +67,7 @@ def build_ingest(
     metrics: IngestMetrics | None = None,
     batch_size: int = 2_000,
     batch_within_s: float = 0.1,
+    tick_interval_s: float = 5.0,
 ) -> tuple[faust.App, IngestService]:
     app = create_app(settings)
     service = IngestService(settings, FaustSink(app), Path(state_dir), metrics)
@@ -81,6 +82,10 @@ def build_ingest(
     async def ingest(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
         async for batch in stream.take_events(batch_size, within=batch_within_s):
             await service.handle([_raw(e) for e in batch])
+
+    @app.timer(interval=tick_interval_s)
+    async def close_attribution_windows() -> None:
+        await service.tick()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: faust.App, revoked: set[TP], **kwargs: Any) -> None:

@@ -87,6 +87,7 @@ class Settings:
     recent_length: int = 200
     lifelong_cap: int = 100_000
     state_dir: str = "./twinstream-state"
+    sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
 
     def __post_init__(self) -> None:
         if self.max_event_bytes <= 0:
@@ -95,6 +96,8 @@ class Settings:
             raise ValueError("session_gap_s must be positive")
         if self.recent_length <= 0 or self.lifelong_cap < self.recent_length:
             raise ValueError("need 0 < recent_length <= lifelong_cap")
+        if self.sample_mode not in ("implicit", "explicit"):
+            raise ValueError("sample_mode must be 'implicit' or 'explicit'")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

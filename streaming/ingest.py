@@ -123,6 +123,17 @@ class IngestService:
         worker.commit(result, await self._changelog(worker.partition, result))
         self._count(result, messages)
 
+    async def tick(self) -> None:
+        """Close expired attribution windows (explicit mode) and send their label-0 samples."""
+        async with self._lock:
+            for partition, worker in self.workers.items():
+                if partition in self._paused:
+                    continue
+                expired = worker.tick()
+                for sample in expired:
+                    await self.sink.send(self.settings.topics.samples, None, sample, partition)
+                self.metrics.samples.inc(len(expired))
+
     def _parse(self, m: RawMessage) -> Event:
         if m.value is None:
             raise InvalidEvent(Reason.MISSING_FIELD, "message has no value")
