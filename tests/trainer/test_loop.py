@@ -11,6 +11,7 @@ import torch
 import models
 from models.testing import random_batch
 from trainer.loop import Learner, LearnerConfig, resolve_device
+from trainer.optim import LazyAdam
 
 CFG = models.ModelConfig(n_items=200, n_categories=10, dim=8, seq_len=12, topk=4, mlp=(16, 8))
 
@@ -29,7 +30,7 @@ def toy_batch(seed: int = 0, n: int = 128) -> models.Batch:
 def test_sparse_tables_use_sparse_adam_and_dense_weights_adam_with_l2() -> None:
     lrn = learner()
     sparse, dense = lrn.optimizers
-    assert isinstance(sparse, torch.optim.SparseAdam) and isinstance(dense, torch.optim.Adam)
+    assert isinstance(sparse, LazyAdam) and isinstance(dense, torch.optim.Adam)
     assert {id(p) for g in sparse.param_groups for p in g["params"]} == {
         id(p) for p in lrn.model.sparse_parameters()
     }
@@ -37,6 +38,12 @@ def test_sparse_tables_use_sparse_adam_and_dense_weights_adam_with_l2() -> None:
     assert decayed["weight_decay"] == 1e-6 and all(p.ndim >= 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.ndim < 2 for p in plain["params"])
     assert decayed["lr"] == 0.01
+
+
+def test_torch_sparse_adam_can_be_chosen() -> None:
+    model = models.build_model("mean", CFG)
+    lrn = Learner(model, LearnerConfig(device="cpu", sparse_optimizer="sparse_adam"))
+    assert isinstance(lrn.optimizers[0], torch.optim.SparseAdam)
 
 
 def test_dense_embedding_models_get_one_adam() -> None:

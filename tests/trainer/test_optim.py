@@ -1,0 +1,32 @@
+"""LazyAdam performs exactly torch.optim.SparseAdam's update, touching only the batch's rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.optim import LazyAdam
+
+
+def test_lazy_adam_matches_sparse_adam_over_steps_with_duplicate_rows() -> None:
+    torch.manual_seed(0)
+    a = torch.nn.Embedding(50, 6, sparse=True)
+    b = torch.nn.Embedding(50, 6, sparse=True)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.SparseAdam(a.parameters(), lr=0.05)
+    opt_b = LazyAdam(b.parameters(), lr=0.05)
+    for step in range(6):
+        rows = torch.randint(0, 20 + step, (30,))  # repeats, and rows that appear late
+        target = torch.randn(30, 6)
+        for table, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            ((table(rows) - target) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(b.weight, a.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_adam_rejects_dense_gradients() -> None:
+    table = torch.nn.Embedding(5, 2, sparse=False)
+    table(torch.tensor([1])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        LazyAdam(table.parameters()).step()

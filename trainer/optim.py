@@ -1,0 +1,65 @@
+"""Lazy (row-wise sparse) Adam for embedding tables with sparse gradients.
+
+The same update as :class:`torch.optim.SparseAdam` (moments and weights change only on the rows a
+batch touched; bias correction by the parameter's step count), computed with fewer passes over the
+touched rows: one gather of the two moments, in-place moment updates, one scatter back and one
+``index_add_`` into the weights. ``torch.optim.SparseAdam`` makes separate masked copies and
+sparse additions for each moment and for the weights.
+
+>>> table = torch.nn.Embedding(10, 4, sparse=True)
+>>> opt = LazyAdam(table.parameters(), lr=0.1)
+>>> table(torch.tensor([1, 1, 3])).sum().backward()
+>>> before = table.weight.detach().clone()
+>>> opt.step()
+>>> changed = (table.weight != before).any(1).nonzero().flatten().tolist()
+>>> changed
+[1, 3]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+class LazyAdam(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group, p.grad)
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any], grad: torch.Tensor) -> None:
+        if not grad.is_sparse:
+            raise ValueError("LazyAdam expects sparse gradients (nn.Embedding(sparse=True))")
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        grad = grad.coalesce()  # duplicate rows summed
+        rows, g = grad.indices()[0], grad.values()  # (n,), (n, D)
+        if rows.numel() == 0:
+            return
+        m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
+        v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, m)
+        state["exp_avg_sq"].index_copy_(0, rows, v)
+        t = state["step"]
+        step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
