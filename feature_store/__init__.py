@@ -21,6 +21,7 @@ from feature_store.samples import (
     SampleConfig,
     decode_samples,
     encode_sample,
+    request_sample,
     with_label,
 )
 from feature_store.state import (
@@ -64,6 +65,7 @@ __all__ = [
     "behaviour_dtype",
     "decode_samples",
     "encode_sample",
+    "request_sample",
     "stable_id",
     "stable_ids",
     "with_label",

@@ -86,7 +86,7 @@ def bench_incremental(log: np.ndarray, cfg: ClusterConfig, embedder: TableEmbedd
     cap = n // 2  # steady state at a cap: the oldest block is a shrinking remnant
     capped = ClusterConfig(lifelong_cap=cap, max_leaf=cfg.max_leaf, max_clusters=cfg.max_clusters)
     cs = update(ClusterState(), log[:cap], 0, capped, embedder)
-    extra, start = 20 * step, time.perf_counter()
+    extra, start = cap // 2, time.perf_counter()  # long enough to rebuild the remnant
     for total in range(cap + step, cap + extra + 1, step):
         cs = update(cs, log[total - cap : total], total - cap, capped, embedder)
     steady = time.perf_counter() - start

@@ -22,8 +22,11 @@ block, and the precise guarantee is:
 So the newest ``B`` behaviours always have leaves <= gamma and the cap doubles with age. At most two
 blocks per level plus the tail exist, and with at most ``lifelong_cap`` behaviours in the log the
 levels are bounded, so ``B`` is chosen (``__post_init__``) as the largest base whose worst case
-stays within ``max_clusters``. When the log is capped, the oldest block loses its oldest members and
-is rebuilt over what is left (a *remnant*), keeping its level.
+stays within ``max_clusters``. When the log is capped, the oldest block loses its oldest members; it
+is rebuilt over what is left (a *remnant*, same level) once more than ``remnant_slack`` (25%) of the
+behaviours it was built from have left the log. So every behaviour of the log is in exactly one
+cluster, and the oldest block's clusters may also still count up to that share of behaviours that
+the cap already dropped (their sizes sum to ``end - built_from``, ``built_from <= lo``).
 
 **Incremental.** A block is clustered once and then kept; re-clustering (:func:`needs_update`) runs
 when the log grew by ``recluster_every`` behaviours (earlier for short logs), when the embedding
@@ -88,6 +91,7 @@ class ClusterConfig:
     recluster_every: int = 64  # delta: behaviours added before re-clustering
     lloyd_iters: int = 4
     min_split_fraction: float = 0.25  # rho
+    remnant_slack: float = 0.25  # share of a capped oldest block that may leave before a rebuild
     block: int | None = None  # B
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class ClusterConfig:
             raise ValueError(f"invalid ClusterConfig: {self}")
         if not 0.0 < self.min_split_fraction <= 0.5:
             raise ValueError("min_split_fraction must be in (0, 0.5]")
+        if not 0.0 <= self.remnant_slack < 1.0:
+            raise ValueError("remnant_slack must be in [0, 1)")
         if self.block is None:
             object.__setattr__(self, "block", _largest_block(self))
         if cluster_bound(self.base, self) > self.max_clusters:
@@ -307,6 +313,7 @@ def update(
     total = lo + log.shape[0]
     layout = advance_layout(state.blocks, lo, total, config)
     kept = _reusable(state, version)
+    _keep_remnant(layout, kept, lo, config)
     groups = []
     for block in layout:
         group = kept.get(_block_key(block))
@@ -365,6 +372,28 @@ def _reusable(state: ClusterState, version: int) -> dict[tuple[int, int, int, in
             continue
         kept[_block_key(b)] = state.clusters[offsets[i] : offsets[i + 1]]
     return kept
+
+
+def _keep_remnant(
+    layout: np.ndarray,
+    kept: dict[tuple[int, int, int, int], np.ndarray],
+    lo: int,
+    config: ClusterConfig,
+) -> None:
+    """Let the oldest block keep its clusters while at most ``remnant_slack`` of the behaviours
+    they were built from have left the log (so a capped user does not re-cluster it each time)."""
+    if not layout.shape[0] or layout["start"][0] >= lo:
+        return
+    first = layout[0]
+    for start, end, level, built_from in kept:
+        same = (start, end, level) == _block_key(first)[:3]
+        if (
+            same
+            and built_from <= lo
+            and lo - built_from <= config.remnant_slack * (end - built_from)
+        ):
+            first["built_from"] = built_from
+            return
 
 
 def _block_key(b: np.void) -> tuple[int, int, int, int]:

@@ -491,6 +491,45 @@ class SampleBuilder:
         )
 
 
+def request_sample(
+    state: UserState,
+    *,
+    user_id: str,
+    ts: float,
+    items: Sequence[str],
+    categories: Sequence[str],
+    recent_length: int = 200,
+    dense: F32 | None = None,
+) -> bytes:
+    """A scoring request as an unlabelled sample message (one target per candidate), so the
+    scorer decodes it with :func:`decode_samples` exactly as the trainer decodes training data.
+
+    >>> from feature_store.state import StateConfig
+    >>> state = UserState.empty(StateConfig())
+    >>> blob = request_sample(state, user_id="u", ts=1e9, items=["1", "2"], categories=["0", "0"])
+    >>> a = decode_samples([blob], recent_length=4)
+    >>> a.target_item.tolist(), np.isnan(a.label).all(), a.hist_mask.any()
+    ([1, 2], np.True_, np.False_)
+    """
+    n = len(items)
+    if dense is None:
+        dense = np.zeros((n, state.n_dense), np.float32)
+    targets = make_targets(
+        [stable_id(i) for i in items],
+        [stable_id(c) for c in categories],
+        labels=np.full(n, np.nan, np.float32),
+        types=np.full(n, TYPE_CODES[EventType.IMPRESSION], np.uint8),
+        dense=dense,
+    )
+    return encode_sample(
+        user=stable_id(user_id),
+        ts=ts,
+        targets=targets,
+        recent=state.recent(recent_length, as_of=ts),
+        clusters=state.clusters(),
+    )
+
+
 # ---------------------------------------------------------------- explicit feedback
 
 LabelFn = Callable[[bytes, float], bytes]
