@@ -233,7 +233,7 @@ class UserState:
         """Index in :attr:`log` where a behaviour at ``ts`` goes (after equal timestamps)."""
         return int(np.searchsorted(self.log["ts"], ts, side="right"))
 
-    def recent(self, length: int, as_of: float | None = None) -> np.ndarray:
+    def recent(self, length: int = 200, as_of: float | None = None) -> np.ndarray:
         """The last ``length`` behaviours with ts <= ``as_of`` (default: all), oldest first."""
         end = self._hi - self._lo if as_of is None else self.position(as_of)
         return self.log[max(0, end - length) : end]
