@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truth", type=Path, default=None, help="planted ground truth (JSON lines)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the negative sampling")
+    p.add_argument(
+        "--min-ts",
+        type=float,
+        default=0.0,
+        help="oldest event time kept (s); historical logs such as MovieLens start in 1996",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--out", type=Path, required=True)
 
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         max_batches=args.max_batches,
         progress=args.progress,
     )
-    ds = build_dataset(load_log(args.data, args.format), dcfg)
+    ds = build_dataset(load_log(args.data, args.format, min_ts=args.min_ts), dcfg)
     truth = load_truth(args.truth) if args.truth else None
     sizes = f"{len(ds.users)} users, {ds.n_items - 1} items, {ds.n_categories - 1} categories"
     counts = f"{len(ds.train)}/{len(ds.valid)}/{len(ds.test)}"
