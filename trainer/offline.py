@@ -166,34 +166,22 @@ def train_epoch(learner: Learner, ds: OfflineDataset, cfg: EvalConfig, seed: int
     return seen
 
 
-def train_one(
-    name: str,
-    seed: int,
-    ds: OfflineDataset,
-    cfg: EvalConfig,
-    truth: TruthIndex | None = None,
-) -> RunResult:
-    """Train one model with one seed, select the epoch on valid AUC, score the test split."""
-    torch.manual_seed(seed)
-    mcfg = model_config(ds, cfg)
-    learner = Learner(models.build_model(name, mcfg), LearnerConfig(lr=cfg.lr, device=cfg.device))
-    per_epoch = _batches_per_epoch(ds, cfg)
-    bar = tqdm(
-        total=per_epoch * cfg.epochs,
-        desc=f"{name} seed {seed}",
-        unit="sample",
-        unit_scale=True,
-        disable=not cfg.progress,
-        leave=False,
-    )
-    best, best_state, best_epoch, seconds, samples, epoch = (
-        -np.inf,
-        learner.state_copy(),
-        0,
-        0.0,
-        0,
-        0,
-    )
+@dataclass(frozen=True)
+class Fit:
+    """Outcome of training: the best valid AUC, its epoch, and the training cost."""
+
+    valid_auc: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    samples: int
+
+
+def fit(learner: Learner, ds: OfflineDataset, cfg: EvalConfig, seed: int, bar: tqdm) -> Fit:
+    """Train up to ``cfg.epochs``; stop after ``patience`` epochs without a valid-AUC gain and
+    leave the learner with the weights of its best epoch."""
+    best, best_state, best_epoch, seconds, samples = -np.inf, learner.state_copy(), 0, 0.0, 0
+    epoch = 0
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
         samples += train_epoch(learner, ds, cfg, seed * 1000 + epoch, bar)
@@ -203,23 +191,46 @@ def train_one(
             best, best_state, best_epoch = valid, learner.state_copy(), epoch
         elif epoch - best_epoch >= cfg.patience:
             break
-    bar.close()
     learner.load_state(best_state)
+    return Fit(float(best), best_epoch, epoch + 1, seconds, samples)
+
+
+def train_one(
+    name: str,
+    seed: int,
+    ds: OfflineDataset,
+    cfg: EvalConfig,
+    truth: TruthIndex | None = None,
+) -> RunResult:
+    """Train one model with one seed, select the epoch on valid AUC, score the test split."""
+    torch.manual_seed(seed)
+    model = models.build_model(name, model_config(ds, cfg))
+    learner = Learner(model, LearnerConfig(lr=cfg.lr, device=cfg.device))
+    total = _batches_per_epoch(ds, cfg) * cfg.epochs
+    with tqdm(
+        total=total,
+        desc=f"{name} seed {seed}",
+        unit="sample",
+        unit_scale=True,
+        disable=not cfg.progress,
+        leave=False,
+    ) as bar:
+        result = fit(learner, ds, cfg, seed, bar)
     profile = Profile()
     exact = exact_attention_fn(learner)
     test = evaluate_split(learner, ds, "test", cfg.eval_batch_size, profile, exact, truth)
+    ndcg = _nanmean(profile.ndcg_exact), _nanmean(profile.ndcg_truth)
     return RunResult(
         name,
         seed,
         test,
-        float(best),
-        best_epoch,
-        epoch + 1,
-        seconds,
-        samples,
+        result.valid_auc,
+        result.best_epoch,
+        result.epochs_run,
+        result.seconds,
+        result.samples,
         profile.mean(),
-        _nanmean(profile.ndcg_exact),
-        _nanmean(profile.ndcg_truth),
+        *ndcg,
     )
 
 
