@@ -177,6 +177,10 @@ def generate(args: argparse.Namespace) -> int:
 
 def worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="local RocksDB state (default: TWINSTREAM_STATE_DIR)")
+    p.add_argument(
+        "--snapshot-dir", help="serve snapshots from here (default: TWINSTREAM_SNAPSHOT_DIR)"
+    )
+    p.add_argument("--http-port", type=int, help="serve POST /score on TWINSTREAM_HTTP_HOST:PORT")
     p.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
     p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
 
@@ -186,12 +190,17 @@ def worker(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from streaming.app import build_ingest
+    from streaming.reload import SnapshotWatcher
 
     settings = _settings()
     ensure_topics(settings)
-    app, _ = build_ingest(settings, Path(args.state_dir or settings.state_dir))
+    state_dir = Path(args.state_dir or settings.state_dir)
+    app, service = build_ingest(settings, state_dir, http_port=args.http_port)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1")
+    snapshots = Path(args.snapshot_dir or settings.snapshot_dir)
+    watcher = SnapshotWatcher(settings, service.holder, service.scoring_metrics, snapshots)
+    watcher.start()
     faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 

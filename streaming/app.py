@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import faust.web
+import orjson
 from faust.types import TP
 
 from streaming.config import Settings
 from streaming.ingest import IngestService, RawMessage
 from streaming.metrics import IngestMetrics
+from streaming.scoring import MAX_REQUEST_BYTES, error_response
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -43,12 +46,23 @@ class FaustSink:
         await self.app.producer.flush()
 
 
-def create_app(settings: Settings, name: str = "twinstream-ingest") -> faust.App:
+def create_app(
+    settings: Settings, name: str = "twinstream-ingest", http_port: int | None = None
+) -> faust.App:
     servers = ";".join(f"kafka://{s}" for s in settings.bootstrap_servers.split(","))
+    web: dict[str, Any] = {"web_enabled": False}
+    if http_port is not None:
+        url = f"http://{settings.http_host}:{http_port}"
+        web = {
+            "web_enabled": True,
+            "web_bind": settings.http_host,
+            "web_port": http_port,
+            "canonical_url": url,
+        }
     return faust.App(
         f"{settings.topics.prefix}{name}",
         broker=servers,
-        web_enabled=False,
+        **web,
         topic_partitions=settings.topics.events_partitions,
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=5_000,
@@ -68,8 +82,9 @@ def build_ingest(
     batch_size: int = 2_000,
     batch_within_s: float = 0.1,
     tick_interval_s: float = 5.0,
+    http_port: int | None = None,
 ) -> tuple[faust.App, IngestService]:
-    app = create_app(settings)
+    app = create_app(settings, http_port=http_port)
     service = IngestService(settings, FaustSink(app), Path(state_dir), metrics)
     events = app.topic(
         settings.topics.events,
@@ -82,6 +97,25 @@ def build_ingest(
     async def ingest(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
         async for batch in stream.take_events(batch_size, within=batch_within_s):
             await service.handle([_raw(e) for e in batch])
+
+    requests = app.topic(
+        settings.topics.score_requests,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topics.events_partitions,
+    )
+
+    @app.agent(requests, name="score")
+    async def score(stream: Any) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            answer = service.answer(event.message.value, partition, "kafka")
+            await service.sink.send(
+                settings.topics.scores, event.message.key, orjson.dumps(answer), partition
+            )
+
+    if http_port is not None:
+        add_http(app, service, requests)
 
     @app.timer(interval=tick_interval_s)
     async def close_attribution_windows() -> None:
@@ -97,6 +131,73 @@ def build_ingest(
         log.warning("ingest owns partitions %s", sorted(service.workers))
 
     return app, service
+
+
+FORWARDED = "X-Twinstream-Forwarded"
+
+
+def add_http(app: faust.App, service: IngestService, requests: faust.TopicT) -> None:
+    """``POST /score``: answered here when this worker owns the user, else forwarded once."""
+
+    @app.page("/score")
+    class ScoreView(faust.web.View):
+        async def post(self, request: Any) -> Any:
+            if (request.content_length or 0) > MAX_REQUEST_BYTES:
+                return self.json(error_response(None, "too_large", "request too large"), status=413)
+            body = await request.read()
+            owner = _owner(app, requests, body)
+            if owner is None or owner == app.conf.canonical_url or FORWARDED in request.headers:
+                answer = service.answer(body, _partition(app, requests, body), "http")
+                return self.json(answer, status=400 if "error" in answer else 200)
+            return await _forward(app, owner, body)
+
+    @app.page("/healthz")
+    class Health(faust.web.View):
+        async def get(self, request: Any) -> Any:
+            model = service.holder.model
+            return self.json(
+                {
+                    "partitions": sorted(service.workers),
+                    "model_version": None if model is None else model.version,
+                }
+            )
+
+
+def _user_key(body: bytes) -> bytes | None:
+    try:
+        user = orjson.loads(body).get("user_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return (
+        str(user).encode() if isinstance(user, str | int) and not isinstance(user, bool) else None
+    )
+
+
+def _partition(app: faust.App, requests: faust.TopicT, body: bytes) -> int | None:
+    key = _user_key(body)
+    if key is None:
+        return None
+    return int(app.producer.key_partition(requests.get_topic_name(), key).partition)
+
+
+def _owner(app: faust.App, requests: faust.TopicT, body: bytes) -> Any:
+    key = _user_key(body)
+    if key is None:
+        return None
+    try:
+        return app.router.external_topic_key_store(requests, key)
+    except KeyError:
+        return None
+
+
+async def _forward(app: faust.App, owner: Any, body: bytes) -> Any:
+    url = f"{owner}".rstrip("/") + "/score"
+    async with app.http_client.post(url, data=body, headers={FORWARDED: "1"}) as response:
+        from aiohttp import web
+
+        return web.Response(
+            body=await response.read(), status=response.status, content_type="application/json"
+        )
 
 
 def _ours(tps: Iterable[TP], settings: Settings) -> set[int]:

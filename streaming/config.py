@@ -88,6 +88,8 @@ class Settings:
     lifelong_cap: int = 100_000
     state_dir: str = "./twinstream-state"
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
+    snapshot_dir: str = "./twinstream-snapshots"
+    http_host: str = "127.0.0.1"  # the worker's HTTP binds here; other hosts only when told
 
     def __post_init__(self) -> None:
         if self.max_event_bytes <= 0:

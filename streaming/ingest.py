@@ -21,8 +21,17 @@ from feature_store import FeatureConfig, PartitionWorker, RocksDBStore
 from feature_store.ingest import BatchResult
 from streaming.changelog import MARKER_KEY, changelog_position_key, encode_marker, restore_partition
 from streaming.config import Settings
-from streaming.metrics import IngestMetrics
+from streaming.metrics import IngestMetrics, ScoringMetrics
 from streaming.schema import Event, InvalidEvent, Reason, parse_event
+from streaming.scoring import (
+    BadRequest,
+    ItemCatalog,
+    ModelHolder,
+    Scorer,
+    error_response,
+    parse_request,
+    request_id_of,
+)
 
 
 class Sink(Protocol):
@@ -56,12 +65,17 @@ class IngestService:
         state_dir: str | Path,
         metrics: IngestMetrics | None = None,
         config: FeatureConfig | None = None,
+        scoring_metrics: ScoringMetrics | None = None,
     ) -> None:
         self.settings, self.sink = settings, sink
         self.state_dir = Path(state_dir)
         self.metrics = metrics or IngestMetrics.create()
         self.config = config or FeatureConfig.from_settings(settings)
         self.workers: dict[int, PartitionWorker] = {}
+        self.holder = ModelHolder()
+        self.catalog = ItemCatalog()
+        self.scorer = Scorer(self.holder, self.catalog, self.config.state)
+        self.scoring_metrics = scoring_metrics or ScoringMetrics.create(self.metrics.registry)
         self._lock = asyncio.Lock()
         self._paused: set[int] = set()
 
@@ -113,15 +127,38 @@ class IngestService:
         records: list[tuple[int, Event]] = []
         for m in messages:
             try:
-                records.append((m.offset, self._parse(m)))
+                event = self._parse(m)
             except InvalidEvent as err:
                 await self._dead_letter(m, err)
+                continue
+            records.append((m.offset, event))
+            self.catalog.learn(event.item_id, event.category_id)
         result = worker.process(records)
         for offset, late in result.rejected:
             await self._dead_letter(_find(messages, offset), late)
         await self._emit(worker.partition, result)
         worker.commit(result, await self._changelog(worker.partition, result))
         self._count(result, messages)
+
+    def answer(self, raw: bytes | None, partition: int | None, transport: str) -> dict[str, Any]:
+        """Answer one score request from the owner's local state (never raises)."""
+        started = time.perf_counter()
+        try:
+            req = parse_request(raw or b"")
+        except BadRequest as err:
+            self.scoring_metrics.requests.labels(transport=transport, outcome=err.code).inc()
+            return error_response(request_id_of(raw or b""), err.code, err.detail)
+        worker = self.workers.get(partition) if partition is not None else None
+        state = None if worker is None else worker.store.get(req.user_id)
+        answer = self.scorer.score(req, state)
+        outcome = answer["error"]["code"] if "error" in answer else "ok"
+        self.scoring_metrics.requests.labels(transport=transport, outcome=outcome).inc()
+        self.scoring_metrics.latency.labels(transport=transport).observe(
+            time.perf_counter() - started
+        )
+        if req.sent_at is not None:
+            self.scoring_metrics.request_to_answer.observe(max(0.0, time.time() - req.sent_at))
+        return answer
 
     async def tick(self) -> None:
         """Close expired attribution windows (explicit mode) and send their label-0 samples."""

@@ -60,3 +60,57 @@ class IngestMetrics:
             ),
             users=Gauge("twinstream_state_users", "Users in this worker's state", registry=r),
         )
+
+
+SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class ScoringMetrics:
+    registry: CollectorRegistry
+    requests: Counter  # by transport (kafka, http) and outcome (ok or an error code)
+    latency: Histogram  # model + state read, by transport
+    reloads: Counter
+    reload_failures: Counter  # by reason
+    model_version: Gauge
+    model_created: Gauge  # unix time the serving snapshot was written
+    request_to_answer: Histogram  # client sent_at to answer sent, when the client says
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> ScoringMetrics:
+        r = REGISTRY if registry is None else registry
+        return cls(
+            registry=r,
+            requests=Counter(
+                "twinstream_score_requests_total",
+                "Score requests",
+                ["transport", "outcome"],
+                registry=r,
+            ),
+            latency=Histogram(
+                "twinstream_score_seconds",
+                "Scoring latency",
+                ["transport"],
+                buckets=SCORE_BUCKETS,
+                registry=r,
+            ),
+            reloads=Counter("twinstream_model_reloads_total", "Snapshots swapped in", registry=r),
+            reload_failures=Counter(
+                "twinstream_model_reload_failures_total",
+                "Snapshots refused",
+                ["reason"],
+                registry=r,
+            ),
+            model_version=Gauge("twinstream_model_version", "Serving snapshot version", registry=r),
+            model_created=Gauge(
+                "twinstream_model_created_timestamp_seconds",
+                "When the serving snapshot was written",
+                registry=r,
+            ),
+            request_to_answer=Histogram(
+                "twinstream_score_request_to_answer_seconds",
+                "Request sent to answer sent",
+                buckets=SCORE_BUCKETS,
+                registry=r,
+            ),
+        )

@@ -1,0 +1,104 @@
+"""Hot reload: watch ``model-updates`` (and the snapshot folder at start), load and verify each
+new snapshot beside the serving one, then swap it in with one reference assignment.
+
+A snapshot that is truncated, has a wrong checksum, another model config or a newer format is
+refused, counted (``twinstream_model_reload_failures_total{reason}``) and logged; the serving model
+stays. Loading runs on this watcher's thread, never on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+
+from streaming.config import Settings
+from streaming.metrics import ScoringMetrics
+from streaming.scoring import ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotWatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        holder: ModelHolder,
+        metrics: ScoringMetrics,
+        snapshot_dir: Path | None = None,
+    ) -> None:
+        self.settings, self.holder, self.metrics = settings, holder, metrics
+        self.snapshot_dir = snapshot_dir
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def load(self, path: Path) -> bool:
+        """Verify and swap in the snapshot at ``path``; False when refused or not newer."""
+        from trainer.snapshot import SnapshotError, load_snapshot
+
+        try:
+            snapshot = load_snapshot(path, expect=self._expected_config())
+        except SnapshotError as err:
+            self.metrics.reload_failures.labels(reason=err.reason).inc()
+            log.warning("refused snapshot %s: %s", path, err)
+            return False
+        if not self.holder.swap(snapshot):
+            return False
+        self.metrics.reloads.inc()
+        self.metrics.model_version.set(snapshot.version)
+        self.metrics.model_created.set(float(snapshot.manifest.get("created", 0.0)))
+        log.warning("serving snapshot v%d from %s", snapshot.version, path)
+        return True
+
+    def _expected_config(self) -> object | None:
+        current = self.holder.model
+        return None if current is None else getattr(current, "config", None)
+
+    def _run(self) -> None:
+        if self.snapshot_dir is not None:
+            self._load_latest(self.snapshot_dir)
+        consumer = self._consumer()
+        try:
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        self._announced(record.value)
+        finally:
+            consumer.close()
+
+    def _load_latest(self, folder: Path) -> None:
+        from trainer.snapshot import latest_snapshot
+
+        path = latest_snapshot(folder)
+        if path is not None:
+            self.load(path)
+
+    def _announced(self, value: bytes) -> None:
+        try:
+            message = orjson.loads(value)
+            path = Path(message["path"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self.metrics.reload_failures.labels(reason="bad_announcement").inc()
+            return
+        self.load(path)
+
+    def _consumer(self) -> KafkaConsumer:
+        topic = self.settings.topics.model_updates
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False
+        )
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_end(tp)
+        consumer.position(tp)
+        return consumer
