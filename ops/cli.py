@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from ops import commands
+from ops import commands, evaluate_cli
 
 Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
@@ -48,6 +48,12 @@ COMMANDS: list[Command] = [
         "Run a Faust ingest worker: validate, sessionize, keep state, emit samples",
         commands.worker_args,
         commands.worker,
+    ),
+    (
+        "evaluate",
+        evaluate_cli.HELP,
+        evaluate_cli.add_arguments,
+        evaluate_cli.run,
     ),
     (
         "generate",
