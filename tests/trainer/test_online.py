@@ -1,0 +1,199 @@
+"""The online trainer without Kafka (``learn_arrays`` / ``snapshot``): progressive validation,
+row resets, determinism, and resuming from the newest valid snapshot."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from feature_store import MemoryStore, PartitionWorker, decode_samples
+from feature_store.samples import SampleArrays
+from models import ModelConfig
+from streaming.config import Settings, TopicNames
+from streaming.schema import Event, EventType
+from streaming.synthetic import GeneratorConfig, generate
+from trainer.features import NewRows
+from trainer.online import OnlineTrainer, TrainerConfig
+from trainer.snapshot import MANIFEST_FILE, SnapshotError, list_snapshots
+
+SETTINGS = Settings(topics=TopicNames(prefix="unit-"))  # never connects: no run() here
+CFG = ModelConfig(n_items=2048, n_categories=64, dim=8, seq_len=20, topk=5)
+TYPES = {"pv": EventType.CLICK, "cart": EventType.CART, "fav": EventType.FAV, "buy": EventType.BUY}
+
+
+def synthetic_events(users: int = 60, seed: int = 3) -> list[Event]:
+    """A small generated log (users with a few drifting interest categories) as events."""
+    log = generate(
+        GeneratorConfig(
+            users=users,
+            long_users=0,
+            categories=30,
+            items_per_category=20,
+            mean_sessions=8,
+            seed=seed,
+        )
+    )
+    return [
+        Event(str(u), str(i), TYPES[str(b)], float(t), str(c))
+        for u, i, c, b, t in zip(
+            log.user, log.item, log.category, log.behaviour, log.ts, strict=True
+        )
+    ]
+
+
+def sample_messages(events: list[Event], partitions: int = 4) -> dict[int, list[bytes]]:
+    """Point-in-time sample messages per partition, as the ingest worker would emit them."""
+    by_partition: dict[int, list[tuple[int, Event]]] = {p: [] for p in range(partitions)}
+    for e in events:
+        part = by_partition[zlib.crc32(e.user_id.encode()) % partitions]
+        part.append((len(part), e))
+    out = {}
+    for p, records in by_partition.items():
+        worker = PartitionWorker(MemoryStore(), p)
+        out[p] = worker.process(records).samples
+    return out
+
+
+@pytest.fixture(scope="module")
+def blobs() -> list[bytes]:
+    per_partition = sample_messages(synthetic_events())
+    return [b for p in sorted(per_partition) for b in per_partition[p]]
+
+
+def batches(blobs: list[bytes], size: int = 64) -> list[SampleArrays]:
+    return [decode_samples(blobs[i : i + size], CFG.seq_len) for i in range(0, len(blobs), size)]
+
+
+def config(tmp_path: Path, **kw: object) -> TrainerConfig:
+    defaults: dict[str, object] = {
+        "model_config": CFG,
+        "snapshot_dir": tmp_path / "snaps",
+        "model": "dare",
+        "device": "cpu",
+        "metrics_window": 2000,
+    }
+    return TrainerConfig(**(defaults | kw))  # type: ignore[arg-type]
+
+
+def test_progressive_validation_learns_a_learnable_stream(
+    tmp_path: Path, blobs: list[bytes]
+) -> None:
+    trainer = OnlineTrainer(SETTINGS, config(tmp_path))
+    for arrays in batches(blobs):
+        trainer.learn_arrays(arrays)
+    assert trainer.step == len(batches(blobs))
+    assert trainer.rows_total == sum(a.size for a in batches(blobs))
+    assert trainer.metrics.auc > 0.6  # scored before learning each batch
+    assert len(trainer.attention) > 0
+
+
+def test_unlabelled_rows_are_not_trained(tmp_path: Path, blobs: list[bytes]) -> None:
+    trainer = OnlineTrainer(SETTINGS, config(tmp_path))
+    arrays = batches(blobs)[0]
+    arrays.label[:] = np.nan
+    trainer.learn_arrays(arrays)
+    assert trainer.step == 0 and trainer.rows_total == 0
+
+
+def test_same_seed_and_data_give_bit_identical_weights(tmp_path: Path, blobs: list[bytes]) -> None:
+    a = OnlineTrainer(SETTINGS, config(tmp_path / "a", ttl=3))
+    b = OnlineTrainer(SETTINGS, config(tmp_path / "b", ttl=3))
+    for arrays in batches(blobs)[:6]:
+        a.learn_arrays(arrays)
+        b.learn_arrays(arrays)
+    assert a.mapper.items.step == 6
+    for (name, x), y in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(x, y), name
+
+
+def test_new_rows_get_fresh_weights_and_zero_optimizer_moments(
+    tmp_path: Path, blobs: list[bytes]
+) -> None:
+    trainer = OnlineTrainer(SETTINGS, config(tmp_path))
+    for arrays in batches(blobs)[:3]:
+        trainer.learn_arrays(arrays)
+    rows = torch.tensor([1, 2, 3])
+    weight = trainer.model.attn_item.weight
+    moments = trainer.learner.optimizers[0].state[weight]
+    assert moments["exp_avg"][rows].abs().sum() > 0
+    before = weight[rows].detach().clone()
+    trainer._reset_rows(NewRows(rows, torch.zeros(0, dtype=torch.int64)))
+    assert not torch.equal(weight[rows], before)
+    assert (
+        moments["exp_avg"][rows].abs().sum() == 0 and moments["exp_avg_sq"][rows].abs().sum() == 0
+    )
+    assert weight[0].abs().sum() == 0  # padding row untouched
+
+
+def test_a_restart_resumes_weights_id_maps_optimizer_and_counters(
+    tmp_path: Path, blobs: list[bytes]
+) -> None:
+    first = OnlineTrainer(SETTINGS, config(tmp_path))
+    for arrays in batches(blobs)[:4]:
+        first.learn_arrays(arrays)
+    first.offsets = {0: 17, 2: 5}
+    written = first.snapshot()
+    assert written is not None and written.manifest.offsets == {0: 17, 2: 5}
+
+    second = OnlineTrainer(SETTINGS, config(tmp_path))
+    assert (second.step, second.rows_total, second.version) == (first.step, first.rows_total, 1)
+    assert second.offsets == {0: 17, 2: 5}
+    for (name, x), y in zip(
+        first.model.state_dict().items(), second.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(x, y), name
+    assert torch.equal(
+        second.mapper.items.lookup(np.arange(5000)), first.mapper.items.lookup(np.arange(5000))
+    )
+    for arrays in batches(blobs)[4:6]:  # and both continue identically (Adam moments restored)
+        first.learn_arrays(arrays)
+        second.learn_arrays(arrays)
+    assert torch.equal(first.model.item.weight, second.model.item.weight)
+    assert second.snapshot() is not None and second.version == 2
+
+
+def test_a_snapshot_of_another_config_stops_the_trainer(tmp_path: Path, blobs: list[bytes]) -> None:
+    first = OnlineTrainer(SETTINGS, config(tmp_path))
+    first.learn_arrays(batches(blobs)[0])
+    first.snapshot()
+    other = ModelConfig(n_items=2048, n_categories=64, dim=16, seq_len=20, topk=5)
+    with pytest.raises(SnapshotError) as err:
+        OnlineTrainer(SETTINGS, config(tmp_path, model_config=other))
+    assert err.value.reason == "config"
+
+
+def test_a_corrupt_newest_snapshot_falls_back_to_the_one_before(
+    tmp_path: Path, blobs: list[bytes]
+) -> None:
+    trainer = OnlineTrainer(SETTINGS, config(tmp_path, keep=3))
+    for arrays in batches(blobs)[:2]:
+        trainer.learn_arrays(arrays)
+        trainer.snapshot()
+    newest = list_snapshots(tmp_path / "snaps")[-1]
+    (newest / "model.safetensors").write_bytes(b"truncated")
+    resumed = OnlineTrainer(SETTINGS, config(tmp_path, keep=3))
+    assert resumed.version == 1 and resumed.step == 1
+    assert json.loads((newest / MANIFEST_FILE).read_bytes())["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0},
+        {"snapshot_every_steps": 0},
+        {"snapshot_every_s": 0.0},
+        {"keep": 0},
+        {"model": "resnet"},
+        {"max_wait_s": 0.0},
+    ],
+)
+def test_invalid_configs_are_refused(tmp_path: Path, bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        config(tmp_path, **bad)
