@@ -10,6 +10,7 @@ the model's initialisation and the shuffling.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -382,7 +383,7 @@ def plot_auc(summaries: list[Summary], path: Path) -> None:
 
 
 def plot_attention(results: list[RunResult], path: Path) -> None:
-    """Mean attention weight by relative position (0 = most recent), one line per model."""
+    """Share of each model's attention mass by relative position (0 = most recent), in log bins."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,14 +392,35 @@ def plot_attention(results: list[RunResult], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in dict.fromkeys(r.model for r in results):
         profiles = [r.attention_by_position for r in results if r.model == name]
-        if not profiles or not profiles[0]:
-            continue
         width = min(len(p) for p in profiles)
-        ax.plot(np.mean([p[:width] for p in profiles], axis=0), label=name)
-    ax.set_xlabel("relative position (0 = most recent; clusters for twin_v2)")
-    ax.set_ylabel("mean attention weight")
-    ax.set_yscale("symlog", linthresh=1e-3)
+        if width == 0:
+            continue
+        centres, share = attention_share(np.mean([p[:width] for p in profiles], axis=0))
+        ax.plot(centres, share, marker="o", markersize=3, label=name)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("relative position, log bins (0 = most recent; clusters for twin_v2)")
+    ax.set_ylabel("share of attention mass per position")
+    ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def attention_share(mean_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean weight per position → (bin centres, mean share of the total per position in the bin).
+
+    Bins 0, 1, 2-3, 4-7, ... smooth the far positions, where few test users have a history.
+
+    >>> attention_share(np.array([0.5, 0.25, 0.125, 0.125]))[1].tolist()
+    [0.5, 0.25, 0.125]
+    """
+    share = mean_weight / max(float(mean_weight.sum()), 1e-12)
+    edges = np.unique(np.r_[0, 2 ** np.arange(int(np.log2(max(len(share), 1))) + 2)])
+    edges = edges[edges <= len(share)]
+    if edges[-1] < len(share):
+        edges = np.r_[edges, len(share)]
+    bins = list(itertools.pairwise(edges.tolist()))
+    centres = np.array([(lo + hi - 1) / 2 for lo, hi in bins])
+    means = np.array([share[lo:hi].mean() for lo, hi in bins])
+    return centres, np.maximum(means, 1e-6)
