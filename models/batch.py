@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+SEQUENCE_PREFIXES = ("hist_", "cluster_")
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -40,6 +42,16 @@ class Batch:
     @property
     def size(self) -> int:
         return int(self.target_item.shape[0])
+
+    def expand_history(self, size: int) -> Batch:
+        """Row 0's sequences as stride-0 views over ``size`` rows (the scorer's one user, many
+        candidates); models detect the broadcast and do the target-independent work once."""
+        changes = {
+            f.name: getattr(self, f.name)[:1].expand(size, *getattr(self, f.name).shape[1:])
+            for f in fields(self)
+            if f.name.startswith(SEQUENCE_PREFIXES)
+        }
+        return replace(self, **changes)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         moved = {

@@ -19,7 +19,7 @@ from dataclasses import fields, replace
 import torch
 
 from models.base import ModelConfig
-from models.batch import Batch
+from models.batch import SEQUENCE_PREFIXES, Batch
 
 
 def _right_aligned(lengths: torch.Tensor, length: int) -> torch.Tensor:
@@ -83,9 +83,6 @@ def random_batch(
     return batch.to(device)
 
 
-_SEQUENCE_FIELDS = ("hist_", "cluster_")
-
-
 def pad_left(batch: Batch, extra: int, clusters: bool = True) -> Batch:
     """The same batch with ``extra`` more padding positions on the left of every sequence."""
 
@@ -93,7 +90,7 @@ def pad_left(batch: Batch, extra: int, clusters: bool = True) -> Batch:
         shape = (x.shape[0], extra, *x.shape[2:])
         return torch.cat([x.new_zeros(shape), x], dim=1)
 
-    prefixes = _SEQUENCE_FIELDS if clusters else ("hist_",)
+    prefixes = SEQUENCE_PREFIXES if clusters else ("hist_",)
     changes = {
         name: pad(value)
         for name, value in ((f.name, getattr(batch, f.name)) for f in fields(batch))
@@ -109,13 +106,12 @@ def share_history(batch: Batch, copy: bool = False) -> Batch:
     target-independent work once; ``copy=True`` gives the same values in ordinary memory.
     """
 
-    def spread(x: torch.Tensor) -> torch.Tensor:
-        wide = x[:1].expand(x.shape[0], *x.shape[1:])
-        return wide.contiguous() if copy else wide
-
+    shared = batch.expand_history(batch.size)
+    if not copy:
+        return shared
     changes = {
-        f.name: spread(getattr(batch, f.name))
-        for f in fields(batch)
-        if f.name.startswith(_SEQUENCE_FIELDS)
+        f.name: getattr(shared, f.name).contiguous()
+        for f in fields(shared)
+        if f.name.startswith(SEQUENCE_PREFIXES)
     }
-    return replace(batch, **changes)
+    return replace(shared, **changes)

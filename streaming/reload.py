@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import cast
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
+from models import ModelConfig
 from streaming.config import Settings
 from streaming.metrics import ScoringMetrics
 from streaming.scoring import ModelHolder
@@ -42,12 +44,14 @@ class SnapshotWatcher:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def load(self, path: Path) -> bool:
+    def load(self, path: Path, manifest_sha256: str | None = None) -> bool:
         """Verify and swap in the snapshot at ``path``; False when refused or not newer."""
         from trainer.snapshot import SnapshotError, load_snapshot
 
         try:
-            snapshot = load_snapshot(path, expect=self._expected_config())
+            snapshot = load_snapshot(
+                path, expect=self._expected_config(), manifest_sha256=manifest_sha256
+            )
         except SnapshotError as err:
             self.metrics.reload_failures.labels(reason=err.reason).inc()
             log.warning("refused snapshot %s: %s", path, err)
@@ -56,13 +60,13 @@ class SnapshotWatcher:
             return False
         self.metrics.reloads.inc()
         self.metrics.model_version.set(snapshot.version)
-        self.metrics.model_created.set(float(snapshot.manifest.get("created", 0.0)))
+        self.metrics.model_created.set(snapshot.manifest.created)
         log.warning("serving snapshot v%d from %s", snapshot.version, path)
         return True
 
-    def _expected_config(self) -> object | None:
+    def _expected_config(self) -> ModelConfig | None:
         current = self.holder.model
-        return None if current is None else getattr(current, "config", None)
+        return None if current is None else cast(ModelConfig, getattr(current, "config", None))
 
     def _run(self) -> None:
         if self.snapshot_dir is not None:
@@ -86,11 +90,11 @@ class SnapshotWatcher:
     def _announced(self, value: bytes) -> None:
         try:
             message = orjson.loads(value)
-            path = Path(message["path"])
+            path, digest = Path(message["path"]), message.get("manifest_sha256")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             self.metrics.reload_failures.labels(reason="bad_announcement").inc()
             return
-        self.load(path)
+        self.load(path, digest if isinstance(digest, str) else None)
 
     def _consumer(self) -> KafkaConsumer:
         topic = self.settings.topics.model_updates

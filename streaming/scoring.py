@@ -28,16 +28,17 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 import orjson
 import torch
 
-from feature_store import UserState, decode_samples
+from feature_store import UserState, decode_samples, stable_ids
 from feature_store.samples import SampleArrays, request_sample
 from feature_store.state import StateConfig
+from models.batch import Batch
 
 MAX_CANDIDATES = 1_000
 MAX_REQUEST_BYTES = 256 * 1024
@@ -163,11 +164,14 @@ def error_response(request_id: str | None, code: str, detail: str) -> dict[str, 
 
 
 class ServingModel(Protocol):
-    """What the scorer needs of a loaded snapshot."""
+    """What the scorer needs of a loaded snapshot (:class:`trainer.snapshot.LoadedSnapshot`)."""
 
     version: int
+    model: Any  # models.CTRModel in eval mode
+    mapper: Any  # trainer.features.FeatureMapper
+    device: torch.device
 
-    def score(self, arrays: SampleArrays) -> Any: ...  # ModelOutput: logits, attention
+    def batch(self, arrays: SampleArrays) -> Batch: ...
 
 
 class ModelHolder:
@@ -224,13 +228,13 @@ class Scorer:
             state,
             user_id=req.user_id,
             ts=time.time(),
-            items=req.items,
-            categories=categories,
+            items=req.items[:1],
+            categories=categories[:1],
             recent_length=self.state_config.recent_length,
         )
         arrays = decode_samples([blob], recent_length=self.state_config.recent_length)
         with torch.inference_mode():
-            out = model.score(arrays)
+            out = model.model(candidates_batch(model, arrays, req.items, categories))
         scores = torch.sigmoid(out.logits.float()).cpu().numpy()
         response: dict[str, Any] = {
             "request_id": req.request_id,
@@ -245,29 +249,52 @@ class Scorer:
         return response
 
 
+def candidates_batch(
+    model: ServingModel, arrays: SampleArrays, items: Sequence[str], categories: Sequence[str]
+) -> Batch:
+    """One user's history (mapped once, shared as stride-0 views) against every candidate."""
+    one = model.batch(arrays)  # (1, ...) on the model's device
+    n = len(items)
+    item_rows = model.mapper.items.lookup(stable_ids(items)).to(model.device)
+    category_rows = model.mapper.categories.lookup(stable_ids(categories)).to(model.device)
+    return replace(
+        one.expand_history(n),
+        target_item=item_rows,
+        target_category=category_rows,
+        target_dense=one.target_dense.expand(n, -1),
+        label=None,
+        user=None if one.user is None else one.user.expand(n),
+    )
+
+
 def explain(
     arrays: SampleArrays, attention: torch.Tensor | None, top: int
 ) -> list[list[dict[str, Any]]]:
     """Per candidate, the ``top`` most attended past behaviours (recent sequence or clusters)."""
     if attention is None:
         return []
-    weights = attention.float().cpu().numpy()  # (B, S)
+    weights = attention.float().cpu().numpy()  # (B, S): every row shares row 0's history
     on_clusters = weights.shape[1] == arrays.cluster_item.shape[1] != arrays.hist_item.shape[1]
-    items = arrays.cluster_item if on_clusters else arrays.hist_item
-    cats = arrays.cluster_category if on_clusters else arrays.hist_category
+    items = (arrays.cluster_item if on_clusters else arrays.hist_item)[0]
+    cats = (arrays.cluster_category if on_clusters else arrays.hist_category)[0]
+    ts = None if on_clusters else arrays.hist_ts[0]
+    where = "cluster" if on_clusters else "position"
     out = []
-    for row in range(weights.shape[0]):
-        order = np.argsort(-weights[row], kind="stable")[:top]
-        out.append(
-            [
-                {
-                    "item": int(items[row, j]),
-                    "category": int(cats[row, j]),
-                    "weight": round(float(weights[row, j]), 6),
-                    ("cluster" if on_clusters else "position"): int(j),
-                }
-                for j in order
-                if weights[row, j] > 0
-            ]
-        )
+    for row in weights:
+        order = np.argsort(-row, kind="stable")[:top]
+        out.append([_behaviour(items, cats, ts, row, j, where) for j in order if row[j] > 0])
+    return out
+
+
+def _behaviour(
+    items: np.ndarray, cats: np.ndarray, ts: np.ndarray | None, w: np.ndarray, j: int, where: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "item": int(items[j]),
+        "category": int(cats[j]),
+        "weight": round(float(w[j]), 6),
+        where: int(j),
+    }
+    if ts is not None:
+        out["ts"] = float(ts[j])
     return out

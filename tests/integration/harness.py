@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """``twinstream worker`` in a subprocess of its own, with its own state folder."""
 
-    def __init__(self, settings: Settings, state_dir: Path, log: Path) -> None:
+    def __init__(self, settings: Settings, state_dir: Path, log: Path, *extra: str) -> None:
         env = dict(os.environ)
         env.update(
             TWINSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
@@ -33,7 +33,7 @@ class WorkerProcess:
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "worker", "--state-dir", str(state_dir)],
+                [sys.executable, "-m", "ops.cli", "worker", "--state-dir", str(state_dir), *extra],
                 cwd=REPO,
                 env=env,
                 stdout=out,

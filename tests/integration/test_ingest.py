@@ -1,4 +1,4 @@
-"""The Faust ingest worker against the real broker: sessions, recent sequences, crash, rebalance, DLQ."""
+"""The Faust ingest worker on the real broker: sessions, recent sequences, crash, rebalance, DLQ."""
 
 from __future__ import annotations
 

@@ -1,0 +1,156 @@
+"""Scoring end to end against the real broker: Kafka and HTTP answers, explanations, bad input,
+and 100 hot reloads (one of them corrupt) under continuous requests without a failed request."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from feature_store import stable_ids
+from models import ModelConfig, build_model
+from streaming.admin import ensure_topics, read_topic
+from streaming.client import ScoreClient
+from streaming.config import Settings
+from streaming.producer import EventProducer
+from streaming.replay import replay
+from streaming.sources import read_events
+from tests.conftest import shared_file
+from tests.integration.harness import WorkerProcess, wait_caught_up
+from trainer.features import FeatureMapper, MapperConfig, RawIds
+from trainer.online import announce
+from trainer.snapshot import SnapshotContent, write_snapshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+HTTP_PORT = 28_811
+CONFIG = ModelConfig(n_items=50_000, n_categories=5_000, dim=8, seq_len=50, topk=5)
+
+
+def write_version(folder: Path, version: int, items: np.ndarray, cats: np.ndarray):  # type: ignore[no-untyped-def]
+    mapper = FeatureMapper(MapperConfig.for_model(CONFIG))
+    mapper.observe(RawIds(items=items, categories=cats))
+    model = build_model("dare", CONFIG)
+    content = SnapshotContent(
+        model_name="dare",
+        model=model,
+        mapper=mapper,
+        topic=None,
+        offsets={},
+        step=version,
+        samples=0,
+    )
+    return write_snapshot(folder, version, content)
+
+
+@pytest.fixture()
+def serving(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    events, _ = read_events(shared_file("taobao_users", "UserBehavior.csv"), "taobao")
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:
+        replay(events, producer, progress=False)
+    items = stable_ids([e.item_id for e in events])
+    cats = stable_ids([e.category_id for e in events])
+    snaps = tmp_path / "snapshots"
+    write_version(snaps, 1, items, cats)
+    extra = ("--snapshot-dir", str(snaps), "--http-port", str(HTTP_PORT))
+    with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log", *extra):
+        wait_caught_up(settings)
+        yield events, snaps, items, cats
+
+
+def post(body: bytes) -> tuple[int, dict]:  # type: ignore[type-arg]
+    req = urllib.request.Request(f"http://127.0.0.1:{HTTP_PORT}/score", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, orjson.loads(err.read())
+
+
+def test_scores_on_kafka_and_http_with_explanations_and_bad_input(settings, serving) -> None:  # type: ignore[no-untyped-def]
+    events, _, _, _ = serving
+    user = events[-1].user_id
+    candidates = [e.item_id for e in events[:100]]
+    with ScoreClient(settings) as client:
+        answer = _await_model(client, user, candidates)
+        assert len(answer["scores"]) == 100 and answer["model_version"] == 1
+        assert answer["history_length"] > 0
+        assert answer["explanations"][0] and all("weight" in b for b in answer["explanations"][0])
+        unknown = client.score("nobody", ["no-such-item", candidates[0]])
+        assert unknown["history_length"] == 0 and len(unknown["scores"]) == 2
+        assert client.score(user, [])["error"]["code"] == "no_candidates"
+    status, http_answer = post(orjson.dumps({"user_id": user, "items": candidates[:5]}))
+    assert status == 200 and len(http_answer["scores"]) == 5
+    for body, code in [
+        (b"{not json", "bad_json"),
+        (orjson.dumps({"user_id": user, "items": []}), "no_candidates"),
+        (orjson.dumps({"user_id": user, "items": [str(i) for i in range(100_000)]}), "too_large"),
+        (orjson.dumps({"user_id": [1], "items": ["1"]}), "wrong_type"),
+    ]:
+        status, bad = post(body)
+        assert status in (400, 413) and bad["error"]["code"] == code
+    raw = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    raw.send(settings.topics.score_requests, key=b"u", value=b'{"request_id": "bad-1", "items": 3}')
+    raw.flush()
+    raw.close()
+    answers = read_topic(settings, settings.topics.scores, idle_timeout_s=5)
+    errors = [orjson.loads(r.value) for r in answers if b"bad-1" in r.value]
+    assert errors and errors[0]["error"]["code"] == "wrong_type"  # answered, not crashed
+
+
+def test_100_reloads_under_load_with_a_corrupt_one_lose_no_request(settings, serving) -> None:  # type: ignore[no-untyped-def]
+    events, snaps, items, cats = serving
+    user, candidates = events[-1].user_id, [e.item_id for e in events[:100]]
+    answers: list[dict] = []  # type: ignore[type-arg]
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with ScoreClient(settings) as client:
+            _await_model(client, user, candidates)
+            while not stop.is_set():
+                try:
+                    answers.append(client.score(user, candidates, timeout=10))
+                except BaseException as err:  # every failure counts
+                    failures.append(err)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    corrupt_version = 50
+    for version in range(2, 102):
+        written = write_version(snaps, version, items, cats)
+        if version == corrupt_version:
+            weights = written.path / "model.safetensors"
+            data = bytearray(weights.read_bytes())
+            data[-1] ^= 0xFF
+            weights.write_bytes(bytes(data))
+        announce(producer, settings.topics.model_updates, written)
+        producer.flush()
+        time.sleep(0.05)
+    time.sleep(3)
+    stop.set()
+    thread.join(timeout=60)
+    producer.close()
+    assert not failures
+    assert answers and all("error" not in a for a in answers)
+    versions = [a["model_version"] for a in answers]
+    assert versions == sorted(versions) and versions[-1] == 101
+    assert corrupt_version not in versions
+
+
+def _await_model(client: ScoreClient, user: str, items: list[str]) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = client.score(user, items, explain=True)
+        if "error" not in answer:
+            return answer
+        assert answer["error"]["code"] == "no_model"
+        time.sleep(0.5)
+    raise TimeoutError("the worker never loaded the snapshot")
