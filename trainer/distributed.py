@@ -187,7 +187,10 @@ class TorchComm:
         per_rank = self.all_gather_rows([rows, values])
         all_rows = torch.cat([r[0] for r in per_rank]).to(p.device)
         all_values = torch.cat([r[1] for r in per_rank]).to(p.device) / n_total
-        return torch.sparse_coo_tensor(all_rows.unsqueeze(0), all_values, p.shape).coalesce()
+        merged = torch.sparse_coo_tensor(
+            all_rows.unsqueeze(0), all_values, p.shape, check_invariants=True
+        )
+        return merged.coalesce()
 
     def all_gather_rows(self, tensors: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
         """All-gather tensors whose first dimension varies by rank (the same n for every tensor
@@ -251,7 +254,9 @@ class TorchComm:
         return [r[0].reshape(-1).tolist() for r in self.all_gather_rows([t])]
 
     def close(self) -> None:
+        """Leave together: a rank that tears gloo down while a peer still talks aborts it."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

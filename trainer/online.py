@@ -69,6 +69,9 @@ from trainer.snapshot import (
 )
 
 log = logging.getLogger("twinstream.trainer")
+# Small per-partition fetches make a backlog interleave partitions (a few dozen messages of each
+# per fetch); with megabytes per fetch the trainer reads one whole partition after another.
+PARTITION_FETCH_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -533,7 +536,7 @@ class OnlineTrainer:
         consumer = self._consumer()
         producer = None
         if self.comm.is_main:
-            producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks=1)
+            producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers)
         try:
             yield consumer, producer
         finally:
@@ -547,7 +550,7 @@ class OnlineTrainer:
             "bootstrap_servers": s.bootstrap_servers,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
-            "max_partition_fetch_bytes": 16 * 1024 * 1024,
+            "max_partition_fetch_bytes": PARTITION_FETCH_BYTES,
             "fetch_max_bytes": 64 * 1024 * 1024,
         }
         if self.comm.world_size > 1:
