@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from ops import commands, evaluate_cli
+from ops import commands, evaluate_cli, train_cli
 
 Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
@@ -48,6 +48,18 @@ COMMANDS: list[Command] = [
         "Run a Faust ingest worker: validate, sessionize, keep state, emit samples",
         commands.worker_args,
         commands.worker,
+    ),
+    (
+        "train",
+        train_cli.HELP,
+        train_cli.add_arguments,
+        train_cli.run,
+    ),
+    (
+        "score",
+        "Score candidate items for a user through the workers (Kafka), with explanations",
+        commands.score_args,
+        commands.score,
     ),
     (
         "evaluate",

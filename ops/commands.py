@@ -8,8 +8,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import orjson
+
 from ops import broker as broker_mod
-from streaming.admin import ensure_topics, read_topic
+from streaming.admin import ensure_topics
 from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay as replay_events
@@ -205,6 +207,28 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- score --------------------------------------------------------------------------------------
+
+
+def score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("user", help="user id")
+    p.add_argument("items", nargs="+", help="candidate item ids")
+    p.add_argument("--explain", action="store_true", help="show the most attended behaviours")
+    p.add_argument("--timeout", type=float, default=10.0)
+
+
+def score(args: argparse.Namespace) -> int:
+    from streaming.client import ScoreClient
+
+    with ScoreClient(_settings()) as client:
+        try:
+            answer = client.score(args.user, args.items, explain=args.explain, timeout=args.timeout)
+        except TimeoutError as err:
+            raise UserError(f"{err}: is a worker running (twinstream worker)?") from None
+    print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    return 1 if "error" in answer else 0
+
+
 # --- demo (the main job) ------------------------------------------------------------------------
 
 
@@ -212,32 +236,14 @@ def demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", help="a Taobao-format log (default: ../shared/data sample, else generated)"
     )
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="replay at most N events")
+    p.add_argument("--out", default="twinstream-out/demo", help="logs, state and snapshots")
 
 
 def demo(args: argparse.Namespace) -> int:
-    data = _demo_data(args.data)
-    cfg = broker_mod.BrokerConfig.from_env()
-    settings = _settings()
-    if "KAFKA_BOOTSTRAP_SERVERS" not in __import__("os").environ:
-        broker(argparse.Namespace(action="start"))
-        settings = Settings.from_env({"TWINSTREAM_BOOTSTRAP_SERVERS": cfg.bootstrap})
-    prefix = f"demo-{int(time.time())}-"
-    settings = Settings.from_env(
-        {
-            "TWINSTREAM_TOPIC_PREFIX": prefix,
-            "TWINSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        }
-    )
-    events, report = read_events(data, "taobao")
-    print(f"read {data}: {report.summary()}")
-    ensure_topics(settings)
-    with EventProducer(settings) as producer:
-        stats = replay_events(events, producer, limit=args.limit)
-    print(f"replayed {stats.sent} events to {settings.topics.events} ({stats.rate:,.0f} events/s)")
-    records = read_topic(settings, settings.topics.events, expected=stats.sent)
-    _print_readback(records, stats.sent)
-    return 0 if len(records) == stats.sent else 1
+    from ops.demo import run_demo
+
+    return run_demo(_demo_data(args.data), Path(args.out), args.limit)
 
 
 def _demo_data(explicit: str | None) -> Path:
@@ -250,12 +256,3 @@ def _demo_data(explicit: str | None) -> Path:
         print("../shared/data is absent: generating a synthetic log", file=sys.stderr)
         generate_log(GeneratorConfig(users=150, long_users=1, long_history=5_000)).write(out)
     return out
-
-
-def _print_readback(records: list, expected: int) -> None:
-    per_partition = Counter(r.partition for r in records)
-    users = {r.key for r in records}
-    print(
-        f"read back {len(records)}/{expected} events of {len(users)} users; per partition: "
-        + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items()))
-    )

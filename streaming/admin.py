@@ -106,3 +106,13 @@ def _partitions(
         if time.monotonic() > deadline:
             raise TimeoutError(f"topic {topic!r} has no partitions after {timeout_s}s")
         time.sleep(0.2)
+
+
+def end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
+    """The next offset of each partition of ``topic`` (0 for an empty partition)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()

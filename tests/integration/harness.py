@@ -13,6 +13,7 @@ from types import TracebackType
 from kafka import KafkaConsumer, TopicPartition
 
 from feature_store import UserState
+from streaming.admin import end_offsets
 from streaming.changelog import MARKER_KEY
 from streaming.config import Settings
 
@@ -59,15 +60,6 @@ class WorkerProcess:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
 
 
 def read_changelog(
