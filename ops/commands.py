@@ -191,9 +191,11 @@ def worker(args: argparse.Namespace) -> int:
     import faust
     from prometheus_client import start_http_server
 
+    from ops.malloc import tune_malloc
     from streaming.app import build_ingest
     from streaming.reload import SnapshotWatcher
 
+    tune_malloc()
     settings = _settings()
     ensure_topics(settings)
     state_dir = Path(args.state_dir or settings.state_dir)

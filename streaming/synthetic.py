@@ -120,7 +120,7 @@ def _user_events(
     if n_events is not None:
         sizes = _fit_sizes(sizes, n_events)
     ts = _timestamps(rng, _session_starts(rng, n_sessions, window), sizes)
-    session_of = np.repeat(np.arange(n_sessions), sizes)
+    session_of = np.repeat(np.arange(sizes.size), sizes)
     categories, truth = _plant(cfg, rng, user, ts, session_of, shift_ts)
     ranks = np.minimum(rng.zipf(1.6, size=ts.size) - 1, cfg.items_per_category - 1)
     items = categories * cfg.items_per_category + ranks + 1

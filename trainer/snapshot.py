@@ -601,13 +601,16 @@ def _tensors(data: bytes, what: str) -> dict[str, torch.Tensor]:
 
 def _load_model(manifest: Manifest, data: bytes, device: torch.device) -> CTRModel:
     try:
-        model = build_model(manifest.model, manifest.config)
+        with torch.device("meta"):  # no random init: the weights replace every tensor
+            model = build_model(manifest.model, manifest.config)
     except ValueError as err:
         raise SnapshotError("corrupt", str(err)) from None
     try:
-        model.load_state_dict(_tensors(data, MODEL_FILE), strict=True)
+        model.load_state_dict(_tensors(data, MODEL_FILE), strict=True, assign=True)
     except RuntimeError as err:
         raise SnapshotError("corrupt", f"weights do not fit the model: {err}") from None
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise SnapshotError("corrupt", "the weights leave some model tensors unset")
     return model.to(device).eval()
 
 

@@ -1,0 +1,195 @@
+"""Scoring latency: the GSU speed-up of a compressed lifelong sequence, the whole scorer path, and
+the pause that hot reloads cause, all measured in one run.
+
+    python -m ops.bench.bench_scoring [--runs 300] [--device cpu|cuda] [--threads 1]
+
+A. Model level at the issue's shape: TWIN-V2 (recent branch on) scoring 100 candidates that share
+   one history of 200 recent behaviours plus 1,000 clusters, dim 64, a Taobao-sized vocabulary
+   (4,068,791 items, 9,408 categories); beside the same model given the full uncompressed history
+   (``--uncompressed`` behaviours as clusters of size 1).
+B. The whole scorer (``streaming.scoring.Scorer``: state → request sample → decode → id maps →
+   model → answer) for a real 100,000-behaviour user's state (recent 200 + its TWIN-V2 clusters).
+C. B again while another thread hot-reloads verified snapshots without pause (``SnapshotWatcher``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+
+from feature_store import ClusterConfig, StateConfig, UserState
+from models import ModelConfig, build_model
+from models.batch import Batch
+from models.testing import random_batch
+from ops.malloc import tune_malloc
+from streaming.config import Settings
+from streaming.metrics import ScoringMetrics
+from streaming.reload import SnapshotWatcher
+from streaming.schema import Event, EventType
+from streaming.scoring import ItemCatalog, ModelHolder, Scorer, ScoreRequest
+from streaming.synthetic import GeneratorConfig, generate
+from trainer.features import FeatureMapper, MapperConfig, RawIds
+from trainer.snapshot import SnapshotContent, write_snapshot
+
+TAOBAO = ModelConfig(n_items=4_068_791, n_categories=9_408, dim=64, topk=20, twin_v2_recent=True)
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float]:
+    p50, p99 = np.percentile(np.array(samples_s) * 1000, [50, 99])
+    return float(p50), float(p99)
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def with_clusters(batch: Batch, n: int, sizes: torch.Tensor, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    cfg_items, cfg_cats = TAOBAO.n_items, TAOBAO.n_categories
+    b = batch.size
+    return replace(
+        batch,
+        cluster_item=torch.randint(1, cfg_items, (1, n), generator=g).expand(b, n),
+        cluster_category=torch.randint(1, cfg_cats, (1, n), generator=g).expand(b, n),
+        cluster_size=sizes.reshape(1, n).expand(b, n),
+        cluster_mask=torch.ones(1, n, dtype=torch.bool).expand(b, n),
+        cluster_dense=torch.zeros(1, n, 0).expand(b, n, 0),
+    )
+
+
+def model_level(runs: int, uncompressed: int, device: str) -> None:
+    model = build_model("twin_v2", TAOBAO).eval().to(device)
+    base = random_batch(TAOBAO, 100, 200, 1, seed=1, min_len=200).expand_history(100)
+    sizes = torch.randint(1, 101, (1000,), generator=torch.Generator().manual_seed(2)).float()
+    compressed = with_clusters(base, 1000, sizes, 3).to(device)
+    full = with_clusters(base, uncompressed, torch.ones(uncompressed), 4).to(device)
+    results = {}
+    for name, batch in (("1,000 clusters", compressed), (f"{uncompressed:,} raw", full)):
+
+        def score(b: Batch = batch) -> object:
+            return _sync(model(b), device)
+
+        with torch.inference_mode():
+            results[name] = percentiles(timed(score, runs))
+    (c50, c99), (f50, f99) = results.values()
+    print("A. TWIN-V2 scoring 100 candidates, recent 200 + lifelong, dim 64, Taobao vocabulary")
+    for name, (p50, p99) in results.items():
+        print(f"   {name:>16}: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  ({1000 / p50:,.0f} req/s)")
+    print(f"   GSU speed-up (uncompressed / clustered): p50 {f50 / c50:.1f}x  p99 {f99 / c99:.1f}x")
+
+
+def _sync(out: object, device: str) -> object:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out
+
+
+def long_user_state() -> UserState:
+    log = generate(GeneratorConfig(users=0, long_users=1, long_history=100_000, seed=7))
+    state_cfg, cluster_cfg = StateConfig(), ClusterConfig()
+    state = UserState.empty(state_cfg)
+    for i, (item, cat, ts) in enumerate(zip(log.item, log.category, log.ts, strict=True)):
+        state.apply(Event("u", str(item), EventType.CLICK, float(ts), str(cat), f"e{i}"), state_cfg)
+    state.maybe_recluster(cluster_cfg)
+    return state
+
+
+def snapshots(folder: Path, state: UserState, n: int, config: ModelConfig) -> list[Path]:
+    mapper = FeatureMapper(MapperConfig.for_model(config))
+    mapper.observe(RawIds(items=state.log["item"], categories=state.log["category"]))
+    paths = []
+    for version in range(1, n + 1):
+        content = SnapshotContent(
+            model_name="twin_v2",
+            model=build_model("twin_v2", config),
+            mapper=mapper,
+            topic=None,
+            offsets={},
+            step=version,
+            samples=0,
+        )
+        paths.append(write_snapshot(folder, version, content).path)
+    return paths
+
+
+def scorer_path(runs: int, reloads: int) -> None:
+    state = long_user_state()
+    config = replace(TAOBAO, n_items=200_000, n_categories=1_000)
+    folder = Path(tempfile.mkdtemp())
+    paths = snapshots(folder, state, reloads + 1, config)
+    holder, metrics = ModelHolder(), ScoringMetrics.create(CollectorRegistry())
+    watcher = SnapshotWatcher(Settings(), holder, metrics)
+    watcher.load(paths[0])
+    scorer = Scorer(holder, ItemCatalog())
+    items = tuple(str(i) for i in np.unique(state.log["item"])[:100])
+    req = ScoreRequest("r", "u", items, tuple("0" for _ in items))
+    quiet = timed(lambda: scorer.score(req, state), runs)
+    stop = threading.Event()
+    done = []
+
+    def reload_loop() -> None:
+        for path in paths[1:]:
+            if stop.is_set():
+                return
+            done.append(watcher.load(path))
+
+    thread = threading.Thread(target=reload_loop)
+    thread.start()
+    during = timed(lambda: scorer.score(req, state), runs, warmup=0)
+    while thread.is_alive():
+        during += timed(lambda: scorer.score(req, state), 10, warmup=0)
+    thread.join()
+    (q50, q99), (d50, d99) = percentiles(quiet), percentiles(during)
+    print(
+        f"B. whole scorer, 100 candidates, user with {state.total:,} behaviours "
+        f"(recent 200 + {len(state.clusters())} clusters):"
+    )
+    rate = 1 / statistics.mean(quiet)
+    print(f"   p50 {q50:.2f} ms  p99 {q99:.2f} ms  ({rate:,.0f} req/s on one thread)")
+
+    print(
+        f"C. during {sum(done)} hot reloads: p50 {d50:.2f} ms  p99 {d99:.2f} ms  max "
+        f"{max(during) * 1000:.2f} ms; p99 ratio {d99 / q99:.2f}x (goal: no spike > 2x p99)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--uncompressed", type=int, default=10_000)
+    parser.add_argument("--reloads", type=int, default=30)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--default-malloc", action="store_true", help="skip the worker's tuning")
+    args = parser.parse_args()
+    tuned = not args.default_malloc and tune_malloc()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("streaming.reload").setLevel(logging.ERROR)
+    print(
+        f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s), "
+        f"malloc tuned as in the worker: {tuned}"
+    )
+    model_level(args.runs, args.uncompressed, args.device)
+    scorer_path(args.runs, args.reloads)
+
+
+if __name__ == "__main__":
+    main()
