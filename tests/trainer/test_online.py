@@ -18,7 +18,7 @@ from streaming.config import Settings, TopicNames
 from streaming.schema import Event, EventType
 from streaming.synthetic import GeneratorConfig, generate
 from trainer.features import NewRows
-from trainer.online import OnlineTrainer, TrainerConfig
+from trainer.online import OnlineTrainer, RunReport, TrainerConfig
 from trainer.snapshot import MANIFEST_FILE, SnapshotError, list_snapshots
 
 SETTINGS = Settings(topics=TopicNames(prefix="unit-"))  # never connects: no run() here
@@ -197,3 +197,23 @@ def test_a_corrupt_newest_snapshot_falls_back_to_the_one_before(
 def test_invalid_configs_are_refused(tmp_path: Path, bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         config(tmp_path, **bad)
+
+
+def test_a_failed_periodic_snapshot_is_logged_and_training_goes_on(
+    tmp_path: Path, blobs: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = OnlineTrainer(SETTINGS, config(tmp_path))
+    trainer.learn_arrays(batches(blobs)[0])
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("trainer.online.write_snapshot", disk_full)
+    trainer._snapshot(None, None, RunReport())  # periodic: logged, not raised
+    assert trainer.last_snapshot is None
+    with pytest.raises(OSError):
+        trainer.snapshot()  # final: raised
+    monkeypatch.undo()
+    trainer.learn_arrays(batches(blobs)[1])
+    written = trainer.snapshot()
+    assert written is not None and written.manifest.step == 2
