@@ -40,6 +40,15 @@ from models.batch import Batch
 from models.embedding import IdMap
 
 I64 = npt.NDArray[np.int64]
+# Batch / SampleArrays id fields: (field, id map attribute, mask of the real positions)
+_ID_FIELDS = (
+    ("target_item", "items", None),
+    ("hist_item", "items", "hist_mask"),
+    ("cluster_item", "items", "cluster_mask"),
+    ("target_category", "categories", None),
+    ("hist_category", "categories", "hist_mask"),
+    ("cluster_category", "categories", "cluster_mask"),
+)
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,23 @@ class FeatureMapper:
             user=t(a.user),
         )
 
+    def refresh(self, batch: Batch, arrays: SampleArrays) -> Batch:
+        """``batch`` (from ``to_batch(arrays, learn=False)``) after :meth:`observe`: only the ids
+        that read row 0 are looked up again. Ids that had a row keep it, because an id observed
+        in a call cannot expire in that call. Equal to a fresh ``to_batch(arrays, learn=False)``
+        at a fraction of the cost (most ids of a batch are known)."""
+        a = self._fit(arrays)
+        fresh = {
+            name: _fill_unknown(
+                getattr(self, table),
+                getattr(batch, name),
+                getattr(a, name),
+                None if mask is None else getattr(a, mask),
+            )
+            for name, table, mask in _ID_FIELDS
+        }
+        return replace(batch, **fresh)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Both id maps as int64 tensors, keys prefixed ``item.`` and ``category.``."""
         out = {f"item.{k}": v for k, v in self.items.state_dict().items()}
@@ -208,6 +234,20 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
     if any(s % x.itemsize for s in x.strides):
         x = x.copy()
     return torch.from_numpy(x)
+
+
+def _fill_unknown(
+    idmap: IdMap, rows: torch.Tensor, raw: I64, mask: npt.NDArray[np.bool_] | None
+) -> torch.Tensor:
+    """``rows`` with the real positions that read row 0 looked up again."""
+    unknown = rows.numpy() == 0
+    if mask is not None:
+        unknown &= mask
+    if not unknown.any():
+        return rows
+    out = rows.clone()
+    out[torch.from_numpy(unknown)] = idmap.lookup(raw[unknown])
+    return out
 
 
 def _rows(idmap: IdMap, parts: list[I64]) -> list[torch.Tensor]:

@@ -47,6 +47,7 @@ from kafka.record import util as kafka_record_util
 
 from feature_store.samples import SampleArrays, decode_samples
 from models.base import CTRModel, ModelConfig
+from models.batch import Batch
 from models.embedding import EmbeddingTable
 from models.registry import MODEL_NAMES, build_model
 from streaming.config import Settings
@@ -406,19 +407,21 @@ class OnlineTrainer:
     def _train(self, step: _Step, agreed: Agreement) -> None:
         """Progressive validation on the local rows, then one (synchronised) learning step."""
         arrays = step.arrays
-        if arrays is not None:
-            self._validate(arrays)
-        ids = self.mapper.raw_ids(arrays) if arrays is not None else _no_ids()
+        scored = None if arrays is None else self._validate(arrays)
+        ids = _no_ids() if arrays is None else self.mapper.raw_ids(arrays)
         self.mapper.observe(self.comm.gather_ids(ids))
         self._reset_rows(self.mapper.drain_new_rows())
-        batch = None if arrays is None else self.mapper.to_batch(arrays, learn=False)
+        batch = None
+        if arrays is not None and scored is not None:
+            batch = self.mapper.refresh(scored, arrays)  # new ids now have rows
         loss = self.comm.learn(self.learner, batch)
         if loss is not None:
             self._loss = loss if np.isnan(self._loss) else 0.98 * self._loss + 0.02 * loss
         self.rows_total += agreed.rows
 
-    def _validate(self, arrays: SampleArrays) -> None:
-        """Score before learning (eval mode, unknown ids on row 0, as the scorer sees them)."""
+    def _validate(self, arrays: SampleArrays) -> Batch:
+        """Score before learning (eval mode, unknown ids on row 0, as the scorer sees them);
+        returns the scored batch."""
         batch = self.mapper.to_batch(arrays, learn=False)
         out = self.learner.predict(batch)
         probs = torch.sigmoid(out.logits).float().cpu().numpy()
@@ -429,6 +432,7 @@ class OnlineTrainer:
             mask, category = attended_sequence(on_device, attends)
             stats = attention_stats(out.attention, mask, category, on_device.target_category)
             self.attention.update(stats)
+        return batch
 
     @torch.no_grad()
     def _reset_rows(self, new: NewRows) -> None:

@@ -150,3 +150,32 @@ def test_for_model_takes_capacities_and_shape_from_the_model_config() -> None:
 def test_one_row_batches_convert_despite_packed_record_strides() -> None:
     batch = mapper().to_batch(decode([sample(1, [900], [500])]), learn=True)
     assert batch.size == 1 and batch.target_dense.shape == (1, 0)
+
+
+@pytest.mark.parametrize("min_count,ttl", [(1, None), (2, None), (1, 2)])
+def test_refresh_after_observe_equals_a_fresh_lookup(min_count: int, ttl: int | None) -> None:
+    m = mapper(n_items=24, n_categories=6, min_count=min_count, ttl=ttl)  # small: rows recycle
+    rng = np.random.default_rng(0)
+    for step in range(12):
+        blobs = [
+            sample(
+                u,
+                list(rng.integers(900, 930, 3)),
+                list(rng.integers(500, 530, 5)),
+                clusters=[int(rng.integers(600, 610))],
+            )
+            for u in range(4)
+        ]
+        arrays = decode(blobs, length=6)  # longer than seq_len: refresh cuts the same way
+        scored = m.to_batch(arrays, learn=False)
+        m.observe(m.raw_ids(arrays))
+        fresh = m.to_batch(arrays, learn=False)
+        refreshed = m.refresh(scored, arrays)
+        for name in (
+            "target_item",
+            "hist_item",
+            "cluster_item",
+            "target_category",
+            "hist_category",
+        ):
+            assert torch.equal(getattr(refreshed, name), getattr(fresh, name)), (step, name)
