@@ -9,6 +9,7 @@ ones are caught up from the state changelog first (:mod:`streaming.changelog`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from collections import defaultdict
@@ -21,7 +22,14 @@ from feature_store import FeatureConfig, PartitionWorker, RocksDBStore
 from feature_store.ingest import BatchResult
 from streaming.changelog import MARKER_KEY, changelog_position_key, encode_marker, restore_partition
 from streaming.config import Settings
-from streaming.metrics import IngestMetrics, ScoringMetrics
+from streaming.metrics import (
+    GroupLag,
+    IngestMetrics,
+    ScoringMetrics,
+    count_users,
+    folder_bytes,
+    set_lag,
+)
 from streaming.schema import Event, InvalidEvent, Reason, parse_event
 from streaming.scoring import (
     BadRequest,
@@ -32,6 +40,10 @@ from streaming.scoring import (
     parse_request,
     request_id_of,
 )
+
+log = logging.getLogger(__name__)
+APP_NAME = "twinstream-ingest"  # streaming.app.create_app's default: the Faust consumer group
+STATE_SIZE_EVERY_S = 30.0  # counting users reads every key: not on every tick
 
 
 class Sink(Protocol):
@@ -74,10 +86,13 @@ class IngestService:
         self.workers: dict[int, PartitionWorker] = {}
         self.holder = ModelHolder()
         self.catalog = ItemCatalog()
-        self.scorer = Scorer(self.holder, self.catalog, self.config.state)
         self.scoring_metrics = scoring_metrics or ScoringMetrics.create(self.metrics.registry)
+        drift = self.scoring_metrics.drift
+        self.scorer = Scorer(self.holder, self.catalog, self.config.state, drift)
+        self.lag = GroupLag(settings.bootstrap_servers, f"{settings.topics.prefix}{APP_NAME}")
         self._lock = asyncio.Lock()
         self._paused: set[int] = set()
+        self._state_sampled = -STATE_SIZE_EVERY_S  # monotonic time of the last users count
 
     # --- partition ownership ---------------------------------------------------------------------
 
@@ -108,6 +123,7 @@ class IngestService:
             for worker in self.workers.values():
                 worker.store.close()
             self.workers.clear()
+        self.lag.close()
 
     # --- the batch path --------------------------------------------------------------------------
 
@@ -170,6 +186,29 @@ class IngestService:
                 for sample in expired:
                     await self.sink.send(self.settings.topics.samples, None, sample, partition)
                 self.metrics.samples.inc(len(expired))
+        await self.sample_gauges()
+
+    async def sample_gauges(self) -> None:
+        """Consumer lag of both agents on the owned partitions; users and bytes of the state
+        every ``STATE_SIZE_EVERY_S``. Monitoring failures are logged, never raised."""
+        topics = {
+            "ingest": self.settings.topics.events,
+            "score": self.settings.topics.score_requests,
+        }
+        owned = sorted(set(self.workers) - self._paused)
+        try:
+            set_lag(
+                self.metrics.consumer_lag, await asyncio.to_thread(self.lag.sample, topics, owned)
+            )
+        except Exception as err:  # kafka-python raises many types; lag is best effort
+            log.warning("consumer lag not sampled: %r", err)
+        if time.monotonic() - self._state_sampled < STATE_SIZE_EVERY_S:
+            return
+        self._state_sampled = time.monotonic()
+        async with self._lock:  # own() must not close a store while it is counted
+            stores = [w.store for w in self.workers.values()]
+            self.metrics.users.set(await asyncio.to_thread(count_users, stores))
+        self.metrics.state_bytes.set(await asyncio.to_thread(folder_bytes, self.state_dir))
 
     def _parse(self, m: RawMessage) -> Event:
         if m.value is None:
@@ -214,6 +253,7 @@ class IngestService:
         now = time.time()
         for msg in messages:
             m.event_to_state_seconds.observe(max(0.0, now - msg.timestamp))
+        m.observe_states(result.states.values(), self.config.state.recent_length)
 
 
 def _find(messages: list[RawMessage], offset: int) -> RawMessage:

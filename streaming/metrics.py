@@ -1,4 +1,8 @@
-"""Prometheus metrics of the ingest worker, declared in one typed place with an injectable registry.
+"""Prometheus metrics of the worker (ingest + scorer), declared in one typed place with an
+injectable registry (DESIGN.md section 8; the trainer's are in :mod:`trainer.telemetry`).
+
+Labels take closed sets only (outcome, reason, transport, agent, partition number, statistic):
+never a user id, an item id or free text, so the number of series stays bounded.
 
 >>> from prometheus_client import CollectorRegistry
 >>> m = IngestMetrics.create(CollectorRegistry())
@@ -9,11 +13,29 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from streaming.drift import AttentionDrift, DriftConfig
+
+if TYPE_CHECKING:
+    from feature_store import StateStore, UserState
+
+log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000, 20_000, 100_000)
+SEQUENCE_BUCKETS = (0, 1, 5, 10, 20, 50, 100, 150, 199, 200, 500, 1_000)
+STATES_OBSERVED_PER_BATCH = 64  # touched users of a partition batch fed to the state histograms
 
 
 @dataclass(frozen=True)
@@ -26,6 +48,12 @@ class IngestMetrics:
     event_to_state_seconds: Histogram
     assigned_partitions: Gauge
     users: Gauge
+    state_bytes: Gauge
+    consumer_lag: Gauge  # by agent (ingest, score) and partition
+    user_sessions: Histogram  # sessions of a touched user
+    session_events: Histogram  # behaviours in a touched user's current session
+    recent_length: Histogram  # recent-sequence length of a touched user
+    cluster_count: Histogram  # TWIN-V2 clusters of a touched user
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> IngestMetrics:
@@ -58,8 +86,59 @@ class IngestMetrics:
                 "Partitions of events owned by this worker",
                 registry=r,
             ),
-            users=Gauge("twinstream_state_users", "Users in this worker's state", registry=r),
+            users=Gauge(
+                "twinstream_state_users",
+                "Users in this worker's state (counted every state_size_every_s)",
+                registry=r,
+            ),
+            state_bytes=Gauge(
+                "twinstream_state_bytes",
+                "Bytes of this worker's RocksDB state folders on disk",
+                registry=r,
+            ),
+            consumer_lag=Gauge(
+                "twinstream_consumer_lag_messages",
+                "End offset minus the consumer group's committed offset, per owned partition",
+                ["agent", "partition"],
+                registry=r,
+            ),
+            user_sessions=Histogram(
+                "twinstream_user_sessions",
+                "Sessions of a user whose state a batch touched (sampled per batch)",
+                buckets=COUNT_BUCKETS,
+                registry=r,
+            ),
+            session_events=Histogram(
+                "twinstream_session_events",
+                "Behaviours in the current session of a touched user (sampled per batch)",
+                buckets=COUNT_BUCKETS,
+                registry=r,
+            ),
+            recent_length=Histogram(
+                "twinstream_recent_sequence_length",
+                "Recent-sequence length of a touched user (sampled per batch)",
+                buckets=SEQUENCE_BUCKETS,
+                registry=r,
+            ),
+            cluster_count=Histogram(
+                "twinstream_cluster_sequence_length",
+                "TWIN-V2 clusters of a touched user (sampled per batch)",
+                buckets=SEQUENCE_BUCKETS,
+                registry=r,
+            ),
         )
+
+    def observe_states(self, states: Iterable[UserState], recent_length: int) -> None:
+        """Sessions, current-session length, recent and cluster sequence lengths of the first
+        ``STATES_OBSERVED_PER_BATCH`` touched users (a sample: the cost stays per batch)."""
+        for state in itertools.islice(states, STATES_OBSERVED_PER_BATCH):
+            sessions = state.log["session"]
+            n = len(sessions)
+            current = n - int(sessions.searchsorted(sessions[-1], "left")) if n else 0
+            self.user_sessions.observe(state.session_count)
+            self.session_events.observe(current)
+            self.recent_length.observe(min(n, recent_length))
+            self.cluster_count.observe(len(state.clusters()))
 
 
 SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -74,11 +153,26 @@ class ScoringMetrics:
     reload_failures: Counter  # by reason
     model_version: Gauge
     model_created: Gauge  # unix time the serving snapshot was written
+    model_age: Gauge  # seconds since then, computed at scrape time
     request_to_answer: Histogram  # client sent_at to answer sent, when the client says
+    drift: AttentionDrift  # live attention window and drift gauges
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> ScoringMetrics:
+    def create(
+        cls, registry: CollectorRegistry | None = None, drift: DriftConfig | None = None
+    ) -> ScoringMetrics:
         r = REGISTRY if registry is None else registry
+        created = Gauge(
+            "twinstream_model_created_timestamp_seconds",
+            "When the serving snapshot was written",
+            registry=r,
+        )
+        age = Gauge(
+            "twinstream_model_age_seconds",
+            "Seconds since the serving snapshot was written (NaN before the first)",
+            registry=r,
+        )
+        age.set_function(lambda: _age(created))
         return cls(
             registry=r,
             requests=Counter(
@@ -102,15 +196,91 @@ class ScoringMetrics:
                 registry=r,
             ),
             model_version=Gauge("twinstream_model_version", "Serving snapshot version", registry=r),
-            model_created=Gauge(
-                "twinstream_model_created_timestamp_seconds",
-                "When the serving snapshot was written",
-                registry=r,
-            ),
+            model_created=created,
+            model_age=age,
             request_to_answer=Histogram(
                 "twinstream_score_request_to_answer_seconds",
                 "Request sent to answer sent",
                 buckets=SCORE_BUCKETS,
                 registry=r,
             ),
+            drift=AttentionDrift(drift or DriftConfig(), r),
         )
+
+
+def _age(created: Gauge) -> float:
+    value = next(iter(created.collect())).samples[0].value
+    return time.time() - value if value > 0 else math.nan
+
+
+class GroupLag:
+    """Lag of a consumer group (e.g. a Faust app's): per partition, the end offset minus the
+    group's committed offset (its beginning offset while nothing is committed). Blocking
+    kafka-python calls: run it off the event loop. The group is only read, never joined."""
+
+    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
+        self.bootstrap_servers, self.group_id = bootstrap_servers, group_id
+        self._consumer: KafkaConsumer | None = None
+
+    def sample(
+        self, topics: Mapping[str, str], partitions: Iterable[int]
+    ) -> dict[str, dict[int, int]]:
+        """``topics``: agent name → topic; returns agent → partition → lag."""
+        consumer = self._client()
+        tps = [TopicPartition(t, p) for t in topics.values() for p in sorted(partitions)]
+        if not tps:
+            return {}
+        ends = consumer.end_offsets(tps)
+        starts = consumer.beginning_offsets(tps)
+        agent_of = {topic: agent for agent, topic in topics.items()}
+        out: dict[str, dict[int, int]] = {agent: {} for agent in topics}
+        for tp in tps:
+            committed = consumer.committed(tp)
+            position = starts[tp] if committed is None else committed
+            out[agent_of[tp.topic]][tp.partition] = max(0, ends[tp] - position)
+        return out
+
+    def _client(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+            )
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def set_lag(gauge: Gauge, lags: Mapping[str, Mapping[int, int]]) -> None:
+    """Set ``gauge`` (labels agent, partition) to ``lags`` (agent → partition → lag) and drop
+    the series of partitions this process no longer owns instead of keeping their last value."""
+    wanted = {
+        (a, str(p)): lag for a, by_partition in lags.items() for p, lag in by_partition.items()
+    }
+    for sample in next(iter(gauge.collect())).samples:
+        key = (sample.labels["agent"], sample.labels["partition"])
+        if key not in wanted:
+            gauge.remove(*key)
+    for (agent, partition), lag in wanted.items():
+        gauge.labels(agent=agent, partition=partition).set(lag)
+
+
+def count_users(stores: Iterable[StateStore]) -> int:
+    """Users in ``stores`` (reads every user key: call it now and then, off the event loop)."""
+    return sum(sum(1 for _ in store.users()) for store in stores)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (RocksDB's SST files, logs and manifests)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # removed meanwhile (compaction)
+                continue
+    return total

@@ -39,6 +39,7 @@ from feature_store import UserState, decode_samples, stable_ids
 from feature_store.samples import SampleArrays, request_sample
 from feature_store.state import StateConfig
 from models.batch import Batch
+from streaming.drift import AttentionDrift
 
 MAX_CANDIDATES = 1_000
 MAX_REQUEST_BYTES = 256 * 1024
@@ -212,10 +213,15 @@ class ItemCatalog:
 
 class Scorer:
     def __init__(
-        self, holder: ModelHolder, catalog: ItemCatalog, state_config: StateConfig | None = None
+        self,
+        holder: ModelHolder,
+        catalog: ItemCatalog,
+        state_config: StateConfig | None = None,
+        drift: AttentionDrift | None = None,
     ) -> None:
         self.holder, self.catalog = holder, catalog
         self.state_config = state_config or StateConfig()
+        self.drift = drift  # fed the attention of every scored request
 
     def score(self, req: ScoreRequest, state: UserState | None) -> dict[str, Any]:
         """Score one request against the user's state (None: unknown user, empty history)."""
@@ -234,7 +240,10 @@ class Scorer:
         )
         arrays = decode_samples([blob], recent_length=self.state_config.recent_length)
         with torch.inference_mode():
-            out = model.model(candidates_batch(model, arrays, req.items, categories))
+            batch = candidates_batch(model, arrays, req.items, categories)
+            out = model.model(batch)
+            if self.drift is not None and out.attention is not None:
+                self.drift.observe(model, batch, out.attention)
         scores = torch.sigmoid(out.logits.float()).cpu().numpy()
         response: dict[str, Any] = {
             "request_id": req.request_id,

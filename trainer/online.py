@@ -69,6 +69,7 @@ from trainer.snapshot import (
     remove_stale_temps,
     write_snapshot,
 )
+from trainer.telemetry import TrainerTelemetry
 
 log = logging.getLogger("twinstream.trainer")
 # Per-partition fetch size. A backlog is read one fetch of each partition after another, so this
@@ -200,8 +201,15 @@ class OnlineTrainer:
         report = trainer.run(idle_timeout_s=10)
     """
 
-    def __init__(self, settings: Settings, config: TrainerConfig, comm: Comm | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        config: TrainerConfig,
+        comm: Comm | None = None,
+        telemetry: TrainerTelemetry | None = None,
+    ):
         self.settings, self.config = settings, config
+        self.telemetry = telemetry or TrainerTelemetry.create()  # Prometheus metrics
         device = resolve_device(None if config.device == "auto" else config.device)
         if comm is None:
             comm, device = init_comm(device)
@@ -300,6 +308,7 @@ class OnlineTrainer:
         clock = _Clock.starting()
         while True:
             agreed = self._iteration(consumer, audit, report, clock, idle_timeout_s)
+            self.telemetry.sample_lag(consumer)
             if clock.dirty and (agreed.due or self._steps_due(agreed)):
                 self._snapshot(producer, consumer, report)
                 clock.snapshotted()
@@ -399,6 +408,7 @@ class OnlineTrainer:
             self.offsets[r.partition] = max(r.offset, self.offsets.get(r.partition, -1))
         report.messages += len(step.records)
         report.bad_messages += step.bad
+        self.telemetry.consumed([r.timestamp for r in step.records], step.bad)
         if audit is not None and by_partition:
             line = {"step": self.step + 1, "rank": self.comm.rank, "offsets": by_partition}
             audit.write(json.dumps(line) + "\n")
@@ -406,6 +416,7 @@ class OnlineTrainer:
 
     def _train(self, step: _Step, agreed: Agreement) -> None:
         """Progressive validation on the local rows, then one (synchronised) learning step."""
+        started = time.perf_counter()
         arrays = step.arrays
         scored = None if arrays is None else self._validate(arrays)
         ids = _no_ids() if arrays is None else self.mapper.raw_ids(arrays)
@@ -418,6 +429,7 @@ class OnlineTrainer:
         if loss is not None:
             self._loss = loss if np.isnan(self._loss) else 0.98 * self._loss + 0.02 * loss
         self.rows_total += agreed.rows
+        self.telemetry.trained(step.rows, time.perf_counter() - started, self._loss)
 
     def _validate(self, arrays: SampleArrays) -> Batch:
         """Score before learning (eval mode, unknown ids on row 0, as the scorer sees them);
@@ -490,6 +502,7 @@ class OnlineTrainer:
         counts = self.comm.sum_counts(self.attention.counts())
         self.version += 1
         if not self.comm.is_main:
+            self.telemetry.snapshot(self.version, time.time(), metrics)
             return
         try:
             written = write_snapshot(
@@ -500,6 +513,7 @@ class OnlineTrainer:
             if final:
                 raise
             return
+        self.telemetry.snapshot(self.version, written.manifest.created, metrics)
         self.last_snapshot = written
         report.snapshots.append(written.path)
         prune_snapshots(self.config.snapshot_dir, self.config.keep)
