@@ -102,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     sizes = f"{len(ds.users)} users, {ds.n_items - 1} items, {ds.n_categories - 1} categories"
     counts = f"{len(ds.train)}/{len(ds.valid)}/{len(ds.test)}"
     print(f"{args.data}: {sizes}; samples train/valid/test {counts}")
-    results = run_evaluation(ds, ecfg, truth)
     meta = {
         "data": str(args.data),
         "format": args.format,
@@ -112,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         "eval config": ecfg,
         "device": _device_name(args.device),
     }
+    results = run_evaluation(ds, ecfg, truth, lambda rs: write_report(args.out, rs, meta))
     paths = write_report(args.out, results, meta)
     print(markdown_table(summarise(results)))
     print("wrote " + ", ".join(str(p) for p in paths))

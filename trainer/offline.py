@@ -267,10 +267,20 @@ def _nanmean(values: list[float]) -> float | None:
 
 
 def run_evaluation(
-    ds: OfflineDataset, cfg: EvalConfig, truth: TruthIndex | None = None
+    ds: OfflineDataset,
+    cfg: EvalConfig,
+    truth: TruthIndex | None = None,
+    on_result: Callable[[list[RunResult]], object] | None = None,
 ) -> list[RunResult]:
-    """Every model x seed, in that order."""
-    return [train_one(m, s, ds, cfg, truth) for m in cfg.models for s in range(cfg.seeds)]
+    """Every model x seed, in that order; ``on_result`` sees the results so far after each run
+    (the CLI rewrites its report, so a long evaluation leaves partial results if stopped)."""
+    results: list[RunResult] = []
+    for name in cfg.models:
+        for seed in range(cfg.seeds):
+            results.append(train_one(name, seed, ds, cfg, truth))
+            if on_result is not None:
+                on_result(results)
+    return results
 
 
 @dataclass(frozen=True)
