@@ -97,7 +97,8 @@ class IngestService:
     # --- partition ownership ---------------------------------------------------------------------
 
     def _path(self, partition: int) -> Path:
-        return self.state_dir / f"p{partition}.rocksdb"
+        """Per events topic: offsets stored for one topic must never gate another's events."""
+        return self.state_dir / self.settings.topics.events / f"p{partition}.rocksdb"
 
     async def pause(self, partitions: Iterable[int]) -> None:
         """Stop applying these partitions (a rebalance began); waits for the batch in flight."""

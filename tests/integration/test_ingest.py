@@ -112,8 +112,8 @@ def test_second_worker_mid_stream_takes_partitions_with_their_state(
     with a, b:
         states = wait_caught_up(settings)
         # while both run: each partition's state on exactly one worker
-        owned_a = {p.name for p in (tmp_path / "a").glob("p*.rocksdb")}
-        owned_b = {p.name for p in (tmp_path / "b").glob("p*.rocksdb")}
+        owned_a = {p.name for p in (tmp_path / "a").glob("*/p*.rocksdb")}
+        owned_b = {p.name for p in (tmp_path / "b").glob("*/p*.rocksdb")}
     assert owned_a and owned_b and not owned_a & owned_b
     assert_states_match(states, events)
     _, _, partitions = read_changelog(settings)
