@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trainer.online import TrainerConfig
+    from trainer.telemetry import TrainerTelemetry
 
 HELP = "Train a model online from the samples topic; write and announce snapshots"
 
@@ -74,6 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--max-steps", type=_positive, default=None)
     run.add_argument("--idle-timeout-s", type=_seconds, default=None)
     run.add_argument("--audit-log", type=Path, default=None, help="offsets trained per step")
+    run.add_argument(
+        "--metrics-port",
+        type=_positive,
+        default=None,
+        help="serve Prometheus /metrics on 127.0.0.1:PORT (PORT + RANK under torchrun)",
+    )
     run.add_argument("--group-id", default=None, help="default: {prefix}trainer")
     run.add_argument(
         "--session-timeout-s",
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO,
         format=f"%(asctime)s rank {rank} %(name)s %(levelname)s %(message)s",
     )
-    trainer = OnlineTrainer(Settings.from_env(), trainer_config(args))
+    trainer = OnlineTrainer(Settings.from_env(), trainer_config(args), telemetry=_telemetry(args))
     try:
         report = trainer.run(max_steps=args.max_steps, idle_timeout_s=args.idle_timeout_s)
     finally:
@@ -156,6 +163,18 @@ def run(args: argparse.Namespace) -> int:
         f"stopped by {report.stopped_by}; last snapshot {last.path if last else 'none'}"
     )
     return 0
+
+
+def _telemetry(args: argparse.Namespace) -> TrainerTelemetry | None:
+    """The trainer's metrics on the default registry, served on ``--metrics-port`` (+ rank)."""
+    if args.metrics_port is None:
+        return None
+    from prometheus_client import REGISTRY, start_http_server
+
+    from trainer.telemetry import TrainerTelemetry
+
+    start_http_server(args.metrics_port + int(os.environ.get("RANK", "0")), addr="127.0.0.1")
+    return TrainerTelemetry.create(REGISTRY)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -135,6 +135,12 @@ class AttentionDrift(Collector):
         self._reference = ref if ref is not None and ref.sequence == attends else None
         self._version = model.version
 
+    @property
+    def rows(self) -> int:
+        """Scored rows in the live window."""
+        with self._lock:
+            return len(self._window)
+
     def drift(self) -> Drift | None:
         """JS and PSI per statistic, or None while either side has fewer than ``min_rows``."""
         with self._lock:
