@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from ops import commands, evaluate_cli, train_cli
+from ops import commands, evaluate_cli, report_cli, train_cli
 
 Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
@@ -72,6 +72,12 @@ COMMANDS: list[Command] = [
         "Write a synthetic Taobao-format log with drifting interests and planted truth",
         commands.generate_args,
         commands.generate,
+    ),
+    (
+        "report",
+        report_cli.HELP,
+        report_cli.add_arguments,
+        report_cli.run,
     ),
 ]
 

@@ -42,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from feature_store import MemoryStore, PartitionWorker, decode_samples
 from models import ModelConfig
+from ops.report import ReportConfig, build_report
 from streaming.admin import ensure_topics
 from streaming.client import ScoreClient
 from streaming.config import Settings, TopicNames
@@ -138,6 +139,25 @@ def dashboard_metrics() -> set[str]:
     dashboard = json.loads((GRAFANA_DIR / "dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     return {name for e in exprs for name in re.findall(r"\btwinstream_[a-z0-9_]+", e)}
+
+
+def test_report_from_snapshots_alone(tmp_path: Path) -> None:
+    """Three snapshots of an in-process trainer: AUC over time, references, drift between them."""
+    torch.set_num_threads(1)
+    events = synthetic_events(GeneratorConfig(users=60, long_users=0, categories=30, seed=3))
+    worker = PartitionWorker(MemoryStore(), 0)
+    blobs = worker.process(list(enumerate(events))).samples
+    settings = Settings(topics=TopicNames(prefix="report-"))  # never connects
+    trainer = OnlineTrainer(
+        settings, TrainerConfig(model_config=DRIFT_MODEL, snapshot_dir=tmp_path / "s", device="cpu")
+    )
+    third = len(blobs) // 3
+    for part in range(3):
+        trainer.learn_arrays(decode_samples(blobs[part * third : (part + 1) * third], 20))
+        trainer.snapshot()
+    page = build_report(ReportConfig(tmp_path / "s", tmp_path / "r.html")).read_text()
+    assert page.count("data:image/png;base64,") == 3  # quality, references, reference drift
+    assert "3 snapshots on disk, v1 to v3" in page and "pass --prometheus URL" in page
 
 
 # ---------------------------------------------------------------- a real Prometheus server
@@ -340,9 +360,15 @@ def test_worker_and_trainer_metrics_reach_prometheus(settings: Settings, tmp_pat
             _drive(settings, events)
             _check_prometheus(prom)
             worker_text, trainer_text = scrape(worker_port), scrape(trainer_port)
+            report = build_report(ReportConfig(snaps, tmp_path / "report.html", prom.url))
     finally:
         stop(trainer)
         stop(worker)
+    page = report.read_text()
+    for title in ("Attention drift (live", "Throughput (from", "Latency (from", "references"):
+        assert title in page
+    empty = re.findall(r"<h2>([^<]*)</h2><p>Prometheus has no data", page)
+    assert not empty and page.count("data:image/png;base64,") >= 6, empty
     exported = exported_names(worker_text) | exported_names(trainer_text)
     assert not dashboard_metrics() - exported, "dashboard reads metrics nobody exports"
     ids = {e.user_id for e in events} | {e.item_id for e in events}
@@ -395,6 +421,9 @@ def _check_prometheus(prom: Prometheus) -> None:
     refused = 'twinstream_model_reload_failures_total{reason="bad_announcement"}'
     wait_for(lambda: prom.query(refused), 30, "the refused announcement in Prometheus")
     assert prom.query("twinstream_state_users > 0")
+    p99 = "histogram_quantile(0.99, sum by (le) (rate(twinstream_score_seconds_bucket[1m])))"
+    wait_for(lambda: prom.query(p99), 30, "two scrapes of the scoring latency (a rate)")
+    time.sleep(2)  # the report's range steps reach past the drift gauges' first scrape
 
 
 TWINSTREAM_LABELS = {"outcome", "reason", "transport", "agent", "partition", "statistic", "le"}
