@@ -25,6 +25,21 @@ from streaming.sources import read_events
 from trainer.snapshot import Manifest, latest_snapshot
 
 HTTP_PORT, WORKER_METRICS, TRAINER_METRICS = 8811, 9811, 9812
+# a small DARE whose snapshots (weights + Adam moments) stay small enough to write every 5 s
+TRAINER_ARGS = (
+    "--model",
+    "dare",
+    "--batch-size",
+    "256",
+    "--snapshot-every-s",
+    "5",
+    "--dim",
+    "16",
+    "--item-capacity",
+    "131072",
+    "--category-capacity",
+    "16384",
+)
 
 
 def settings_for_demo() -> Settings:
@@ -71,16 +86,9 @@ def run_demo(data: Path, out: Path, limit: int | None) -> int:
         settings,
         out / "trainer.log",
         "train",
-        "--model",
-        "dare",
         "--snapshot-dir",
         str(snaps),
-        "--batch-size",
-        "256",
-        "--snapshot-every-s",
-        "5",
-        "--dim",
-        "16",
+        *TRAINER_ARGS,
         "--snapshot-every-steps",
         "20",
     )
@@ -104,7 +112,7 @@ def _loop(settings: Settings, data: Path, snaps: Path, limit: int | None) -> int
     with EventProducer(settings) as producer:
         stats = replay(events, producer, limit=limit)
     print(f"      replayed {stats.sent} events ({stats.rate:,.0f} events/s)")
-    manifest = _wait_trained(snaps, settings)
+    manifest = wait_trained(snaps, settings)
     m = {k: float("nan") if v is None else v for k, v in manifest.metrics.items()}
     print(
         f"[4/6] trainer wrote snapshot v{manifest.version} after {manifest.samples:,} samples; "
@@ -123,7 +131,7 @@ def _loop(settings: Settings, data: Path, snaps: Path, limit: int | None) -> int
     return 0
 
 
-def _wait_trained(snaps: Path, settings: Settings, timeout_s: float = 600) -> Manifest:
+def wait_trained(snaps: Path, settings: Settings, timeout_s: float = 600) -> Manifest:
     """Wait until the samples topic stopped growing and the newest snapshot covers all of it."""
     deadline = time.monotonic() + timeout_s
     last_ends: dict[int, int] = {}

@@ -74,9 +74,10 @@ class SnapshotWatcher:
         consumer = self._consumer()
         try:
             while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
-                    for record in records:
-                        self._announced(record.value)
+                batch = consumer.poll(timeout_ms=200)
+                records = [r for part in batch.values() for r in part]
+                if records:  # only the newest announcement matters; older ones are superseded
+                    self._announced(max(records, key=lambda r: r.offset).value)
         finally:
             consumer.close()
 

@@ -4,9 +4,9 @@
 
 1. Event → score: publish one new click for a user, then ask for scores until the answer's
    history includes it; the time from publishing to that answer.
-2. Sample → served model: stream events at ``--rate`` for ``--seconds``; each training sample's Kafka timestamp
-   against the moment the worker first serves a snapshot whose manifest covers its offset
-   (polled on the worker's /healthz every 0.1 s).
+2. Sample → served model: stream events at ``--rate`` for ``--seconds``; each training
+   sample's Kafka timestamp against the moment the worker first serves a snapshot whose
+   manifest covers its offset (polled on the worker's /healthz every 0.1 s).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from ops.demo import HTTP_PORT, settings_for_demo, spawn
+from ops.demo import HTTP_PORT, TRAINER_ARGS, settings_for_demo, spawn, wait_trained
 from streaming.admin import end_offsets, ensure_topics, read_topic
 from streaming.client import ScoreClient
 from streaming.config import Settings
@@ -163,21 +163,7 @@ def main() -> None:
             "--http-port",
             str(HTTP_PORT),
         ),
-        spawn(
-            settings,
-            out / "trainer.log",
-            "train",
-            "--model",
-            "dare",
-            "--snapshot-dir",
-            str(snaps),
-            "--batch-size",
-            "256",
-            "--snapshot-every-s",
-            "5",
-            "--dim",
-            "16",
-        ),
+        spawn(settings, out / "trainer.log", "train", "--snapshot-dir", str(snaps), *TRAINER_ARGS),
     ]
     try:
         events, _ = (
@@ -188,6 +174,7 @@ def main() -> None:
         time.sleep(8)
         with EventProducer(settings) as producer:
             replay(events, producer, progress=False)
+        wait_trained(snaps, settings)  # the replay's backlog first: measure the steady state
         wait_served()
         fresh = event_to_score(settings, events, args.trials)
         p50, p99 = np.percentile(fresh, [50, 99]) * 1000
