@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -133,12 +134,28 @@ class IngestMetrics:
         ``STATES_OBSERVED_PER_BATCH`` touched users (a sample: the cost stays per batch)."""
         for state in itertools.islice(states, STATES_OBSERVED_PER_BATCH):
             sessions = state.log["session"]
-            n = len(sessions)
-            current = n - int(sessions.searchsorted(sessions[-1], "left")) if n else 0
             self.user_sessions.observe(state.session_count)
-            self.session_events.observe(current)
-            self.recent_length.observe(min(n, recent_length))
+            self.session_events.observe(_last_run(sessions))
+            self.recent_length.observe(min(len(sessions), recent_length))
             self.cluster_count.observe(len(state.clusters()))
+
+
+def _last_run(sorted_values: np.ndarray, tail: int = 4_096) -> int:
+    """How many trailing entries of a non-decreasing array equal its last one. Searches the
+    last ``tail`` entries first: a searchsorted over a strided field view copies it whole.
+
+    >>> _last_run(np.array([0, 0, 1, 1, 1])), _last_run(np.array([], dtype=np.int64))
+    (3, 0)
+    """
+    n = len(sorted_values)
+    if n == 0:
+        return 0
+    for window in (min(n, tail), n):
+        part = np.ascontiguousarray(sorted_values[n - window :])
+        run = window - int(part.searchsorted(part[-1], "left"))
+        if run < window or window == n:
+            return run
+    return n
 
 
 SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
