@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         f"rank {rank}: {report.steps} steps, {report.rows} rows, {report.rows_per_s:.0f} rows/s, "
         f"stopped by {report.stopped_by}; last snapshot {last.path if last else 'none'}"
     )
+    if trainer.comm.world_size > 1:
+        _exit_now(0)
     return 0
 
 
@@ -175,6 +177,17 @@ def _telemetry(args: argparse.Namespace) -> TrainerTelemetry | None:
 
     start_http_server(args.metrics_port + int(os.environ.get("RANK", "0")), addr="127.0.0.1")
     return TrainerTelemetry.create(REGISTRY)
+
+
+def _exit_now(code: int) -> None:
+    """Leave a torchrun worker without interpreter finalisation. With torch 2.15 and gloo about
+    1 exit in 10 aborts in a C++ destructor after ``destroy_process_group`` ("terminate called
+    without an active exception", SIGABRT), which torchrun reports as a failed run although
+    every snapshot is written; 0 in 24 with ``os._exit`` (measured on this machine)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
