@@ -5,7 +5,9 @@
 
 Kafka comes from the environment (``streaming.config.Settings``: bootstrap servers, topic
 prefix). Runs until SIGTERM / Ctrl-C (then writes a final snapshot), or ``--max-steps`` steps, or
-``--idle-timeout-s`` seconds without data. Data parallel over the partitions of ``samples``::
+``--idle-timeout-s`` seconds without data. ``--metrics-port 9812`` serves Prometheus ``/metrics``
+on 127.0.0.1 (:mod:`trainer.telemetry`; each torchrun rank on PORT + RANK). Data parallel over
+the partitions of ``samples``::
 
     torchrun --nproc_per_node 2 -m ops.train_cli --model dare --snapshot-dir snapshots ...
 """
