@@ -46,9 +46,36 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 client.create_topics(new)
+        wait_for_leaders(settings, wanted)
         return [t.name for t in new]
     finally:
         client.close()
+
+
+def wait_for_leaders(settings: Settings, topics: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Block until every partition of ``topics`` has a leader (fresh topics take a moment)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            consumer._client.cluster.request_update()  # fresh metadata, not the cached view
+            consumer.topics()
+            cluster = consumer._client.cluster
+            ready = all(
+                len(cluster.partitions_for_topic(name) or ()) == n
+                and all(
+                    (cluster.leader_for_partition(TopicPartition(name, p)) or -1) >= 0
+                    for p in range(n)
+                )
+                for name, n in topics.items()
+            )
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics without leaders after {timeout_s}s: {sorted(topics)}")
+            time.sleep(0.2)
+    finally:
+        consumer.close()
 
 
 def delete_topics(settings: Settings, names: list[str]) -> None:
