@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ops import broker as broker_mod
+from ops.report import ReportConfig, build_report
 from streaming.admin import end_offsets, ensure_topics
 from streaming.client import ScoreClient
 from streaming.config import Settings
@@ -68,7 +69,7 @@ def run_demo(data: Path, out: Path, limit: int | None) -> int:
     settings = settings_for_demo()
     ensure_topics(settings)
     out.mkdir(parents=True, exist_ok=True)
-    snaps = out / "snapshots"
+    snaps = out / f"{settings.topics.prefix}snapshots"  # per run: never resume another run's
     worker = spawn(
         settings,
         out / "worker.log",
@@ -89,6 +90,8 @@ def run_demo(data: Path, out: Path, limit: int | None) -> int:
         "--snapshot-dir",
         str(snaps),
         *TRAINER_ARGS,
+        "--metrics-port",
+        str(TRAINER_METRICS),
         "--snapshot-every-steps",
         "20",
     )
@@ -124,9 +127,11 @@ def _loop(settings: Settings, data: Path, snaps: Path, limit: int | None) -> int
     with ScoreClient(settings) as client:
         for user in users:
             _show(client.score(user, candidates, explain=True, timeout=30))
+    html = build_report(ReportConfig(snapshot_dir=snaps, out=snaps.parent / "report.html"))
     print(
-        f"[6/6] metrics: http://127.0.0.1:{WORKER_METRICS}/metrics (worker); scores also on "
-        f"POST http://127.0.0.1:{HTTP_PORT}/score while a worker runs"
+        f"[6/6] report with plots: {html}; while they ran, the worker served "
+        f"http://127.0.0.1:{WORKER_METRICS}/metrics and POST :{HTTP_PORT}/score, the trainer "
+        f":{TRAINER_METRICS}/metrics"
     )
     return 0
 
