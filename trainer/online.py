@@ -609,17 +609,25 @@ class OnlineTrainer:
             heartbeat_interval_ms=max(1000, session_ms // 3),
             **common,
         )
+        # Join with the topic's metadata known: a first join without it assigns nothing and a
+        # second rebalance follows at once, where kafka-python 3.0.12 can stall (never synced).
+        self._partitions(consumer)
         consumer.subscribe([self.topic], listener=_SeekOnAssign(self, consumer))
         return consumer
 
-    def _assign(self, consumer: KafkaConsumer, timeout_s: float = 60.0) -> None:
-        """Distributed: this rank's partitions, no group; seek past the snapshot's offsets."""
+    def _partitions(self, consumer: KafkaConsumer, timeout_s: float = 60.0) -> list[int]:
+        """The partitions of ``samples``, waiting for the topic to exist."""
         deadline = time.monotonic() + timeout_s
         while not (partitions := consumer.partitions_for_topic(self.topic)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topic {self.topic!r} has no partitions after {timeout_s}s")
-            time.sleep(0.5)
-        mine = assigned_partitions(sorted(partitions), self.comm.rank, self.comm.world_size)
+            time.sleep(0.2)
+        return sorted(partitions)
+
+    def _assign(self, consumer: KafkaConsumer) -> None:
+        """Distributed: this rank's partitions, no group; seek past the snapshot's offsets."""
+        partitions = self._partitions(consumer)
+        mine = assigned_partitions(partitions, self.comm.rank, self.comm.world_size)
         tps = [TopicPartition(self.topic, p) for p in mine]
         consumer.assign(tps)
         self.seek(consumer, tps)
