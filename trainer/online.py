@@ -67,6 +67,7 @@ from trainer.snapshot import (
     load_snapshot,
     prune_snapshots,
     remove_stale_temps,
+    snapshot_version,
     write_snapshot,
 )
 from trainer.telemetry import TrainerTelemetry
@@ -246,19 +247,24 @@ class OnlineTrainer:
     # ------------------------------------------------------------ resume
 
     def _restore(self) -> None:
-        """Resume from the newest snapshot that verifies; older ones are tried in turn."""
+        """Resume from the newest snapshot that verifies; older ones are tried in turn. New
+        snapshots are numbered after every folder on disk, refused ones included."""
         if self.comm.is_main:
             for stale in remove_stale_temps(self.config.snapshot_dir):
                 log.warning("removed %s, left by an interrupted snapshot", stale)
-        for path in reversed(list_snapshots(self.config.snapshot_dir)):
+        snapshots = list_snapshots(self.config.snapshot_dir)
+        for path in reversed(snapshots):
             try:
                 self._load(path)
-                return
+                break
             except SnapshotError as err:
                 if err.reason == "config":
                     raise
                 log.error("snapshot %s refused (%s), trying an older one", path, err)
-        log.info("no snapshot in %s: training from scratch", self.config.snapshot_dir)
+        else:
+            log.info("no usable snapshot in %s: training from scratch", self.config.snapshot_dir)
+        if snapshots:
+            self.version = max(self.version, snapshot_version(snapshots[-1]))
 
     def _check_same_start(self) -> None:
         """Every rank must resume from the same snapshot (a snapshot folder every rank sees)."""

@@ -179,8 +179,11 @@ def test_a_corrupt_newest_snapshot_falls_back_to_the_one_before(
     newest = list_snapshots(tmp_path / "snaps")[-1]
     (newest / "model.safetensors").write_bytes(b"truncated")
     resumed = OnlineTrainer(SETTINGS, config(tmp_path, keep=3))
-    assert resumed.version == 1 and resumed.step == 1
+    assert resumed.step == 1  # the state of v1
     assert json.loads((newest / MANIFEST_FILE).read_bytes())["step"] == 2
+    resumed.learn_arrays(batches(blobs)[2])
+    written = resumed.snapshot()  # numbered past the refused v2, which is left for inspection
+    assert written is not None and written.path.name == "v00000003"
 
 
 @pytest.mark.parametrize(
