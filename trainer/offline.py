@@ -411,7 +411,8 @@ def plot_attention(results: list[RunResult], path: Path) -> None:
     ax.set_xlabel("relative position, log bins (0 = most recent; clusters for twin_v2)")
     ax.set_ylabel("share of attention mass per position")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

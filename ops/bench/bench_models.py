@@ -183,7 +183,7 @@ def bench_ours(name: str, cfg: BenchConfig, batch: Batch) -> Row:
     )
     rate = samples_per_s(learner.learn_many, batch.to(device), cfg)
     p50, p99 = latency_ms(learner.model, candidates_batch(cfg, 7, share=True).to(device), cfg)
-    return Row(name, "ours (sparse, SparseAdam)", rate, p50, p99)
+    return Row(name, "ours (sparse, lazy Adam)", rate, p50, p99)
 
 
 def bench_reference(name: str, cfg: BenchConfig, batch: Batch) -> Row:
