@@ -72,6 +72,7 @@ from trainer.snapshot import (
 )
 from trainer.telemetry import TrainerTelemetry
 
+MIN_LEARN_ROWS = 2
 log = logging.getLogger("twinstream.trainer")
 # Per-partition fetch size. A backlog is read one fetch of each partition after another, so this
 # bounds how far one partition runs ahead of the others (16 MiB: whole partitions one after
@@ -431,6 +432,11 @@ class OnlineTrainer:
         batch = None
         if arrays is not None and scored is not None:
             batch = self.mapper.refresh(scored, arrays)  # new ids now have rows
+        if batch is not None and batch.size < MIN_LEARN_ROWS:
+            # BatchNorm cannot train on one row (e.g. the stream's first click, before the
+            # sampler knows any item to draw negatives from): it is scored, not learnt
+            log.info("step with %d row(s): scored, not learnt", batch.size)
+            batch = None
         loss = self.comm.learn(self.learner, batch)
         if loss is not None:
             self._loss = loss if np.isnan(self._loss) else 0.98 * self._loss + 0.02 * loss

@@ -17,7 +17,7 @@ from models import ModelConfig
 from streaming.config import Settings, TopicNames
 from streaming.schema import Event, EventType
 from streaming.synthetic import GeneratorConfig, generate
-from trainer.features import NewRows
+from trainer.features import NewRows, select_rows
 from trainer.online import OnlineTrainer, RunReport, TrainerConfig
 from trainer.snapshot import MANIFEST_FILE, SnapshotError, list_snapshots
 
@@ -220,3 +220,12 @@ def test_a_failed_periodic_snapshot_is_logged_and_training_goes_on(
     trainer.learn_arrays(batches(blobs)[1])
     written = trainer.snapshot()
     assert written is not None and written.manifest.step == 2
+
+
+def test_a_one_row_step_is_scored_but_not_learnt(tmp_path: Path, blobs: list[bytes]) -> None:
+    """The stream's first click has no negatives yet: one row, which BatchNorm cannot train on."""
+    trainer = OnlineTrainer(SETTINGS, config(tmp_path))
+    one = select_rows(batches(blobs)[0], np.arange(batches(blobs)[0].size) == 0)
+    trainer.learn_arrays(one)  # raised "Expected more than 1 value per channel" before
+    assert trainer.rows_total == 1 and len(trainer.metrics) == 1
+    assert trainer.learner.steps == 0  # no optimizer step on a single row
