@@ -65,12 +65,11 @@ def spawn(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
         )
 
 
-def run_demo(data: Path, out: Path, limit: int | None) -> int:
-    settings = settings_for_demo()
-    ensure_topics(settings)
-    out.mkdir(parents=True, exist_ok=True)
-    snaps = out / f"{settings.topics.prefix}snapshots"  # per run: never resume another run's
-    worker = spawn(
+def spawn_worker(
+    settings: Settings, out: Path, snaps: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """A worker serving HTTP on HTTP_PORT, its state and log under ``out``."""
+    return spawn(
         settings,
         out / "worker.log",
         "worker",
@@ -80,9 +79,16 @@ def run_demo(data: Path, out: Path, limit: int | None) -> int:
         str(snaps),
         "--http-port",
         str(HTTP_PORT),
-        "--metrics-port",
-        str(WORKER_METRICS),
+        *extra,
     )
+
+
+def run_demo(data: Path, out: Path, limit: int | None) -> int:
+    settings = settings_for_demo()
+    ensure_topics(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    snaps = out / f"{settings.topics.prefix}snapshots"  # per run: never resume another run's
+    worker = spawn_worker(settings, out, snaps, "--metrics-port", str(WORKER_METRICS))
     trainer = spawn(
         settings,
         out / "trainer.log",

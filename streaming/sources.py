@@ -222,17 +222,11 @@ def _movie_genres(movies: Path | None) -> dict[str, str]:
 def _movielens_rows(path: Path, ml: MovieLensOptions) -> Iterator[tuple[int, Record]]:
     ratings, movies = _movielens_paths(path)
     genres = _movie_genres(movies)
-    header: list[str] | None = None
-    for number, line in _lines(ratings):
-        text = _decode(line)
-        if isinstance(text, InvalidEvent):
-            yield number, text
+    for number, row in _csv_dicts(ratings):
+        if isinstance(row, InvalidEvent):
+            yield number, row
             continue
-        parts = next(csv.reader(io.StringIO(text)))
-        if header is None:
-            header = parts
-            continue
-        yield number, _movielens_record(dict(zip(header, parts, strict=False)), genres, ml)
+        yield number, _movielens_record(row, genres, ml)
 
 
 def _movielens_record(row: dict[str, str], genres: dict[str, str], ml: MovieLensOptions) -> Record:

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from ops.demo import HTTP_PORT, TRAINER_ARGS, settings_for_demo, spawn, wait_trained
+from ops.demo import (
+    HTTP_PORT,
+    TRAINER_ARGS,
+    settings_for_demo,
+    spawn,
+    spawn_worker,
+    wait_trained,
+)
 from streaming.admin import end_offsets, ensure_topics, read_topic
 from streaming.client import ScoreClient
 from streaming.config import Settings
@@ -152,17 +159,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     snaps = out / f"snapshots-{settings.topics.prefix}"
     procs = [
-        spawn(
-            settings,
-            out / "worker.log",
-            "worker",
-            "--state-dir",
-            str(out / "state"),
-            "--snapshot-dir",
-            str(snaps),
-            "--http-port",
-            str(HTTP_PORT),
-        ),
+        spawn_worker(settings, out, snaps),
         spawn(settings, out / "trainer.log", "train", "--snapshot-dir", str(snaps), *TRAINER_ARGS),
     ]
     try:
