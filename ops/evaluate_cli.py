@@ -13,7 +13,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 HELP = "Train and compare models offline (DARE protocol): AUC, GAUC, logloss over seeds"
 
@@ -58,14 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--out", type=Path, required=True)
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``evaluate`` on an ``argparse`` sub-parsers object; sets ``run`` as default."""
-    p: argparse.ArgumentParser = subparsers.add_parser("evaluate", help=HELP, description=HELP)
-    add_arguments(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from trainer.online import TrainerConfig
@@ -96,14 +96,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave optimizer moments out of snapshots (smaller; resume restarts Adam)",
     )
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``train`` on an ``argparse`` sub-parsers object; sets ``run`` as default."""
-    p: argparse.ArgumentParser = subparsers.add_parser("train", help=HELP, description=HELP)
-    add_arguments(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def trainer_config(args: argparse.Namespace) -> TrainerConfig:
