@@ -14,14 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ops.arguments import positive_int
+
 HELP = "Train and compare models offline (DARE protocol): AUC, GAUC, logloss over seeds"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,20 +27,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--format", required=True, choices=["taobao", "movielens", "jsonl", "csv", "parquet"]
     )
     p.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated model names")
-    p.add_argument("--seeds", type=_positive, default=5)
-    p.add_argument("--epochs", type=_positive, default=3)
-    p.add_argument("--patience", type=_positive, default=1, help="epochs without valid gain")
-    p.add_argument("--dim", type=_positive, default=64)
-    p.add_argument("--topk", type=_positive, default=20)
-    p.add_argument("--seq-len", type=_positive, default=200)
-    p.add_argument("--batch-size", type=_positive, default=2048)
+    p.add_argument("--seeds", type=positive_int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=3)
+    p.add_argument("--patience", type=positive_int, default=1, help="epochs without valid gain")
+    p.add_argument("--dim", type=positive_int, default=64)
+    p.add_argument("--topk", type=positive_int, default=20)
+    p.add_argument("--seq-len", type=positive_int, default=200)
+    p.add_argument("--batch-size", type=positive_int, default=2048)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--negatives", type=int, default=2)
-    p.add_argument("--min-events", type=_positive, default=3, help="drop shorter users")
-    p.add_argument("--train-stride", type=_positive, default=1, help="DARE: 5")
-    p.add_argument("--max-train-targets", type=_positive, default=None, help="DARE: 19")
+    p.add_argument("--min-events", type=positive_int, default=3, help="drop shorter users")
+    p.add_argument("--train-stride", type=positive_int, default=1, help="DARE: 5")
+    p.add_argument("--max-train-targets", type=positive_int, default=None, help="DARE: 19")
     p.add_argument("--behaviour-types", default="click", help="comma-separated event types")
-    p.add_argument("--max-batches", type=_positive, default=None, help="per epoch (smoke runs)")
+    p.add_argument("--max-batches", type=positive_int, default=None, help="per epoch (smoke runs)")
     p.add_argument("--truth", type=Path, default=None, help="planted ground truth (JSON lines)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the negative sampling")

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ops.arguments import positive_int, positive_seconds
+
 if TYPE_CHECKING:
     from trainer.online import TrainerConfig
     from trainer.telemetry import TrainerTelemetry
@@ -29,64 +31,52 @@ if TYPE_CHECKING:
 HELP = "Train a model online from the samples topic; write and announce snapshots"
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from models import MODEL_NAMES
 
     p.add_argument("--model", choices=MODEL_NAMES, default="dare")
     p.add_argument("--snapshot-dir", type=Path, required=True)
-    p.add_argument("--batch-size", type=_positive, default=512, help="sample messages per step")
-    p.add_argument("--snapshot-every-steps", type=_positive, default=50)
-    p.add_argument("--snapshot-every-s", type=_seconds, default=30.0)
-    p.add_argument("--keep", type=_positive, default=5, help="newest snapshots kept")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="sample messages per step")
+    p.add_argument("--snapshot-every-steps", type=positive_int, default=50)
+    p.add_argument("--snapshot-every-s", type=positive_seconds, default=30.0)
+    p.add_argument("--keep", type=positive_int, default=5, help="newest snapshots kept")
     model = p.add_argument_group("model")
-    model.add_argument("--dim", type=_positive, default=32, help="embedding width (DARE's d_R)")
-    model.add_argument("--attn-dim", type=_positive, default=None, help="DARE's d_A (default dim)")
-    model.add_argument("--seq-len", type=_positive, default=200)
-    model.add_argument("--topk", type=_positive, default=20)
+    model.add_argument("--dim", type=positive_int, default=32, help="embedding width (DARE's d_R)")
+    model.add_argument(
+        "--attn-dim", type=positive_int, default=None, help="DARE's d_A (default dim)"
+    )
+    model.add_argument("--seq-len", type=positive_int, default=200)
+    model.add_argument("--topk", type=positive_int, default=20)
     model.add_argument("--dense-features", type=int, default=0, help="must match the samples")
     model.add_argument(
-        "--item-capacity", type=_positive, default=1 << 20, help="item rows (id-map capacity)"
+        "--item-capacity", type=positive_int, default=1 << 20, help="item rows (id-map capacity)"
     )
-    model.add_argument("--category-capacity", type=_positive, default=1 << 14)
-    model.add_argument("--max-clusters", type=_positive, default=None)
-    model.add_argument("--min-count", type=_positive, default=1, help="sightings before a row")
-    model.add_argument("--ttl", type=_positive, default=None, help="id expiry (steps)")
+    model.add_argument("--category-capacity", type=positive_int, default=1 << 14)
+    model.add_argument("--max-clusters", type=positive_int, default=None)
+    model.add_argument("--min-count", type=positive_int, default=1, help="sightings before a row")
+    model.add_argument("--ttl", type=positive_int, default=None, help="id expiry (steps)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--lr", type=float, default=0.01)
     opt.add_argument("--l2", type=float, default=1e-6)
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     run = p.add_argument_group("run")
-    run.add_argument("--metrics-window", type=_positive, default=10_000, help="rows")
-    run.add_argument("--max-wait-s", type=_seconds, default=0.5, help="to fill a batch")
-    run.add_argument("--log-every-s", type=_seconds, default=10.0)
-    run.add_argument("--max-steps", type=_positive, default=None)
-    run.add_argument("--idle-timeout-s", type=_seconds, default=None)
+    run.add_argument("--metrics-window", type=positive_int, default=10_000, help="rows")
+    run.add_argument("--max-wait-s", type=positive_seconds, default=0.5, help="to fill a batch")
+    run.add_argument("--log-every-s", type=positive_seconds, default=10.0)
+    run.add_argument("--max-steps", type=positive_int, default=None)
+    run.add_argument("--idle-timeout-s", type=positive_seconds, default=None)
     run.add_argument("--audit-log", type=Path, default=None, help="offsets trained per step")
     run.add_argument(
         "--metrics-port",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="serve Prometheus /metrics on 127.0.0.1:PORT (PORT + RANK under torchrun)",
     )
     run.add_argument("--group-id", default=None, help="default: {prefix}trainer")
     run.add_argument(
         "--session-timeout-s",
-        type=_seconds,
+        type=positive_seconds,
         default=10.0,
         help="consumer-group session: how soon a killed trainer's partitions move",
     )
