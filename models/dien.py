@@ -25,7 +25,7 @@ from torch import nn
 
 from models.base import CTRModel, ModelConfig, ModelOutput, mlp
 from models.batch import Batch
-from models.layers import left_align, masked_softmax, run_packed, scatter_steps, steps_mask
+from models.layers import left_align, masked_softmax, run_forward, scatter_steps, steps_mask
 
 
 class AUGRU(nn.Module):
@@ -43,8 +43,11 @@ class AUGRU(nn.Module):
     def forward(self, x: torch.Tensor, att: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         gates_x = self.x_gates(x)  # (B, T, 3H), all steps at once
         h = x.new_zeros(x.shape[0], self.d_hidden)  # (B, H)
-        for t in range(x.shape[1]):
-            h = self.step(gates_x[:, t], h, att[:, t : t + 1], mask[:, t : t + 1])
+        # Split each sequence once: indexing step t (``gates_x[:, t]``) would make the backward
+        # allocate and fill a zero gradient of the whole (B, T, 3H) input at every step.
+        steps = (gates_x.unbind(1), att.unsqueeze(-1).unbind(1), mask.unsqueeze(-1).unbind(1))
+        for gx, a, m in zip(*steps, strict=True):
+            h = self.step(gx, h, a, m)
         return h
 
     def step(
@@ -75,7 +78,7 @@ class DIEN(CTRModel):
         order = order[:, : max(int(lengths.max()), 1)]  # (B, T): drop all-padding steps
         seq = self.embed(batch.hist_item.gather(1, order), batch.hist_category.gather(1, order))
         mask = steps_mask(lengths, order.shape[1])  # (B, T)
-        states = run_packed(self.extractor, seq, lengths)  # (B, T, D)
+        states = run_forward(self.extractor, seq, lengths)  # (B, T, D)
         scores = (states * self.bilinear(target).unsqueeze(1)).sum(-1)  # (B, T)
         att = masked_softmax(scores, mask)  # (B, T)
         interest = self.evolution(states, att, mask)  # (B, D)

@@ -83,6 +83,21 @@ def steps_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=lengths.device) < lengths.unsqueeze(1)
 
 
+def run_forward(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Run a one-directional batch-first RNN over left-aligned (B, T, D) steps → (B, T, H), zero
+    past each length: the same values as :func:`run_packed`, faster to train on the CPU.
+
+    With the real steps first, step t's output depends only on steps ≤ t, so running the padding
+    too changes nothing before each length. torch's CPU backward of a packed RNN slices the packed
+    input once per step, and each slice's backward fills a zero gradient of the whole input
+    (O(T²) work); the unpacked RNN splits its input once.
+    """
+    if rnn.bidirectional:
+        raise ValueError("run_forward needs a one-directional RNN (use run_packed)")
+    out, _ = rnn(x)
+    return out * steps_mask(lengths, x.shape[1]).unsqueeze(-1)
+
+
 def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Run a batch-first RNN over left-aligned (B, T, D) steps → (B, T, H), zero past each length.
 

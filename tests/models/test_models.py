@@ -13,7 +13,7 @@ from models.dare import DARE
 from models.dien import DIEN
 from models.din import DIN
 from models.dsin import DSIN, session_slots
-from models.layers import masked_softmax
+from models.layers import left_align, masked_softmax, run_forward, run_packed
 from models.testing import random_batch
 from models.twin import TWIN
 from models.twin_v2 import TWINV2
@@ -206,6 +206,35 @@ def test_dien_attention_is_a_distribution_over_real_behaviours(config: ModelConf
     out = build("dien", config)(batch)
     assert out.attention is not None
     torch.testing.assert_close(out.attention.sum(1), torch.ones(16))
+
+
+def test_unpacked_gru_over_left_aligned_steps_equals_the_packed_one() -> None:
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(6, 5, batch_first=True)
+    lengths = torch.tensor([7, 0, 3, 1])
+    mask = torch.arange(7) < lengths.unsqueeze(1)
+    x = torch.randn(4, 7, 6) * mask.unsqueeze(-1)
+    assert torch.equal(left_align(mask)[1], lengths)
+    torch.testing.assert_close(run_forward(gru, x, lengths), run_packed(gru, x, lengths))
+    with pytest.raises(ValueError, match="one-directional"):
+        run_forward(torch.nn.GRU(6, 5, batch_first=True, bidirectional=True), x, lengths)
+
+
+def test_dien_backward_does_not_index_the_sequence_per_step() -> None:
+    """Indexing step t of a (B, T, ·) tensor makes its backward fill a zero gradient of the whole
+    tensor, at every step: O(T²), which made one T = 200 training step take seconds."""
+    cfg = ModelConfig(n_items=50, n_categories=5, dim=4, seq_len=200)
+    out = DIEN(cfg).train()(random_batch(cfg, batch_size=4, min_len=200))
+    assert out.aux_loss is not None
+    todo, seen = [(out.logits.sum() + out.aux_loss).grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        for nxt, _ in getattr(fn, "next_functions", ()):
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    names = [type(fn).__name__ for fn in seen]
+    assert names.count("SelectBackward0") + names.count("SliceBackward0") < 20
 
 
 # --- DIN ----------------------------------------------------------------------------------------
