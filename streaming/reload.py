@@ -9,6 +9,7 @@ stays. Loading runs on this watcher's thread, never on the request path.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import cast
@@ -22,6 +23,22 @@ from streaming.metrics import ScoringMetrics
 from streaming.scoring import ModelHolder
 
 log = logging.getLogger(__name__)
+
+LOADER_NICENESS = 10
+
+
+def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
+    """Make the calling thread yield the CPU to the scoring threads (Linux sets the niceness
+    of one thread by its native id); False where the platform cannot.
+
+    A reload hashes and copies tens of MiB; at normal priority it takes a core from requests
+    on a small machine, at a higher niceness it runs in the time they leave.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 class SnapshotWatcher:
@@ -69,6 +86,7 @@ class SnapshotWatcher:
         return None if current is None else cast(ModelConfig, getattr(current, "config", None))
 
     def _run(self) -> None:
+        lower_thread_priority()
         if self.snapshot_dir is not None:
             self._load_latest(self.snapshot_dir)
         consumer = self._consumer()

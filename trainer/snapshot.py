@@ -545,8 +545,9 @@ def load_snapshot(
 
     Checks, in order: the manifest exists and parses (its sha256 equals ``manifest_sha256``
     when given, e.g. the one announced on model-updates), its format is not newer than this
-    code's, the model and config are the expected ones, every listed file exists with its
-    sha256, the weights and id maps fit the model the manifest describes.
+    code's, the model and config are the expected ones, the weights and id maps exist with their
+    sha256 (the optimizer file is verified when :meth:`LoadedSnapshot.optimizer_bytes` reads
+    it), and they fit the model the manifest describes.
     """
     path = Path(path)
     raw = _read(path / MANIFEST_FILE)
@@ -558,9 +559,9 @@ def load_snapshot(
     missing = [name for name in REQUIRED_FILES if name not in manifest.files]
     if missing:
         raise SnapshotError("corrupt", f"manifest lists no {missing}")
-    blobs = {name: _read_verified(path, name, sha) for name, sha in manifest.files.items()}
-    model = _load_model(manifest, blobs[MODEL_FILE], torch.device(device))
-    mapper = _load_mapper(manifest.mapper, manifest.config, blobs[IDMAPS_FILE])
+    files = {name: _verified(path, name, manifest.files[name]) for name in REQUIRED_FILES}
+    model = _load_model(manifest, files[MODEL_FILE], torch.device(device))
+    mapper = _load_mapper(manifest.mapper, manifest.config, files[IDMAPS_FILE])
     return LoadedSnapshot(path, manifest, digest, model, mapper, torch.device(device))
 
 
@@ -592,21 +593,46 @@ def _read_verified(folder: Path, name: str, sha: str) -> bytes:
     return data
 
 
-def _tensors(data: bytes, what: str) -> dict[str, torch.Tensor]:
+def _verified(folder: Path, name: str, sha: str) -> Path:
+    """``folder/name`` once its sha256 equals the manifest's (hashed in chunks, without the
+    GIL and without holding the whole file in memory)."""
+    path = folder / name
     try:
-        return safetensors.torch.load(data)
+        with path.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise SnapshotError("missing", f"{path} does not exist") from None
+    except OSError as err:
+        raise SnapshotError("missing", f"{path}: {err}") from None
+    if digest != sha:
+        raise SnapshotError("checksum", f"{name}: sha256 differs from the manifest")
+    return path
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a verified safetensors file, copied into private memory.
+
+    ``load_file`` maps the file lazily (no long copy under the GIL, which would pause the
+    scoring threads); ``clone`` then copies it with the GIL released, so the serving model
+    never depends on the file (a snapshot pruned or truncated later cannot fault it).
+    """
+    try:
+        mapped = safetensors.torch.load_file(path)
     except Exception as err:  # safetensors raises its own error types
-        raise SnapshotError("corrupt", f"{what} is not a valid safetensors file: {err}") from None
+        raise SnapshotError(
+            "corrupt", f"{path.name} is not a valid safetensors file: {err}"
+        ) from None
+    return {name: tensor.clone() for name, tensor in mapped.items()}
 
 
-def _load_model(manifest: Manifest, data: bytes, device: torch.device) -> CTRModel:
+def _load_model(manifest: Manifest, path: Path, device: torch.device) -> CTRModel:
     try:
         with torch.device("meta"):  # no random init: the weights replace every tensor
             model = build_model(manifest.model, manifest.config)
     except ValueError as err:
         raise SnapshotError("corrupt", str(err)) from None
     try:
-        model.load_state_dict(_tensors(data, MODEL_FILE), strict=True, assign=True)
+        model.load_state_dict(_tensors(path), strict=True, assign=True)
     except RuntimeError as err:
         raise SnapshotError("corrupt", f"weights do not fit the model: {err}") from None
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
@@ -614,12 +640,12 @@ def _load_model(manifest: Manifest, data: bytes, device: torch.device) -> CTRMod
     return model.to(device).eval()
 
 
-def _load_mapper(config: MapperConfig, model: ModelConfig, data: bytes) -> FeatureMapper:
+def _load_mapper(config: MapperConfig, model: ModelConfig, path: Path) -> FeatureMapper:
     if (config.n_items, config.n_categories) != (model.n_items, model.n_categories):
         raise SnapshotError("corrupt", "id-map capacities differ from the embedding tables")
     mapper = FeatureMapper(config)
     try:
-        mapper.load_state_dict(_tensors(data, IDMAPS_FILE))
+        mapper.load_state_dict(_tensors(path))
     except (KeyError, ValueError) as err:
         raise SnapshotError("corrupt", f"id maps: {err!r}") from None
     return mapper

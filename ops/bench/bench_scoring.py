@@ -35,7 +35,7 @@ from models.testing import random_batch
 from ops.malloc import tune_malloc
 from streaming.config import Settings
 from streaming.metrics import ScoringMetrics
-from streaming.reload import SnapshotWatcher
+from streaming.reload import SnapshotWatcher, lower_thread_priority
 from streaming.schema import Event, EventType
 from streaming.scoring import ItemCatalog, ModelHolder, Scorer, ScoreRequest
 from streaming.synthetic import GeneratorConfig, generate
@@ -146,6 +146,7 @@ def scorer_path(runs: int, reloads: int) -> None:
     done = []
 
     def reload_loop() -> None:
+        lower_thread_priority()  # as the watcher's own thread does
         for path in paths[1:]:
             if stop.is_set():
                 return
