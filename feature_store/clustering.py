@@ -29,16 +29,19 @@ cluster, and the oldest block's clusters may also still count up to that share o
 the cap already dropped (their sizes sum to ``end - built_from``, ``built_from <= lo``).
 
 **Incremental.** A block is clustered once and then kept; re-clustering (:func:`needs_update`) runs
-when the log grew by ``recluster_every`` behaviours (earlier for short logs), when the embedding
-version changes (all blocks rebuilt), or when a late insertion touched a clustered block. A merge
-re-clusters ``B * 2**(t+1)`` behaviours, so each behaviour is re-clustered O(log(n / B)) times.
+when the log grew by ``recluster_every`` behaviours, when the embedding version changes (all blocks
+rebuilt), or when a late insertion touched a clustered block. A merge re-clusters ``B * 2**(t+1)``
+behaviours, so each behaviour is re-clustered O(log(n / B)) times. Until the next run, the newest
+(fewer than ``recluster_every``) behaviours enter the cluster sequence as clusters of one
+(:func:`with_singletons`), so the sequence always covers the whole log: re-clustering only makes it
+coarser, and a user with a short log costs no clustering at all on the ingest path.
 
 Before any model snapshot exists (no embedder) a block is clustered by category: one leaf per
 category (cut into near-equal runs in time order when over the cap), represented by its most recent
 item. When a block has too many small categories for the budget, it falls back to the clamped
 2-means over a fixed pseudo-random unit vector per category (so leaves may then mix categories).
 
->>> cfg = ClusterConfig(max_leaf=4, max_clusters=64, lifelong_cap=1_000)
+>>> cfg = ClusterConfig(max_leaf=4, max_clusters=64, lifelong_cap=1_000, recluster_every=8)
 >>> x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # 3 tight groups of 5
 >>> leaves = split_leaves(x, cap=5, config=cfg)
 >>> sorted(sorted(leaf.tolist()) for leaf in leaves)
@@ -133,10 +136,11 @@ def max_level(base: int, config: ClusterConfig) -> int:
 
 
 def cluster_bound(base: int, config: ClusterConfig) -> int:
-    """Worst-case cluster count: two blocks per level up to :func:`max_level`, plus the tail."""
+    """Worst-case cluster count: two blocks per level up to :func:`max_level`, the tail, and the
+    singletons of the behaviours not clustered yet."""
     levels = range(max_level(base, config) + 1)
     full = sum(leaf_bound(base << t, config.leaf_cap(t), config) for t in levels)
-    return 2 * full + leaf_bound(base - 1, config.max_leaf, config)
+    return 2 * full + leaf_bound(base - 1, config.max_leaf, config) + config.recluster_every - 1
 
 
 def _largest_block(config: ClusterConfig) -> int:
@@ -295,10 +299,24 @@ def needs_update(
     ``lo``/``total``: absolute positions of the log's first behaviour and one past its last."""
     if total == lo:
         return state.blocks.shape[0] > 0
-    if state.version != version or state.dirty_from is not None:
+    if state.dirty_from is not None:
         return True
-    grown = total - state.upto
-    return grown >= min(config.recluster_every, max(1, state.upto - lo))
+    if state.version != version and state.blocks.shape[0] > 0:  # clustered with old embeddings
+        return True
+    return total - state.upto >= config.recluster_every
+
+
+def with_singletons(clusters: np.ndarray, unclustered: np.ndarray) -> np.ndarray:
+    """The cluster sequence: ``clusters`` then one cluster of size 1 per behaviour of
+    ``unclustered`` (the structured log rows newer than the last re-clustering)."""
+    if not unclustered.shape[0]:
+        return clusters
+    single = np.zeros(unclustered.shape[0], dtype=clusters.dtype)
+    single["item"], single["category"] = unclustered["item"], unclustered["category"]
+    single["size"] = 1
+    if _n_dense(unclustered):
+        single["dense"] = unclustered["dense"]
+    return np.concatenate([clusters, single])
 
 
 def update(

@@ -46,6 +46,7 @@ from feature_store.clustering import (
     cluster_dtype,
     needs_update,
     update,
+    with_singletons,
 )
 from feature_store.ids import hash_id, stable_id
 from streaming.schema import Event, EventType, InvalidEvent, Reason
@@ -239,8 +240,11 @@ class UserState:
         return self.log[max(0, end - length) : end]
 
     def clusters(self) -> np.ndarray:
-        """The TWIN-V2 cluster sequence (item, category, size, dense), oldest first."""
-        return self.cluster_state.clusters
+        """The TWIN-V2 cluster sequence (item, category, size, dense), oldest first: the
+        clustered part, then the behaviours logged since as clusters of one."""
+        cs = self.cluster_state
+        lo = self._total - (self._hi - self._lo)
+        return with_singletons(cs.clusters, self.log[max(cs.upto, lo) - lo :])
 
     def seen(self, event_id: str | None) -> bool:
         """Whether ``event_id`` is among the last ``dedupe_window`` event ids of this user."""

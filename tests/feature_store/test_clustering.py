@@ -160,7 +160,7 @@ def test_incremental_updates_keep_the_invariants_under_the_cap(
 @settings(max_examples=30, deadline=None)
 @given(growth=st.lists(st.integers(1, 70), min_size=1, max_size=10))
 def test_incremental_equals_from_scratch(growth: list[int]) -> None:
-    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=10_000)
+    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=10_000, recluster_every=16)
     log = make_log(sum(growth), n_dense=1)
     embedder = TableEmbedder()
     cs, total = ClusterState(), 0
@@ -173,7 +173,7 @@ def test_incremental_equals_from_scratch(growth: list[int]) -> None:
 
 
 def test_unchanged_blocks_are_reused_and_version_change_rebuilds() -> None:
-    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=10_000)
+    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=10_000, recluster_every=16)
     log = make_log(200)
     v1 = update(ClusterState(), log[:150], 0, cfg, TableEmbedder(version=1))
     v1b = update(v1, log[:151], 0, cfg, TableEmbedder(version=1, seed=9))  # same version: reused
@@ -192,12 +192,19 @@ def test_needs_update_schedule() -> None:
         state.apply(event(float(i), item=str(i)), StateConfig())
         if state.maybe_recluster(cfg):
             runs.append(state.total)
-    assert runs == [1, 2, 4, 8, 16, 32, 48, 64, 80, 96]  # doubling, then every 16
+    assert runs == [16, 32, 48, 64, 80, 96]  # every recluster_every behaviours
+    tail = state.clusters()[-(state.total - state.cluster_state.upto) :]
+    assert (
+        tail["size"].tolist() == [1, 1, 1, 1]  # behaviours 97..100 as clusters of one
+        and tail["item"].tolist() == state.log["item"][-4:].tolist()
+    )
 
 
 def test_late_insertion_marks_clusters_dirty_and_rebuild_restores_them() -> None:
     scfg = StateConfig(session_gap_s=100, allowed_lateness_s=300)
-    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=scfg.lifelong_cap)
+    cfg = ClusterConfig(
+        max_leaf=3, max_clusters=60, lifelong_cap=scfg.lifelong_cap, recluster_every=16
+    )
     state = UserState.empty(scfg)
     for i in range(40):
         state.apply(event(10.0 * i, item=str(i), category=str(i % 3)), scfg)
@@ -239,7 +246,9 @@ def test_100k_user_clusters_in_bounded_time_and_memory() -> None:
 
 
 def test_capped_oldest_block_is_rebuilt_only_past_the_slack() -> None:
-    cfg = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=400, remnant_slack=0.25)
+    cfg = ClusterConfig(
+        max_leaf=3, max_clusters=60, lifelong_cap=400, remnant_slack=0.25, recluster_every=8
+    )
     log = make_log(2_000)
     embedder = TableEmbedder()
     cs, total, lo = ClusterState(), 0, 0

@@ -70,7 +70,7 @@ def test_taobao_replay_matches_offline(taobao: list[Event]) -> None:
         assert state.log["ts"].tolist() == ts and state.log["session"].tolist() == sessions
         n_sessions.append(state.session_count)
         clusters = state.clusters()
-        assert int(clusters["size"].sum()) == state.cluster_state.upto  # every behaviour once
+        assert int(clusters["size"].sum()) == state.total  # every behaviour once
     assert 10 < np.mean(n_sessions) < 20  # README: about 15 sessions per user at 30 minutes
 
     assert len(blobs) == len(taobao)  # every pv/cart/fav/buy is a positive
