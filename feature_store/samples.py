@@ -36,6 +36,7 @@ import heapq
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -124,14 +125,34 @@ def encode_sample(
 ) -> bytes:
     """One sample message (see the module docstring). All parts must share the dense width."""
     n_dense = _width(targets)
+    return _pack(user, ts, targets.shape[0], n_dense, targets.tobytes(), recent, clusters)
+
+
+_HEADER_STRUCT = struct.Struct("<2sBBHHIIqd")  # SAMPLE_HEADER, packed
+
+
+@lru_cache(maxsize=256)
+def _targets_struct(n_targets: int, n_dense: int) -> struct.Struct:
+    """``n_targets`` packed rows of :func:`target_dtype` (the per-event fast path)."""
+    return struct.Struct("<" + ("qqBf" + "f" * n_dense) * n_targets)
+
+
+def _pack(
+    user: int,
+    ts: float,
+    n_targets: int,
+    n_dense: int,
+    targets: bytes,
+    recent: np.ndarray,
+    clusters: np.ndarray,
+) -> bytes:
     if _width(recent) != n_dense or _width(clusters) != n_dense:
         raise ValueError("targets, recent and clusters must have the same number of dense features")
-    header = np.zeros((), dtype=SAMPLE_HEADER)
-    header["magic"], header["version"], header["n_dense"] = SAMPLE_MAGIC, SAMPLE_VERSION, n_dense
-    header["n_targets"], header["n_recent"] = targets.shape[0], recent.shape[0]
-    header["n_clusters"], header["user"], header["ts"] = clusters.shape[0], user, ts
-    parts = (header, targets, recent, clusters)
-    return b"".join(np.ascontiguousarray(p).tobytes() for p in parts)
+    header = _HEADER_STRUCT.pack(
+        SAMPLE_MAGIC, SAMPLE_VERSION, 0, n_dense, n_targets, recent.shape[0], clusters.shape[0],
+        user, ts,
+    )  # fmt: skip
+    return b"".join((header, targets, recent.tobytes(), clusters.tobytes()))
 
 
 def with_label(blob: bytes, label: float) -> bytes:
@@ -476,18 +497,19 @@ class SampleBuilder:
     ) -> bytes:
         """The event's item (with ``label``) and the negatives (label 0) over the state's
         history as of the event."""
-        items = np.concatenate([[stable_id(event.item_id)], neg_items])
-        cats = np.concatenate([[stable_id(event.category_id)], neg_cats])
-        labels = np.zeros(items.shape[0], np.float32)
-        labels[0] = label
-        dense = np.tile(self.state_config.dense(event), (items.shape[0], 1))
-        types = np.full(items.shape[0], TYPE_CODES[event.type], np.uint8)
-        return encode_sample(
-            user=stable_id(event.user_id),
-            ts=event.ts,
-            targets=make_targets(items, cats, labels=labels, types=types, dense=dense),
-            recent=state.recent(self.config.recent_length, as_of=event.ts),
-            clusters=state.clusters(),
+        n_dense, code = self.state_config.n_dense, TYPE_CODES[event.type]
+        dense = self.state_config.dense(event).tolist() if n_dense else []
+        rows = [(stable_id(event.item_id), stable_id(event.category_id), label)]
+        rows += [(i, c, 0.0) for i, c in zip(neg_items.tolist(), neg_cats.tolist(), strict=True)]
+        values = [v for item, cat, lab in rows for v in (item, cat, code, lab, *dense)]
+        return _pack(
+            stable_id(event.user_id),
+            event.ts,
+            len(rows),
+            n_dense,
+            _targets_struct(len(rows), n_dense).pack(*values),
+            state.recent(self.config.recent_length, as_of=event.ts),
+            state.clusters(),
         )
 
 

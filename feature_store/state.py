@@ -305,6 +305,24 @@ class UserState:
 
     def _insert(self, rec: np.ndarray, config: StateConfig) -> None:
         """Insert in time order, recompute sessions from there on, enforce the cap."""
+        if self._hi > self._lo and float(rec["ts"]) < self._buf["ts"][self._hi - 1]:
+            self._insert_late(rec, config)
+            return
+        # in order (the usual case): append, the session index follows from the last behaviour
+        if self._hi > self._lo:
+            last = self._buf[self._hi - 1]
+            rec["session"] = last["session"] + (
+                float(rec["ts"]) - last["ts"] > config.session_gap_s
+            )
+        self._reserve(1, config.lifelong_cap)
+        self._buf[self._hi] = rec
+        self._hi += 1
+        self._total += 1
+        if self._hi - self._lo > config.lifelong_cap:
+            self._lo = self._hi - config.lifelong_cap
+
+    def _insert_late(self, rec: np.ndarray, config: StateConfig) -> None:
+        """Insert before newer behaviours, recompute sessions from there on, enforce the cap."""
         p = self.position(float(rec["ts"]))
         n = self._hi - self._lo
         first_session = int(self._buf["session"][self._lo]) if n else 0

@@ -286,3 +286,30 @@ def test_sampler_is_exact_after_many_items_and_growth() -> None:
     targets = list(range(s.total))
     expected = np.array(order)[np.searchsorted(cum, targets, side="right")]
     assert np.array_equal(s._items[s._find(targets)], expected)
+
+
+@pytest.mark.parametrize("dense_features", [(), ("dwell", "price")])
+def test_builder_encoding_equals_the_structured_reference(dense_features: tuple[str, ...]) -> None:
+    """The per-event fast path (struct packing) writes exactly the bytes of the numpy layout."""
+    scfg = StateConfig(recent_length=4, dense_features=dense_features)
+    builder = SampleBuilder(SampleConfig(recent_length=4), scfg)
+    state = UserState.empty(scfg)
+    for i in range(6):
+        state.apply(event(10.0 * i, item=str(i), features={"dwell": 1.5 * i}), scfg)
+    e = event(100.0, item="9", features={"dwell": 2.5, "price": 7.0})
+    negatives, neg_cats = np.array([3, 11]), np.array([4, 12])
+    for label in (1.0, float("nan")):
+        blob = builder.encode(state, e, negatives, neg_cats, label)
+        n_dense = len(dense_features)
+        dense = np.tile(scfg.dense(e), (3, 1)) if n_dense else None
+        targets = make_targets(
+            [stable_id("9"), 3, 11],
+            [stable_id("10"), 4, 12],
+            labels=np.array([label, 0.0, 0.0], np.float32),
+            dense=dense,
+        )
+        reference = encode_sample(
+            user=stable_id("u1"), ts=e.ts, targets=targets, recent=state.recent(4),
+            clusters=state.clusters(),
+        )  # fmt: skip
+        assert blob == reference
