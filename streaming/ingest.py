@@ -129,6 +129,8 @@ class IngestService:
     # --- the batch path --------------------------------------------------------------------------
 
     async def handle(self, messages: Sequence[RawMessage]) -> None:
+        """Apply one batch: every owned partition's part is processed and its samples and
+        changelog records sent, then one flush covers them all before the local commits."""
         started = time.perf_counter()
         async with self._lock:
             by_partition: dict[int, list[RawMessage]] = defaultdict(list)
@@ -136,11 +138,21 @@ class IngestService:
                 # events of a partition in hand-over are left to its next owner (not acked by us)
                 if m.partition in self.workers and m.partition not in self._paused:
                     by_partition[m.partition].append(m)
-            for partition, part in by_partition.items():
+            sent = [
                 await self._partition_batch(self.workers[partition], part)
+                for partition, part in by_partition.items()
+            ]
+            await self.sink.flush()
+            for worker, result, marker, part in sent:
+                worker.commit(result, await self._position(worker.partition, marker))
+                self._count(result, part)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _partition_batch(self, worker: PartitionWorker, messages: list[RawMessage]) -> None:
+    async def _partition_batch(
+        self, worker: PartitionWorker, messages: list[RawMessage]
+    ) -> tuple[PartitionWorker, BatchResult, Awaitable[Any] | None, list[RawMessage]]:
+        """Validate, apply in memory, send samples, dead letters and changelog records (not
+        flushed); the changelog marker's delivery is returned for the commit to wait on."""
         records: list[tuple[int, Event]] = []
         for m in messages:
             try:
@@ -154,8 +166,7 @@ class IngestService:
         for offset, late in result.rejected:
             await self._dead_letter(_find(messages, offset), late)
         await self._emit(worker.partition, result)
-        worker.commit(result, await self._changelog(worker.partition, result))
-        self._count(result, messages)
+        return worker, result, await self._changelog(worker.partition, result), messages
 
     def answer(self, raw: bytes | None, partition: int | None, transport: str) -> dict[str, Any]:
         """Answer one score request from the owner's local state (never raises)."""
@@ -234,15 +245,20 @@ class IngestService:
             await self.sink.send(topic, None, sample, partition)
         self.metrics.samples.inc(len(result.samples))
 
-    async def _changelog(self, partition: int, result: BatchResult) -> dict[str, bytes | None]:
-        """Send touched states + the offset marker, wait for the broker; the position to store."""
+    async def _changelog(self, partition: int, result: BatchResult) -> Awaitable[Any] | None:
+        """Send the touched states and the offset marker; the marker's delivery future."""
         if result.offset is None:
-            return {}
+            return None
         topic = self.settings.topics.state_changelog
         for user, state in result.states.items():
             await self.sink.send(topic, user.encode(), state.encode(), partition)
-        marker = await self.sink.send(topic, MARKER_KEY, encode_marker(result.offset), partition)
-        await self.sink.flush()
+        return await self.sink.send(topic, MARKER_KEY, encode_marker(result.offset), partition)
+
+    @staticmethod
+    async def _position(partition: int, marker: Awaitable[Any] | None) -> dict[str, bytes | None]:
+        """Once the broker has the marker: the changelog position to store with the commit."""
+        if marker is None:
+            return {}
         metadata = await marker
         return {changelog_position_key(partition): encode_marker(metadata.offset + 1)}
 

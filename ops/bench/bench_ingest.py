@@ -68,13 +68,32 @@ def bare_rate(settings: Settings, n: int) -> float:
     return n / max(seen["last"] - seen["first"], 1e-9)
 
 
-def markers(settings: Settings) -> list[tuple[int, int, float]]:
-    """(partition, covered offset, marker time in s) for every changelog marker."""
-    return [
-        (p, int.from_bytes(value, "big", signed=True), ts)
-        for p, _, key, value, ts in read_all(settings, settings.topics.state_changelog)
-        if key == MARKER_KEY
-    ]
+class MarkerReader:
+    """Follows the state changelog and keeps (partition, covered offset, marker time in s) of
+    every marker. Reads each record once: re-reading the topic per check would take CPU from
+    the worker under test on a small machine."""
+
+    def __init__(self, settings: Settings) -> None:
+        n = settings.topics.events_partitions
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+        )
+        tps = [TopicPartition(settings.topics.state_changelog, p) for p in range(n)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.markers: list[tuple[int, int, float]] = []
+
+    def poll(self) -> list[tuple[int, int, float]]:
+        for tp, records in self.consumer.poll(timeout_ms=500).items():
+            self.markers += [
+                (tp.partition, int.from_bytes(r.value, "big", signed=True), r.timestamp / 1000)
+                for r in records
+                if r.key == MARKER_KEY
+            ]
+        return self.markers
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def read_all(settings: Settings, topic: str) -> list[tuple[int, int, bytes, bytes, float]]:
@@ -104,12 +123,16 @@ def wait_for(
 ) -> list[tuple[int, int, float]]:
     ends = {p: e - 1 for p, e in end_offsets(settings).items() if e}
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = markers(settings)
-        best = {p: max((o for q, o, _ in got if q == p), default=-1) for p in ends}
-        if all(best[p] >= ends[p] for p in ends):
-            return got
-        time.sleep(1.0)
+    reader = MarkerReader(settings)
+    try:
+        while time.monotonic() < deadline:
+            got = reader.poll()
+            best = {p: max((o for q, o, _ in got if q == p), default=-1) for p in ends}
+            if all(best[p] >= ends[p] for p in ends):
+                return got
+            time.sleep(1.0)
+    finally:
+        reader.close()
     raise TimeoutError("worker did not catch up")
 
 
