@@ -48,7 +48,7 @@ class ModelConfig:
     dropout: float = 0.0
     n_heads: int = 2  # TWIN/TWIN-V2 ESU, BST and DSIN self-attention heads
     attention_mlp: tuple[int, ...] = (80, 40)  # DIN activation unit hidden layers
-    din_softmax: bool = False  # DIN: normalise attention weights (the paper does not)
+    din_softmax: bool = True  # DIN: softmax(s/√D) as its public code; False: the paper's raw s
     aux_loss_weight: float = 1.0  # DIEN: ModelOutput.aux_loss is already multiplied by it
     max_sessions: int = 5  # DSIN: most recent sessions kept
     session_len: int = 10  # DSIN: most recent behaviours kept per session

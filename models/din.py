@@ -1,9 +1,12 @@
 """DIN (Zhou et al., KDD 2018): target attention through an MLP "activation unit".
 
-Each behaviour k gets the weight ``MLP([k, q, k − q, k ⊙ q])`` for the target q (the paper's
-outer product is replaced by ``k − q`` and ``k ⊙ q``, as in its public code). The weights are not
-softmax-normalised unless ``config.din_softmax``, so the pooled vector keeps the intensity of the
-user's interest; padding gets weight 0.
+Each behaviour k gets the score ``s_k = MLP([k, q, k − q, k ⊙ q])`` for the target q (the paper's
+outer product is replaced by ``k − q`` and ``k ⊙ q``, as in its public code). By default
+(``config.din_softmax``) the weights are ``softmax_k(s_k / √D)`` over the real behaviours, as the
+authors' public code and the DARE reference code compute them. With ``din_softmax=False`` they are
+the paper's raw scores ``s_k``, so the pooled vector keeps the "intensity" of the user's interest;
+but it is then a *sum* over up to L behaviours, whose scale follows the history length more than
+its content (see trainer/RESULTS-offline.md). Padding gets weight 0.
 
 >>> from models.testing import random_batch
 >>> cfg = ModelConfig(n_items=50, n_categories=5, dim=4, seq_len=6, activation="dice")
@@ -12,6 +15,8 @@ torch.Size([3, 6])
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +68,9 @@ class DIN(CTRModel):
         keys = self.embed_history(batch)  # (B, L, D)
         scores = self.unit(target, keys)  # (B, L)
         mask = batch.hist_mask
-        weights = masked_softmax(scores, mask) if self.config.din_softmax else scores * mask
+        if self.config.din_softmax:
+            weights = masked_softmax(scores / math.sqrt(keys.shape[-1]), mask)
+        else:
+            weights = scores * mask
         user = (weights.unsqueeze(-1) * keys).sum(dim=1)  # (B, D)
         return ModelOutput(logits=self.predict(target, [user], batch), attention=weights)

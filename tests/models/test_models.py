@@ -240,13 +240,19 @@ def test_dien_backward_does_not_index_the_sequence_per_step() -> None:
 # --- DIN ----------------------------------------------------------------------------------------
 
 
-def test_din_weights_are_raw_unless_softmax_is_asked(config: ModelConfig) -> None:
+def test_din_weights_are_a_scaled_softmax_unless_raw_weights_are_asked(config: ModelConfig) -> None:
     batch = random_batch(config, batch_size=16, seed=12, min_len=2)
-    raw = build("din", config)(batch).attention
-    normalised = build("din", replace(config, din_softmax=True))(batch).attention
+    model = build("din", config)
+    assert isinstance(model, DIN) and config.din_softmax
+    normalised = model(batch).attention
+    raw = build("din", replace(config, din_softmax=False))(batch).attention
     assert raw is not None and normalised is not None
     assert not torch.allclose(raw.sum(1), torch.ones(16))
     torch.testing.assert_close(normalised.sum(1), torch.ones(16))
+    scores = model.unit(model.embed_target(batch), model.embed_history(batch))
+    expected = masked_softmax(scores / config.token_dim**0.5, batch.hist_mask)
+    torch.testing.assert_close(normalised, expected)
+    torch.testing.assert_close(raw, scores * batch.hist_mask)
 
 
 @pytest.mark.parametrize("activation", ["prelu", "dice"])
