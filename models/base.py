@@ -195,6 +195,15 @@ class CTRModel(nn.Module):
     def _embed(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item(items), self.category(categories)], dim=-1)
 
+    def embed_pairs(self, *pairs: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+        """``[self.embed(items, categories) for ...]``; when training, each table is looked up
+        once for all pairs, so each gets one already-coalesced sparse gradient."""
+        if not self.training:
+            return [self.embed(items, categories) for items, categories in pairs]
+        items = self.item.many(*(items for items, _ in pairs))
+        categories = self.category.many(*(categories for _, categories in pairs))
+        return [torch.cat(ic, dim=-1) for ic in zip(items, categories, strict=True)]
+
     def embed_target(self, batch: Batch) -> torch.Tensor:  # (B, D)
         return self.embed(batch.target_item, batch.target_category)
 

@@ -56,9 +56,9 @@ class DARE(CTRModel):
         q·k over ``[item, category]`` tokens, summed per table so that no (B, L, 2·d_A) token
         tensor is built.
         """
-        item = keys_dot_query(self.attn_item(batch.hist_item), self.attn_item(batch.target_item))
+        item = keys_dot_query(*self.attn_item.many(batch.hist_item, batch.target_item))
         category = keys_dot_query(
-            self.attn_category(batch.hist_category), self.attn_category(batch.target_category)
+            *self.attn_category.many(batch.hist_category, batch.target_category)
         )
         scale = math.sqrt(2 * self.time.embedding_dim)  # √(2·d_A), the token width
         return (item + category) / scale + self.time_bias(batch.hist_age)  # (B, L)
@@ -75,9 +75,11 @@ class DARE(CTRModel):
         index = every if k is None else top_k(scores, mask, k)  # (B, K)
         kept = mask.gather(1, index)  # (B, K)
         weights = masked_softmax(scores.gather(1, index), kept)  # (B, K)
-        values = self.embed(batch.hist_item.gather(1, index), batch.hist_category.gather(1, index))
+        values, target = self.embed_pairs(  # (B, K, D), (B, D) from the representation tables
+            (batch.hist_item.gather(1, index), batch.hist_category.gather(1, index)),
+            (batch.target_item, batch.target_category),
+        )
         h = (weights.unsqueeze(-1) * values).sum(dim=1)  # (B, D) from the K representations only
-        target = self.embed_target(batch)  # (B, D) representation tables
         return ModelOutput(
             logits=self.predict(target, [h, target * h], batch),
             attention=scatter_steps(weights, index, length),  # (B, L)

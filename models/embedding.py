@@ -21,6 +21,8 @@ tensor([2])
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -207,10 +209,69 @@ class IdMap:
         self._plast, self._free = arr["pending_last_seen"], arr["free_rows"]
 
 
+def row_gradient(
+    rows: list[torch.Tensor], grads: list[torch.Tensor], num_rows: int
+) -> torch.Tensor:
+    """Sparse gradient of lookups of ``rows`` ((N_i,) each) given their output gradients
+    ((N_i, D) each): one COO tensor with sorted, unique rows (coalesced), row 0 left out as
+    padding.
+
+    ``nn.Embedding(sparse=True)`` returns one value row per lookup (N rows, uncoalesced), copies
+    them to drop padding, and the optimizer then sorts and sums them (``coalesce``); two lookups
+    of one table give two such gradients, concatenated. Here duplicates are summed once, in
+    lookup order: for a small table (≤ N rows) straight into a dense (num_rows, D) buffer, no
+    sort; for a large one after ``torch.unique`` (one sort of the ids, none of the value rows).
+
+    >>> g = row_gradient([torch.tensor([3, 0, 3]), torch.tensor([1])], [torch.ones(3, 2),
+    ...     torch.ones(1, 2)], num_rows=5)
+    >>> g.is_coalesced(), g.indices().tolist(), g.values().tolist()
+    (True, [[1, 3]], [[1.0, 1.0], [2.0, 2.0]])
+    """
+    dim = grads[0].shape[-1]
+    every = torch.cat(rows) if len(rows) > 1 else rows[0]
+    if num_rows <= every.numel():
+        dense = grads[0].new_zeros(num_rows, dim)
+        for r, g in zip(rows, grads, strict=True):
+            dense.index_add_(0, r, g)
+        touched = torch.bincount(every, minlength=num_rows) > 0
+        touched[0] = False
+        index = touched.nonzero().squeeze(1)
+        values = dense.index_select(0, index)
+    else:
+        index, inverse = torch.unique(every, sorted=True, return_inverse=True)
+        values = grads[0].new_zeros(index.numel(), dim)
+        for part, g in zip(inverse.split([r.numel() for r in rows]), grads, strict=True):
+            values.index_add_(0, part, g)
+        if index.numel() and index[0] == 0:  # padding gets no gradient (nn.Embedding's rule)
+            index, values = index[1:], values[1:]
+    return torch.sparse_coo_tensor(
+        index.unsqueeze(0), values, (num_rows, dim), is_coalesced=True, check_invariants=False
+    )
+
+
+class _Lookup(torch.autograd.Function):
+    """``weight[rows]`` for several row tensors at once; the backward is :func:`row_gradient`."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(*rows)
+        ctx.num_rows = weight.shape[0]
+        dim = weight.shape[1]
+        return tuple(weight.index_select(0, r.reshape(-1)).view(*r.shape, dim) for r in rows)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows = [r.reshape(-1) for r in ctx.saved_tensors]
+        flat = [g.reshape(-1, g.shape[-1]) for g in grads]
+        return (row_gradient(rows, flat, ctx.num_rows), *([None] * len(rows)))
+
+
 class EmbeddingTable(nn.Module):
     """``nn.Embedding`` whose row 0 is a zero padding row; rows outside the table read row 0.
 
-    ``sparse=True`` gives sparse gradients (use ``torch.optim.SparseAdam`` or ``SGD`` on them).
+    ``sparse=True`` gives sparse gradients (use ``torch.optim.SparseAdam`` or ``SGD`` on them),
+    already coalesced (:func:`row_gradient`); look a table up once per step (:meth:`many`) so that
+    autograd has no two sparse gradients to concatenate.
 
     >>> table = EmbeddingTable(num_rows=5, dim=3, sparse=False)
     >>> table(torch.tensor([[0, 7, -1]])).abs().sum().item()  # padding and unknown rows are zero
@@ -248,4 +309,20 @@ class EmbeddingTable(nn.Module):
             one = self(rows[:1])
             return one.expand(rows.shape[0], *one.shape[1:])
         inside = (rows > 0) & (rows < self.num_rows)
-        return self.embedding(torch.where(inside, rows, torch.zeros_like(rows)))
+        rows = torch.where(inside, rows, torch.zeros_like(rows))
+        if self._own_gradient():
+            out: torch.Tensor = _Lookup.apply(self.weight, rows)[0]
+            return out
+        return self.embedding(rows)
+
+    def many(self, *rows: torch.Tensor) -> list[torch.Tensor]:
+        """``[self(r) for r in rows]``; when training, one gradient for all of them (no two sparse
+        gradients for autograd to concatenate and the optimizer to sort)."""
+        if not (self.training and self._own_gradient()) or any(is_shared(r) for r in rows):
+            return [self(r) for r in rows]
+        inside = [torch.where((r > 0) & (r < self.num_rows), r, torch.zeros_like(r)) for r in rows]
+        return list(_Lookup.apply(self.weight, *inside))
+
+    def _own_gradient(self) -> bool:
+        """Whether lookups go through :class:`_Lookup` (sparse tables, when gradients are on)."""
+        return bool(self.embedding.sparse and self.weight.requires_grad and torch.is_grad_enabled())

@@ -41,10 +41,15 @@ def once_per_user(fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.T
 
 
 def keys_dot_query(keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) keys · (B, D) query → (B, L); one (B, D) × (D, L) matmul when keys are shared."""
+    """(B, L, D) keys · (B, D) query → (B, L); one (B, D) × (D, L) matmul when keys are shared.
+
+    Otherwise a broadcast product summed over D, not a batched matrix-vector product: torch's CPU
+    ``bmm`` and its backward (an outer product with inner size 1) ran 3.4x slower on DARE's
+    (2048, 200, 64) attention keys (134 vs 40 ms forward + backward, one thread).
+    """
     if is_shared(keys):
         return query @ keys[0].T
-    return (keys @ query.unsqueeze(-1)).squeeze(-1)
+    return (keys * query.unsqueeze(1)).sum(-1)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

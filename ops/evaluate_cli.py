@@ -55,11 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ops.malloc import tune_malloc
     from streaming.sources import load_log
     from trainer.dataset import DatasetConfig, build_dataset
     from trainer.offline import EvalConfig, markdown_table, run_evaluation, summarise, write_report
     from trainer.retrieval import load_truth
 
+    tune_malloc()  # keep freed tensor buffers: a training step re-faults ~100 MB of them otherwise
     names = tuple(m.strip() for m in args.models.split(",") if m.strip())
     dcfg = DatasetConfig(
         seq_len=args.seq_len,

@@ -52,8 +52,7 @@ class LazyAdam(torch.optim.Optimizer):
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
         state["step"] += 1
-        grad = grad.coalesce()  # duplicate rows summed
-        rows, g = grad.indices()[0], grad.values()  # (n,), (n, D)
+        rows, g = coalesced_rows(grad)  # (n,), (n, D): duplicate rows summed
         if rows.numel() == 0:
             return
         m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
@@ -63,3 +62,26 @@ class LazyAdam(torch.optim.Optimizer):
         t = state["step"]
         step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
         p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
+
+
+def coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and value rows of a sparse (rows, D) gradient with duplicate rows summed.
+
+    ``grad.coalesce()`` sorts the rows, unless the tensor is flagged coalesced. Autograd drops
+    that flag when it stores a sparse gradient in ``.grad``, even when the rows are already sorted
+    and unique (:func:`models.embedding.row_gradient` builds them so); a linear check then saves
+    the sort.
+
+    >>> rows = torch.tensor([[4, 1, 4]])
+    >>> g = torch.sparse_coo_tensor(rows, torch.ones(3, 2), (6, 2), check_invariants=True)
+    >>> rows, values = coalesced_rows(g)
+    >>> rows.tolist(), values.tolist()
+    ([1, 4], [[1.0, 1.0], [2.0, 2.0]])
+    """
+    if not grad.is_coalesced():
+        rows = grad._indices()[0]
+        if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            grad = grad.coalesce()
+        else:
+            return rows, grad._values()
+    return grad.indices()[0], grad.values()

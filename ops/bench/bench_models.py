@@ -9,6 +9,10 @@ touches ~400k distinct item rows (the worst case for sparse updates).
 - **reference**: the same model with dense ``nn.Embedding`` gradients and one plain
   ``torch.optim.Adam`` over every parameter, as the public DARE code trains.
 
+Both run in one process with glibc's malloc tuned as in ``twinstream train`` / ``evaluate`` / the
+worker (:mod:`ops.malloc`; ``--default-malloc`` skips it): a training step at this shape frees and
+re-allocates ~100 MB tensors, which glibc otherwise returns to the kernel and re-faults each step.
+
 Scoring: 100 candidates sharing one history. ``ours`` passes that history once, broadcast over the
 candidates (a stride-0 view, no copy); ``reference`` copies it per candidate. Latency p50/p99 over
 ``--score-reps`` calls after a warm-up.
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 import models
 from models.base import ModelConfig, ModelOutput
 from models.batch import Batch
+from ops.malloc import tune_malloc
 from trainer.loop import Learner, LearnerConfig, resolve_device
 
 TAOBAO_ITEMS = 4_068_791
@@ -227,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-reference", dest="reference", action="store_false")
+    p.add_argument(
+        "--default-malloc", action="store_true", help="skip the trainers' glibc malloc tuning"
+    )
     args = p.parse_args(argv)
+    tuned = not args.default_malloc and tune_malloc()
     cfg = BenchConfig(
         models=tuple(args.models.split(",")),
         steps=args.steps,
@@ -240,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
         f"{TAOBAO_ITEMS:,} items, batch {cfg.batch_size}, L {cfg.seq_len}, dim {cfg.dim}, "
-        f"top-k {cfg.topk}"
+        f"top-k {cfg.topk}; malloc tuned as in the trainers: {tuned}"
     )
     run(cfg)
     return 0

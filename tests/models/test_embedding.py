@@ -11,7 +11,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models import IdMap
-from models.embedding import EmbeddingTable
+from models.embedding import EmbeddingTable, row_gradient
 
 
 def test_new_ids_get_distinct_rows_and_unknown_ids_row_zero() -> None:
@@ -162,3 +162,48 @@ def test_reset_rows_reinitialises_only_those_rows() -> None:
     assert not torch.equal(after[3], before[3])
     keep = [1, 2, 4, 5]
     assert torch.equal(after[keep], before[keep])
+
+
+@pytest.mark.parametrize("num_rows", [7, 1000])  # dense-buffer path (rows ≤ lookups), unique path
+def test_table_gradient_is_nn_embeddings_coalesced(num_rows: int) -> None:
+    torch.manual_seed(0)
+    table = EmbeddingTable(num_rows, 3, sparse=True)
+    reference = torch.nn.Embedding(num_rows, 3, padding_idx=0, sparse=True)
+    reference.load_state_dict(table.embedding.state_dict())
+    rows = torch.randint(0, min(num_rows, 40), (5, 8))  # duplicates and padding (row 0)
+    rows[0, :3] = 0
+    out_grad = torch.randn(5, 8, 3)
+    out = table(rows)
+    torch.testing.assert_close(out, reference(rows))
+    out.backward(out_grad)
+    reference(rows).backward(out_grad)
+    got, want = table.weight.grad, reference.weight.grad
+    assert got is not None and want is not None
+    want = want.coalesce()
+    got_rows = got._indices()[0]
+    assert (got_rows[1:] > got_rows[:-1]).all() and 0 not in got_rows.tolist()
+    assert torch.equal(got_rows, want.indices()[0])
+    torch.testing.assert_close(got._values(), want.values())
+
+
+def test_row_gradient_of_no_rows_is_empty() -> None:
+    for num_rows in (1, 10):
+        g = row_gradient([torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 2)], num_rows)
+        assert g._nnz() == 0 and g.shape == (num_rows, 2)
+
+
+def test_many_is_one_lookup_with_one_sorted_gradient() -> None:
+    torch.manual_seed(0)
+    table = EmbeddingTable(100, 4, sparse=True)
+    a, b = torch.randint(0, 100, (6, 9)), torch.randint(0, 100, (6,))
+    x, y = table.many(a, b)
+    torch.testing.assert_close(x, table(a))
+    torch.testing.assert_close(y, table(b))
+    (x.sum() + 2 * y.sum()).backward()
+    g = table.weight.grad
+    assert g is not None
+    rows = g._indices()[0]
+    assert (rows[1:] > rows[:-1]).all()  # one gradient: no concatenation for the optimizer to sort
+    with torch.no_grad():
+        x2, y2 = table.many(a, b)
+    assert torch.equal(x2, x) and torch.equal(y2, y)

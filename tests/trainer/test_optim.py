@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.embedding import EmbeddingTable
 from trainer.optim import LazyAdam
 
 
@@ -18,6 +19,24 @@ def test_lazy_adam_matches_sparse_adam_over_steps_with_duplicate_rows() -> None:
     for step in range(6):
         rows = torch.randint(0, 20 + step, (30,))  # repeats, and rows that appear late
         target = torch.randn(30, 6)
+        for table, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            ((table(rows) - target) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(b.weight, a.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_adam_on_presorted_table_gradients_matches_sparse_adam() -> None:
+    """EmbeddingTable hands LazyAdam sorted, unique rows (no coalesce): the same update."""
+    torch.manual_seed(0)
+    a = torch.nn.Embedding(300, 6, padding_idx=0, sparse=True)
+    b = EmbeddingTable(300, 6, sparse=True)
+    a.load_state_dict(b.embedding.state_dict())
+    opt_a = torch.optim.SparseAdam(a.parameters(), lr=0.05)
+    opt_b = LazyAdam(b.parameters(), lr=0.05)
+    for step in range(6):
+        rows = torch.randint(0, 20 + 50 * step, (4, 30))  # padding, repeats, a growing range
+        target = torch.randn(4, 30, 6)
         for table, opt in ((a, opt_a), (b, opt_b)):
             opt.zero_grad()
             ((table(rows) - target) ** 2).sum().backward()
