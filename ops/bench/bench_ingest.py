@@ -84,12 +84,14 @@ class MarkerReader:
         self.markers: list[tuple[int, int, float]] = []
 
     def poll(self) -> list[tuple[int, int, float]]:
-        for tp, records in self.consumer.poll(timeout_ms=500).items():
-            self.markers += [
-                (tp.partition, int.from_bytes(r.value, "big", signed=True), r.timestamp / 1000)
-                for r in records
-                if r.key == MARKER_KEY
-            ]
+        """Everything new up to now (several fetches when the worker wrote a lot)."""
+        while batch := self.consumer.poll(timeout_ms=500, max_records=50_000):
+            for tp, records in batch.items():
+                self.markers += [
+                    (tp.partition, int.from_bytes(r.value, "big", signed=True), r.timestamp / 1000)
+                    for r in records
+                    if r.key == MARKER_KEY
+                ]
         return self.markers
 
     def close(self) -> None:
