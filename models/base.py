@@ -53,6 +53,7 @@ class ModelConfig:
     max_sessions: int = 5  # DSIN: most recent sessions kept
     session_len: int = 10  # DSIN: most recent behaviours kept per session
     transformer_layers: int = 1  # BST
+    bst_len: int = 20  # BST: most recent behaviours in its sequence (the BST paper's 20)
     twin_v2_recent: bool = False  # TWIN-V2: also attend over the recent sequence
 
     def __post_init__(self) -> None:
@@ -83,6 +84,7 @@ class ModelConfig:
             "max_sessions must be >= 1": self.max_sessions >= 1,
             "session_len must be >= 1": self.session_len >= 1,
             "transformer_layers must be >= 1": self.transformer_layers >= 1,
+            "bst_len must be >= 1": self.bst_len >= 1,
         }
         return [message for message, ok in checks.items() if not ok]
 

@@ -1,12 +1,15 @@
 """BST (Chen et al., DLP-KDD 2019): a Transformer encoder over [behaviours + position, target].
 
-Positions are embedded from ``hist_age`` (0 = most recent; the paper embeds the time gap), the
+As in the paper, the sequence is the ``bst_len`` most recent behaviours (its Taobao setting: 20)
+plus the target. Positions are embedded from ``hist_age`` (0 = most recent; the paper embeds the
+time gap), initialised at the scale of the item and category rows (std ``dim**-0.5``; torch's
+default N(0, 1) made them ~6x the token norm at dim 32 and drowned which item each token is); the
 target token gets its own learned position. Post-norm blocks as in the paper (multi-head
 self-attention, LeakyReLU feed-forward), padding masked out of the keys.
 Deviation: the paper flattens all encoder outputs into the MLP, which ties the head to L and is not
 padding invariant; we feed ``[target, encoded target, masked mean of encoded behaviours]``.
 ``ModelOutput.attention`` is the last block's attention of the target token over the behaviours
-(head average; the rest of its mass sits on the target itself).
+(head average; the rest of its mass sits on the target itself), zero on the older behaviours.
 
 >>> from models.testing import random_batch
 >>> cfg = ModelConfig(n_items=50, n_categories=5, dim=4, seq_len=6)
@@ -52,21 +55,27 @@ class BST(CTRModel):
         d = config.token_dim
         super().__init__(config, n_features=2 * d)
         self.position = nn.Embedding(config.seq_len, d)
+        nn.init.normal_(self.position.weight, std=config.dim**-0.5)
         self.target_position = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(Block(d, config) for _ in range(config.transformer_layers))
 
     def forward(self, batch: Batch) -> ModelOutput:
-        target = self.embed_target(batch)  # (B, D)
-        age = batch.hist_age.clamp(0, self.config.seq_len - 1)
-        hist = self.embed_history(batch) + self.position(age)  # (B, L, D)
-        x = torch.cat([hist, (target + self.target_position).unsqueeze(1)], dim=1)  # (B, L+1, D)
-        mask = batch.hist_mask
-        pad = torch.cat([~mask, mask.new_zeros(mask.shape[0], 1)], dim=1)  # (B, L+1), target kept
+        n = min(self.config.bst_len, batch.hist_mask.shape[1])  # the newest n positions
+        mask = batch.hist_mask[:, -n:]  # (B, n), right-aligned like the whole history
+        target, hist = self.embed_pairs(
+            (batch.target_item, batch.target_category),
+            (batch.hist_item[:, -n:], batch.hist_category[:, -n:]),
+        )  # (B, D), (B, n, D)
+        age = batch.hist_age[:, -n:].clamp(0, self.config.seq_len - 1)
+        x = torch.cat([hist + self.position(age), (target + self.target_position).unsqueeze(1)], 1)
+        pad = torch.cat([~mask, mask.new_zeros(mask.shape[0], 1)], dim=1)  # (B, n+1), target kept
         weights = x.new_zeros(0)
         for block in self.blocks:
             x, weights = block(x, pad)
         encoded_target, encoded_hist = x[:, -1], masked_mean(x[:, :-1], mask)  # (B, D) each
+        attention = batch.hist_mask.new_zeros(batch.hist_mask.shape, dtype=x.dtype)
+        attention[:, -n:] = weights[:, -1, :-1] * mask
         return ModelOutput(
             logits=self.predict(target, [encoded_target, encoded_hist], batch),
-            attention=weights[:, -1, :-1] * mask,  # (B, L)
+            attention=attention,  # (B, L)
         )

@@ -9,6 +9,7 @@ import torch
 
 from models import Batch, CTRModel, ModelConfig, build_model
 from models.base import Activation, Dice
+from models.bst import BST
 from models.dare import DARE
 from models.dien import DIEN
 from models.din import DIN
@@ -308,6 +309,25 @@ def test_bst_attention_is_the_target_row(config: ModelConfig) -> None:
     out = build("bst", config)(batch)
     assert out.attention is not None
     assert (out.attention >= 0).all() and (out.attention.sum(1) < 1).all()
+
+
+def test_bst_sees_only_its_most_recent_behaviours(config: ModelConfig) -> None:
+    cfg = replace(config, bst_len=5)
+    batch = random_batch(cfg, batch_size=8, seed=16, min_len=8)
+    model = build("bst", cfg)
+    out = model(batch)
+    older = torch.zeros_like(batch.hist_mask)
+    older[:, :-5] = True
+    changed = replace(batch, hist_item=torch.where(older, 1, batch.hist_item))
+    torch.testing.assert_close(model(changed).logits, out.logits)
+    assert out.attention is not None
+    assert (out.attention[older] == 0).all() and (out.attention[:, -5:] > 0).all()
+
+
+def test_bst_positions_start_at_the_scale_of_the_tokens(config: ModelConfig) -> None:
+    model = build("bst", replace(config, dim=32))
+    assert isinstance(model, BST)
+    assert abs(float(model.position.weight.detach().std()) - 32**-0.5) < 0.02
 
 
 # --- shared parts -------------------------------------------------------------------------------
