@@ -2,8 +2,11 @@
 
 Per head, the relevance of behaviour j to the target is
 ``α_j = (W_q v_t)·(W_k k_h,j) / √d_head + β·(W_c k_c,j)`` with k_h the behaviour's item/category
-token and k_c its cross features (``hist_dense``; the second term is a 1-D bias per head, absent
-when there are no dense features). GSU: keep the ``topk`` behaviours with the largest head-mean α.
+token and k_c its cross features, compressed to a 1-D bias per head: the dense side features
+(``hist_dense``, when there are any) and the behaviour's relative position (``hist_age``, a learned
+bias per age and head, zero at start), the time-gap cross feature that TWIN uses and that the
+DARE reference code gives every model. Without it an offline log with no side features left TWIN
+blind to recency. GSU: keep the ``topk`` behaviours with the largest head-mean α.
 ESU: for each head, softmax of α over the kept behaviours only, weighted sum of their value
 projections; heads are concatenated and projected to h. The scores are computed once and reused
 by both stages, which is TWIN's "consistency-preserved" design. Head input ``[v_t, h, v_t ⊙ h]``.
@@ -34,7 +37,7 @@ from models.layers import gather_steps, is_shared, masked_softmax, once_per_user
 class TwinAttention(nn.Module):
     """Multi-head target attention with a cross-feature bias, usable on any subset of keys."""
 
-    def __init__(self, d: int, n_heads: int, n_dense: int) -> None:
+    def __init__(self, d: int, n_heads: int, n_dense: int, n_ages: int = 0) -> None:
         super().__init__()
         self.n_heads, self.d_head = n_heads, d // n_heads
         self.query = nn.Linear(d, d, bias=False)
@@ -42,15 +45,27 @@ class TwinAttention(nn.Module):
         self.value = nn.Linear(d, d, bias=False)
         self.out = nn.Linear(d, d)
         self.cross = nn.Linear(n_dense, n_heads, bias=False) if n_dense > 0 else None
+        self.age = nn.Embedding(n_ages, n_heads) if n_ages > 0 else None  # 1-D bias per age, head
+        if self.age is not None:
+            nn.init.zeros_(self.age.weight)
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """(B, D) target, (B, L, D) tokens, (B, L, F) cross features → (B, H, L) logits α."""
+    def scores(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        dense: torch.Tensor,
+        age: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, D) target, (B, L, D) tokens, (B, L, F) cross features, (B, L) ages → (B, H, L)."""
         b, length, _ = keys.shape
         q = self.query(query).view(b, self.n_heads, self.d_head)  # (B, H, d)
         k = once_per_user(self.key, keys).view(b, length, self.n_heads, self.d_head)  # (B, L, H, d)
         alpha = per_head(q, k, "bhd,blhd->bhl") / math.sqrt(self.d_head)  # (B, H, L)
         if self.cross is not None:
             alpha = alpha + once_per_user(self.cross, dense).transpose(1, 2)  # + β·(W_c k_c)
+        if self.age is not None and age is not None:
+            rows = age.clamp(0, self.age.num_embeddings - 1)
+            alpha = alpha + self.age.weight[rows].transpose(1, 2)  # + time-gap bias, (B, H, L)
         return alpha
 
     def pool(
@@ -101,12 +116,14 @@ def two_stage(
     mask: torch.Tensor,
     k: int | None,
     esu_bias: torch.Tensor | None = None,
+    age: torch.Tensor | None = None,
 ) -> Attended:
     """GSU top-k over α then ESU over the kept tokens; ``k=None`` = exact attention over all.
 
-    ``esu_bias`` (B, S) is added to α in the ESU only (TWIN-V2 adds ln N there).
+    ``esu_bias`` (B, S) is added to α in the ESU only (TWIN-V2 adds ln N there); ``age`` (B, S)
+    feeds the attention's time-gap bias, in both stages.
     """
-    alpha = attn.scores(target, tokens, dense)  # (B, H, S), computed once for both stages
+    alpha = attn.scores(target, tokens, dense, age)  # (B, H, S), computed once for both stages
     logits = alpha if esu_bias is None else alpha + esu_bias.unsqueeze(1)
     if k is None:
         h, weights = attn.pool(logits, tokens, mask)
@@ -125,7 +142,7 @@ class TWIN(CTRModel):
     def __init__(self, config: ModelConfig) -> None:
         d = config.token_dim
         super().__init__(config, n_features=2 * d)
-        self.attn = TwinAttention(d, config.n_heads, config.dense_features)
+        self.attn = TwinAttention(d, config.n_heads, config.dense_features, config.seq_len)
 
     def forward(self, batch: Batch) -> ModelOutput:
         return self.attend(batch, self.config.topk)
@@ -135,7 +152,7 @@ class TWIN(CTRModel):
         target = self.embed_target(batch)  # (B, D)
         tokens = self.embed_history(batch)  # (B, L, D)
         mask = batch.hist_mask
-        out = two_stage(self.attn, target, tokens, batch.hist_dense, mask, k)
+        out = two_stage(self.attn, target, tokens, batch.hist_dense, mask, k, age=batch.hist_age)
         return ModelOutput(
             logits=self.predict(target, [out.h, target * out.h], batch),  # [v_t, h, v_t ⊙ h]
             attention=out.weights,

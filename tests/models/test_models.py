@@ -54,7 +54,9 @@ def test_twin_exact_attention_matches_a_direct_computation(config: ModelConfig) 
     model = build("twin", cfg)
     assert isinstance(model, TWIN)
     target, tokens = model.embed_target(batch), model.embed_history(batch)
-    alpha = model.attn.scores(target, tokens, batch.hist_dense)  # (B, H, L)
+    with torch.no_grad():
+        model.attn.age.weight.normal_()  # a learned time-gap bias (zero at start)
+    alpha = model.attn.scores(target, tokens, batch.hist_dense, batch.hist_age)  # (B, H, L)
     weights = masked_softmax(alpha, batch.hist_mask.unsqueeze(1))  # (B, H, L)
     b, length, d = tokens.shape
     v = model.attn.value(tokens).view(b, length, cfg.n_heads, -1).transpose(1, 2)
@@ -65,13 +67,25 @@ def test_twin_exact_attention_matches_a_direct_computation(config: ModelConfig) 
     torch.testing.assert_close(out.attention, weights.mean(1), atol=1e-6, rtol=1e-5)
 
 
+def test_twin_age_bias_shifts_attention_to_recent_behaviours(config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=8, seed=9, min_len=4)
+    model = build("twin", config)
+    assert isinstance(model, TWIN) and model.attn.age is not None
+    before = model.attend(batch, None).attention
+    with torch.no_grad():
+        model.attn.age.weight[0] += 5  # every head favours the most recent behaviour
+    after = model.attend(batch, None).attention
+    assert before is not None and after is not None
+    assert (after[:, -1] > before[:, -1]).all()
+
+
 def relevance(model: CTRModel, batch: Batch) -> torch.Tensor:
     """The GSU's (B, L) ranking score: head-mean α for TWIN, the attention logit for DARE."""
     if isinstance(model, DARE):
         return model.relevance(batch)
     assert isinstance(model, TWIN)
     target, tokens = model.embed_target(batch), model.embed_history(batch)
-    return model.attn.scores(target, tokens, batch.hist_dense).mean(1)
+    return model.attn.scores(target, tokens, batch.hist_dense, batch.hist_age).mean(1)
 
 
 @pytest.mark.parametrize("name", ["twin", "dare"])
