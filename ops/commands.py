@@ -188,11 +188,10 @@ def worker_args(p: argparse.ArgumentParser) -> None:
 
 
 def worker(args: argparse.Namespace) -> int:
-    import faust
     from prometheus_client import start_http_server
 
     from ops.malloc import tune_malloc
-    from streaming.app import build_ingest
+    from streaming.app import Worker, build_ingest
     from streaming.reload import SnapshotWatcher
 
     tune_malloc()
@@ -205,7 +204,7 @@ def worker(args: argparse.Namespace) -> int:
     snapshots = Path(args.snapshot_dir or settings.snapshot_dir)
     watcher = SnapshotWatcher(settings, service.holder, service.scoring_metrics, snapshots)
     watcher.start()
-    faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 
 

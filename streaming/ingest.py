@@ -56,7 +56,25 @@ class Sink(Protocol):
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Awaitable[Any]: ...
 
+    async def send_many(
+        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes]]
+    ) -> Delivery: ...
+
     async def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What :meth:`Sink.send_many` queued: a future per record batch, and the position of the
+    last record within the last batch."""
+
+    batches: list[Awaitable[Any]]
+    last_in_batch: int
+
+    async def last_offset(self) -> int:
+        """Once the broker has acknowledged every batch: the offset of the last record."""
+        acked = [await batch for batch in self.batches]
+        return int(acked[-1].offset) + self.last_in_batch
 
 
 @dataclass(frozen=True)
@@ -150,7 +168,7 @@ class IngestService:
 
     async def _partition_batch(
         self, worker: PartitionWorker, messages: list[RawMessage]
-    ) -> tuple[PartitionWorker, BatchResult, Awaitable[Any] | None, list[RawMessage]]:
+    ) -> tuple[PartitionWorker, BatchResult, Delivery | None, list[RawMessage]]:
         """Validate, apply in memory, send samples, dead letters and changelog records (not
         flushed); the changelog marker's delivery is returned for the commit to wait on."""
         records: list[tuple[int, Event]] = []
@@ -195,8 +213,8 @@ class IngestService:
                 if partition in self._paused:
                     continue
                 expired = worker.tick()
-                for sample in expired:
-                    await self.sink.send(self.settings.topics.samples, None, sample, partition)
+                samples = ((None, sample) for sample in expired)
+                await self.sink.send_many(self.settings.topics.samples, partition, samples)
                 self.metrics.samples.inc(len(expired))
         await self.sample_gauges()
 
@@ -240,27 +258,25 @@ class IngestService:
         self.metrics.events.labels(outcome="rejected").inc()
 
     async def _emit(self, partition: int, result: BatchResult) -> None:
-        topic = self.settings.topics.samples
-        for sample in result.samples:
-            await self.sink.send(topic, None, sample, partition)
+        samples = ((None, sample) for sample in result.samples)
+        await self.sink.send_many(self.settings.topics.samples, partition, samples)
         self.metrics.samples.inc(len(result.samples))
 
-    async def _changelog(self, partition: int, result: BatchResult) -> Awaitable[Any] | None:
-        """Send the touched states and the offset marker; the marker's delivery future."""
+    async def _changelog(self, partition: int, result: BatchResult) -> Delivery | None:
+        """Send the touched states, then the offset marker; their delivery."""
         if result.offset is None:
             return None
-        topic = self.settings.topics.state_changelog
-        for user, state in result.states.items():
-            await self.sink.send(topic, user.encode(), state.encode(), partition)
-        return await self.sink.send(topic, MARKER_KEY, encode_marker(result.offset), partition)
+        records = [(user.encode(), state.encode()) for user, state in result.states.items()]
+        records.append((MARKER_KEY, encode_marker(result.offset)))
+        return await self.sink.send_many(self.settings.topics.state_changelog, partition, records)
 
     @staticmethod
-    async def _position(partition: int, marker: Awaitable[Any] | None) -> dict[str, bytes | None]:
-        """Once the broker has the marker: the changelog position to store with the commit."""
-        if marker is None:
+    async def _position(partition: int, delivery: Delivery | None) -> dict[str, bytes | None]:
+        """Once the broker has it all: the changelog position to store with the commit."""
+        if delivery is None:
             return {}
-        metadata = await marker
-        return {changelog_position_key(partition): encode_marker(metadata.offset + 1)}
+        marker = await delivery.last_offset()
+        return {changelog_position_key(partition): encode_marker(marker + 1)}
 
     def _count(self, result: BatchResult, messages: list[RawMessage]) -> None:
         m = self.metrics

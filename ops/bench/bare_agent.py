@@ -11,9 +11,7 @@ import sys
 import time
 from typing import Any
 
-import faust
-
-from streaming.app import create_app
+from streaming.app import Worker, create_app
 from streaming.config import Settings
 
 
@@ -35,7 +33,7 @@ def main() -> None:
                 os.write(1, f"RESULT {json.dumps(seen)}\n".encode())  # faust redirects print
                 os._exit(0)
 
-    faust.Worker(app, loglevel="error").execute_from_commandline()
+    Worker(app, loglevel="error").execute_from_commandline()  # the same runner as ours
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import asyncio
 import math
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +23,7 @@ from feature_store import decode_samples
 from models import ModelConfig
 from streaming.admin import ensure_topics
 from streaming.config import Settings
-from streaming.ingest import IngestService, RawMessage
+from streaming.ingest import Delivery, IngestService, RawMessage
 from streaming.metrics import IngestMetrics
 from streaming.schema import Reason
 from streaming.synthetic import GeneratorConfig, generate
@@ -64,6 +65,12 @@ class MemorySink:
         future = asyncio.get_running_loop().create_future()
         future.set_result(SimpleNamespace(offset=len(self.sent[topic]) - 1))
         return future
+
+    async def send_many(
+        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes]]
+    ) -> Delivery:
+        futures = [await self.send(topic, key, value, partition) for key, value in records]
+        return Delivery(futures[-1:], 0)
 
     async def flush(self) -> None:
         return None
