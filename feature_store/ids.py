@@ -109,8 +109,6 @@ def hash_draws(key: int, start: int, n: int, high: int) -> list[int]:
     """``n`` integers in [0, high) determined by (``key``, ``start + i``): counter-based random
     draws, so a replay of the same event draws the same values without any generator state.
     Meant for a few draws at a time (pure Python)."""
-    out = []
-    for i in range(start, start + n):
-        u53 = splitmix64_int(splitmix64_int((key + i) & _M64)) >> 11
-        out.append((u53 * high) >> 53)
-    return out
+    return [
+        ((splitmix64_int((key + i) & _M64) >> 11) * high) >> 53 for i in range(start, start + n)
+    ]

@@ -321,9 +321,15 @@ def _ages(mask: npt.NDArray[np.bool_]) -> I64:
 class FrequencySampler:
     """Items seen in a partition with their counts; draws items in proportion to frequency.
 
-    Counts live in a Fenwick tree, so every draw uses the exact current counts (O(log V) per
-    update, a vectorised O(log V) descent per batch of draws). Draws are counter-based hashes of a
-    key (:func:`event_key`), so a replay from persisted counts draws exactly the same items.
+    The multiset of every occurrence so far is split in two: the counts as of the last *fold*
+    (a cumulative array, searched with ``np.searchsorted``) and the occurrences since (a list).
+    A draw is a uniform position in that multiset: below the folded total it lands on an item by
+    its folded count, above it on one recent occurrence, so every draw uses the exact current
+    counts at O(1) per update. The list is folded into the array once it holds ``fold_every``
+    occurrences or a sixteenth of the distinct items (amortised O(1)). Draws are counter-based
+    hashes of a key (:func:`event_key`); the fold schedule depends only on the sequence of
+    observations, and :meth:`encode` keeps both parts, so a replay from persisted state draws
+    exactly the same items.
 
     >>> s = FrequencySampler()
     >>> s.observe_many(np.array([1, 1, 1, 2, 3]), np.array([10, 10, 10, 20, 30]))
@@ -332,34 +338,49 @@ class FrequencySampler:
     ([], 2, 5)
     """
 
-    def __init__(self, capacity: int = 64) -> None:
+    MAGIC = b"FSv2"
+
+    def __init__(self, capacity: int = 64, fold_every: int = 1_024) -> None:
         self._index: dict[int, int] = {}
         self._items = np.zeros(capacity, np.int64)
         self._cats = np.zeros(capacity, np.int64)
-        self._counts = np.zeros(capacity, np.int64)
-        self._tree: list[int] = [0] * (capacity + 1)  # 1-based Fenwick tree over _counts
+        self._folded = np.zeros(capacity, np.int64)  # counts as of the last fold
+        self._cum = np.zeros(0, np.int64)  # cumsum of _folded[:n] at the last fold
+        self._recent: list[int] = []  # item indices observed since the last fold
         self._n = 0
-        self.total = 0
+        self.fold_every = fold_every
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def total(self) -> int:
+        """Occurrences observed."""
+        return (int(self._cum[-1]) if self._cum.shape[0] else 0) + len(self._recent)
+
+    def counts(self) -> I64:
+        """The current count of each item, in the order items were first seen."""
+        recent = np.bincount(np.array(self._recent, np.int64), minlength=self._n)
+        return self._folded[: self._n] + recent
 
     def observe(self, item: int, category: int) -> None:
         """Count one occurrence of ``item`` (its latest category is kept)."""
         i = self._index.get(item)
         if i is None:
             i = self._add(item)
-        self._counts[i] += 1
         self._cats[i] = category
-        self.total += 1
-        j, tree, size = i + 1, self._tree, len(self._tree)
-        while j < size:
-            tree[j] += 1
-            j += j & -j
+        self._recent.append(i)
+        if len(self._recent) >= max(self.fold_every, self._n >> 4):
+            self._fold()
 
     def observe_many(self, items: I64, categories: I64) -> None:
         for item, cat in zip(items.tolist(), categories.tolist(), strict=True):
             self.observe(item, cat)
+
+    def _fold(self) -> None:
+        self._folded[: self._n] = self.counts()
+        self._cum = np.cumsum(self._folded[: self._n])
+        self._recent = []
 
     def _add(self, item: int) -> int:
         if self._n == self._items.shape[0]:
@@ -371,65 +392,78 @@ class FrequencySampler:
 
     def _grow(self, capacity: int) -> None:
         pad = capacity - self._items.shape[0]
-        self._items, self._cats, self._counts = (
+        self._items, self._cats, self._folded = (
             np.concatenate([a, np.zeros(pad, np.int64)])
-            for a in (self._items, self._cats, self._counts)
+            for a in (self._items, self._cats, self._folded)
         )
-        self._tree = _fenwick(self._counts)
 
     def sample(self, k: int, exclude: I64, key: int, max_rounds: int = 8) -> tuple[I64, I64]:
         """``k`` items (with their categories) by frequency, none of them in ``exclude``; fewer
         when the candidates run out. Repeats across the k draws are allowed."""
-        if k <= 0 or self.total == 0:
+        total = self.total
+        if k <= 0 or total == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        found: list[I64] = []
+        banned = _Membership(exclude)
+        found: list[int] = []
         for round_ in range(max_rounds):
-            draws = self._find(hash_draws(key, 2 * k * round_, 2 * k, self.total))
-            found.append(draws[~_member(self._items[draws], exclude)])
-            if sum(f.shape[0] for f in found) >= k:
+            draws = self._find(hash_draws(key, k * round_, k, total))
+            found += [
+                i for i, ok in zip(draws, banned.absent(self._items[draws]), strict=True) if ok
+            ]
+            if len(found) >= k:
                 break
-        idx = np.concatenate(found)[:k]
-        return self._items[idx].copy(), self._cats[idx].copy()
+        idx = found[:k]
+        return self._items[idx], self._cats[idx]
 
-    def _find(self, targets: list[int]) -> I64:
-        """Index i of each target t: prefix(i) <= t < prefix(i + 1), by Fenwick descent (a few
-        targets at a time: plain Python on the tree list beats numpy's per-call overhead)."""
-        tree, size = self._tree, len(self._tree) - 1
-        top = 1 << (size.bit_length() - 1)
-        out = []
-        for rem in targets:
-            pos, step = 0, top
-            while step:
-                nxt = pos + step
-                if nxt <= size and tree[nxt] <= rem:
-                    pos, rem = nxt, rem - tree[nxt]
-                step >>= 1
-            out.append(pos)
-        return np.array(out, dtype=np.int64)
+    def _find(self, targets: list[int]) -> list[int]:
+        """The item index at each position ``t`` of the occurrence multiset."""
+        cum, recent = self._cum, self._recent
+        folded = int(cum[-1]) if cum.shape[0] else 0
+        return [
+            recent[t - folded] if t >= folded else int(cum.searchsorted(t, side="right"))
+            for t in targets
+        ]
 
     def encode(self) -> bytes:
-        """Items, categories and counts as three int64 blocks after a count."""
-        n = self._n
-        arrays = (self._items[:n], self._cats[:n], self._counts[:n])
-        return struct.pack("<q", n) + b"".join(a.astype("<i8").tobytes() for a in arrays)
+        """Magic, counts, then items, categories and folded counts as int64 blocks, then the
+        recent occurrences."""
+        n, recent = self._n, np.array(self._recent, "<i8")
+        arrays = (self._items[:n], self._cats[:n], self._folded[:n], recent)
+        head = self.MAGIC + struct.pack("<qq", n, recent.shape[0])
+        return head + b"".join(a.astype("<i8").tobytes() for a in arrays)
 
     @classmethod
     def decode(cls, blob: bytes) -> FrequencySampler:
-        (n,) = struct.unpack_from("<q", blob)
-        cols = np.frombuffer(blob, "<i8", 3 * n, 8).reshape(3, n)
+        """Inverse of :meth:`encode`; also reads the earlier format (counts only, no magic)."""
+        if blob[:4] == cls.MAGIC:
+            n, n_recent = struct.unpack_from("<qq", blob, 4)
+            cols = np.frombuffer(blob, "<i8", 3 * n + n_recent, 20)
+            recent = cols[3 * n :].tolist()
+        else:
+            (n,) = struct.unpack_from("<q", blob)
+            cols, recent = np.frombuffer(blob, "<i8", 3 * n, 8), []
         out = cls(capacity=max(64, n))
-        out._items[:n], out._cats[:n], out._counts[:n] = cols
-        out._index = {item: i for i, item in enumerate(cols[0].tolist())}
-        out._n, out.total = n, int(cols[2].sum())
-        out._tree = _fenwick(out._counts)
+        out._items[:n], out._cats[:n], out._folded[:n] = cols[: 3 * n].reshape(3, n)
+        out._index = {item: i for i, item in enumerate(out._items[:n].tolist())}
+        out._n, out._recent = n, recent
+        out._cum = np.cumsum(out._folded[:n])
         return out
 
 
-def _fenwick(counts: I64) -> list[int]:
-    """The 1-based Fenwick tree of ``counts``: tree[j] = sum of counts over (j - lowbit(j), j]."""
-    prefix = np.concatenate([[0], np.cumsum(counts)])
-    j = np.arange(1, counts.shape[0] + 1)
-    return [0, *(prefix[j] - prefix[j - (j & -j)]).tolist()]
+class _Membership:
+    """``value not in pool`` for a few values at a time: a Python set for a small pool, a
+    vectorised test for a large one."""
+
+    SMALL = 256
+
+    def __init__(self, pool: I64) -> None:
+        self.pool = pool
+        self.small = set(pool.tolist()) if pool.shape[0] <= self.SMALL else None
+
+    def absent(self, values: I64) -> list[bool]:
+        if self.small is not None:
+            return [v not in self.small for v in values.tolist()]
+        return (~_member(values, self.pool)).tolist()
 
 
 def _member(values: I64, pool: I64) -> npt.NDArray[np.bool_]:

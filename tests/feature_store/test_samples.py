@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -274,18 +276,28 @@ def test_pending_impressions_persist_through_the_journal() -> None:
     assert restored.close_expired(200.0) == [b"B0"] == p.close_expired(200.0)
 
 
-def test_sampler_is_exact_after_many_items_and_growth() -> None:
-    s = FrequencySampler(capacity=2)
+@pytest.mark.parametrize("fold_every", [1, 7, 1_024])
+def test_sampler_is_exact_after_many_items_and_growth(fold_every: int) -> None:
+    s = FrequencySampler(capacity=2, fold_every=fold_every)
     rng = np.random.default_rng(0)
     items = rng.integers(0, 500, 5_000)
     s.observe_many(items, items % 7)
     counts = np.bincount(items, minlength=500)
-    # every target value maps to the item whose cumulative range holds it
     order = [int(i) for i in dict.fromkeys(items.tolist())]
-    cum = np.cumsum([counts[i] for i in order])
-    targets = list(range(s.total))
-    expected = np.array(order)[np.searchsorted(cum, targets, side="right")]
-    assert np.array_equal(s._items[s._find(targets)], expected)
+    assert s.total == 5_000 and s.counts().tolist() == [counts[i] for i in order]
+    # every position of the occurrence multiset maps to one item; each item holds count positions
+    found = s._items[s._find(list(range(s.total)))]
+    assert np.array_equal(np.bincount(found, minlength=500), counts)
+    copy = FrequencySampler.decode(s.encode())  # both parts persisted: the same mapping
+    assert np.array_equal(copy._items[copy._find(list(range(s.total)))], found)
+
+
+def test_sampler_reads_the_earlier_counts_only_format() -> None:
+    items, cats, counts = np.array([5, 9]), np.array([1, 2]), np.array([3, 1])
+    old = struct.pack("<q", 2) + b"".join(a.astype("<i8").tobytes() for a in (items, cats, counts))
+    s = FrequencySampler.decode(old)
+    assert s.total == 4 and s.counts().tolist() == [3, 1]
+    assert sorted(s._items[s._find([0, 1, 2, 3])].tolist()) == [5, 5, 5, 9]
 
 
 @pytest.mark.parametrize("dense_features", [(), ("dwell", "price")])
