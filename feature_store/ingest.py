@@ -78,6 +78,13 @@ class BatchResult:
     skipped: int = 0  # at or below the stored offset: already applied before a restart
     states: dict[str, UserState] = field(default_factory=dict)
     offset: int | None = None
+    _encoded: dict[str, bytes] | None = field(default=None, repr=False)
+
+    def encoded_states(self) -> dict[str, bytes]:
+        """The touched states, encoded once (for the changelog and the local write)."""
+        if self._encoded is None:
+            self._encoded = {user: state.encode() for user, state in self.states.items()}
+        return self._encoded
 
 
 class PartitionWorker:
@@ -147,7 +154,7 @@ class PartitionWorker:
         if self._batches % self.config.sampler_checkpoint_every == 0:
             meta[self._sampler_key] = self.builder.sampler.encode()
         offsets = {} if result.offset is None else {self.partition: result.offset}
-        self.store.write_batch(result.states, offsets, meta)
+        self.store.write_batch(result.encoded_states(), offsets, meta)
 
     def tick(self, now: float | None = None) -> list[bytes]:
         """Close attribution windows that ended before ``now`` (default: the partition's

@@ -31,9 +31,11 @@ True
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +62,7 @@ TYPE_CODES: dict[EventType, int] = {
     EventType.FAV: 3,
     EventType.BUY: 4,
 }
+RING_START = 16  # the dedupe ring grows by doubling up to StateConfig.dedupe_window
 BEHAVIOUR_TYPES = frozenset({EventType.CLICK, EventType.CART, EventType.FAV, EventType.BUY})
 
 HEADER_DTYPE = np.dtype(
@@ -184,7 +187,7 @@ class UserState:
             np.zeros(0, dtype=behaviour_dtype(n_dense)),
             total=0,
             watermark=None,
-            ring=np.zeros(config.dedupe_window, dtype=np.int64),
+            ring=np.zeros(min(RING_START, config.dedupe_window), dtype=np.int64),
             ring_fill=0,
             ring_pos=0,
             cluster_state=ClusterState(clusters=np.zeros(0, dtype=cluster_dtype(n_dense))),
@@ -268,7 +271,7 @@ class UserState:
         verdict = self.check(event, config)
         if verdict is Admission.DUPLICATE:
             return verdict
-        self._remember(event.event_id)
+        self._remember(event.event_id, config.dedupe_window)
         self._watermark = event.ts if self._watermark is None else max(self._watermark, event.ts)
         if event.type in config.history_types:
             self._insert(self._record(event, config), config)
@@ -294,10 +297,15 @@ class UserState:
             rec["dense"] = config.dense(event)
         return rec
 
-    def _remember(self, event_id: str | None) -> None:
+    def _remember(self, event_id: str | None, window: int) -> None:
         if event_id is None:
             return
-        if not self._ring.flags.writeable:
+        size = self._ring.shape[0]
+        if self._ring_fill == size < window:  # full but still growing to the window: double it
+            ring = np.zeros(min(window, max(RING_START, 2 * size)), dtype=np.int64)
+            ring[:size] = self._ring
+            self._ring, self._ring_pos = ring, size
+        elif not self._ring.flags.writeable:
             self._ring = self._ring.copy()
         self._ring[self._ring_pos] = hash_id(event_id)
         self._ring_pos = (self._ring_pos + 1) % self._ring.shape[0]
@@ -364,55 +372,71 @@ class UserState:
     def encode(self) -> bytes:
         """Versioned binary form: header + log + dedupe ring + cluster blocks + clusters."""
         cs = self.cluster_state
-        header = np.zeros((), dtype=HEADER_DTYPE)
-        header["magic"], header["version"], header["n_dense"] = MAGIC, FORMAT_VERSION, self.n_dense
-        header["n_log"], header["total"] = self._hi - self._lo, self._total
-        header["ring_size"], header["ring_fill"] = self._ring.shape[0], self._ring_fill
-        header["ring_pos"] = self._ring_pos
-        header["watermark"] = np.nan if self._watermark is None else self._watermark
-        header["cluster_version"], header["cluster_upto"] = cs.version, cs.upto
-        header["cluster_dirty"] = -1 if cs.dirty_from is None else cs.dirty_from
-        header["n_blocks"], header["n_clusters"] = cs.blocks.shape[0], cs.clusters.shape[0]
-        parts = (header, self.log, self._ring[: self._ring_fill], cs.blocks, cs.clusters)
-        return b"".join(np.ascontiguousarray(part).tobytes() for part in parts)
+        header = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, self.n_dense, self._hi - self._lo, self._ring.shape[0],
+            self._ring_fill, self._ring_pos, self._total,
+            np.nan if self._watermark is None else self._watermark,
+            cs.version, cs.upto, -1 if cs.dirty_from is None else cs.dirty_from,
+            cs.blocks.shape[0], cs.clusters.shape[0],
+        )  # fmt: skip
+        parts = (self.log, self._ring[: self._ring_fill], cs.blocks, cs.clusters)
+        return b"".join((header, *(part.tobytes() for part in parts)))
 
     @classmethod
     def decode(cls, blob: bytes) -> UserState:
         """Inverse of :meth:`encode`; arrays are read-only views of ``blob`` until written."""
         h = _header(blob)
-        n_dense = int(h["n_dense"])
-        reader = _Reader(blob, HEADER_DTYPE.itemsize)
-        log = reader.take(behaviour_dtype(n_dense), int(h["n_log"]))
-        ring = np.zeros(int(h["ring_size"]), dtype=np.int64)
-        ring[: int(h["ring_fill"])] = reader.take(np.dtype("<i8"), int(h["ring_fill"]))
-        blocks = reader.take(BLOCK_DTYPE, int(h["n_blocks"]))
-        clusters = reader.take(cluster_dtype(n_dense), int(h["n_clusters"]))
+        reader = _Reader(blob, _HEADER.size)
+        log = reader.take(behaviour_dtype(h.n_dense), h.n_log)
+        ring = np.zeros(h.ring_size, dtype=np.int64)
+        ring[: h.ring_fill] = reader.take(np.dtype("<i8"), h.ring_fill)
+        blocks = reader.take(BLOCK_DTYPE, h.n_blocks)
+        clusters = reader.take(cluster_dtype(h.n_dense), h.n_clusters)
         reader.done()
-        dirty = int(h["cluster_dirty"])
-        cs = ClusterState(
-            int(h["cluster_version"]), int(h["cluster_upto"]), None if dirty < 0 else dirty,
-            blocks.copy(), clusters,
-        )  # fmt: skip
-        wm = float(h["watermark"])
+        dirty = None if h.cluster_dirty < 0 else h.cluster_dirty
+        cs = ClusterState(h.cluster_version, h.cluster_upto, dirty, blocks.copy(), clusters)
         return cls(
             log,
-            total=int(h["total"]),
-            watermark=None if np.isnan(wm) else wm,
+            total=h.total,
+            watermark=None if np.isnan(h.watermark) else h.watermark,
             ring=ring,
-            ring_fill=int(h["ring_fill"]),
-            ring_pos=int(h["ring_pos"]),
+            ring_fill=h.ring_fill,
+            ring_pos=h.ring_pos,
             cluster_state=cs,
         )
 
 
-def _header(blob: bytes) -> np.void:
-    if len(blob) < HEADER_DTYPE.itemsize:
+class _Header(NamedTuple):
+    """The fields of :data:`HEADER_DTYPE`, unpacked with :data:`_HEADER`."""
+
+    magic: bytes
+    version: int
+    n_dense: int
+    n_log: int
+    ring_size: int
+    ring_fill: int
+    ring_pos: int
+    total: int
+    watermark: float
+    cluster_version: int
+    cluster_upto: int
+    cluster_dirty: int
+    n_blocks: int
+    n_clusters: int
+
+
+_HEADER = struct.Struct("<4sHHIIIIqdqqqII")  # HEADER_DTYPE, packed
+assert _HEADER.size == HEADER_DTYPE.itemsize
+
+
+def _header(blob: bytes) -> _Header:
+    if len(blob) < _HEADER.size:
         raise StateFormatError(f"{len(blob)} bytes is shorter than the state header")
-    h = np.frombuffer(blob, dtype=HEADER_DTYPE, count=1)[0]
-    if bytes(h["magic"]) != MAGIC:
+    h = _Header(*_HEADER.unpack_from(blob))
+    if h.magic != MAGIC:
         raise StateFormatError("not a twinstream user state (bad magic)")
-    if int(h["version"]) != FORMAT_VERSION:
-        raise StateFormatError(f"unsupported state format version {int(h['version'])}")
+    if h.version != FORMAT_VERSION:
+        raise StateFormatError(f"unsupported state format version {h.version}")
     return h
 
 

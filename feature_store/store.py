@@ -52,7 +52,7 @@ class StateStore(Protocol):
 
     def write_batch(
         self,
-        updates: Mapping[str, UserState],
+        updates: Mapping[str, UserState | bytes],
         offsets: Mapping[int, int],
         meta: Mapping[str, bytes | None] | None = None,
     ) -> None: ...
@@ -88,13 +88,13 @@ def _check_offsets(store: StateStore, offsets: Mapping[int, int]) -> None:
 
 
 def _records(
-    updates: Mapping[str, UserState],
+    updates: Mapping[str, UserState | bytes],
     offsets: Mapping[int, int],
     meta: Mapping[str, bytes | None] | None,
 ) -> Iterator[tuple[bytes, bytes | None]]:
     """The key/value pairs of one batch (``None``: delete the key)."""
     for user, state in updates.items():
-        yield user_key(user), state.encode()
+        yield user_key(user), state if isinstance(state, bytes) else state.encode()
     for partition, offset in offsets.items():
         yield offset_key(partition), _OFFSET.pack(offset)
     for key, value in (meta or {}).items():
@@ -116,7 +116,7 @@ class MemoryStore:
 
     def write_batch(
         self,
-        updates: Mapping[str, UserState],
+        updates: Mapping[str, UserState | bytes],
         offsets: Mapping[int, int],
         meta: Mapping[str, bytes | None] | None = None,
     ) -> None:
@@ -204,7 +204,7 @@ class RocksDBStore:
 
     def write_batch(
         self,
-        updates: Mapping[str, UserState],
+        updates: Mapping[str, UserState | bytes],
         offsets: Mapping[int, int],
         meta: Mapping[str, bytes | None] | None = None,
     ) -> None:

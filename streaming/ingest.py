@@ -266,7 +266,7 @@ class IngestService:
         """Send the touched states, then the offset marker; their delivery."""
         if result.offset is None:
             return None
-        records = [(user.encode(), state.encode()) for user, state in result.states.items()]
+        records = [(user.encode(), blob) for user, blob in result.encoded_states().items()]
         records.append((MARKER_KEY, encode_marker(result.offset)))
         return await self.sink.send_many(self.settings.topics.state_changelog, partition, records)
 

@@ -132,6 +132,19 @@ def test_dedupe_window_is_bounded() -> None:
     assert UserState.decode(state.encode()).seen("e4")
 
 
+@pytest.mark.parametrize("window", [20, 100])
+def test_dedupe_ring_grows_to_the_window_across_encodings(window: int) -> None:
+    """The ring starts small and doubles up to the window; encoding keeps every id it holds."""
+    cfg = StateConfig(dedupe_window=window, session_gap_s=GAP, allowed_lateness_s=LATENESS)
+    state = UserState.empty(cfg)
+    for i in range(150):
+        state.apply(event(float(i), event_id=f"e{i}"), cfg)
+        if i % 7 == 0:
+            state = UserState.decode(state.encode())
+    remembered = [i for i in range(150) if state.seen(f"e{i}")]
+    assert remembered == list(range(150 - window, 150))
+
+
 def test_lifelong_log_is_capped_keeping_the_newest() -> None:
     cfg = StateConfig(recent_length=3, lifelong_cap=10, session_gap_s=GAP)
     state = UserState.empty(cfg)
