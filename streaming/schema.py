@@ -122,12 +122,12 @@ def parse_event(
     if len(raw) > max_bytes:
         raise InvalidEvent(Reason.OVERSIZE, f"{len(raw)} bytes > {max_bytes}")
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InvalidEvent(Reason.NOT_UTF8, str(err)) from None
-    try:
-        obj = orjson.loads(raw)
+        obj = orjson.loads(raw)  # rejects invalid UTF-8 too: tell the two apart only then
     except orjson.JSONDecodeError as err:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as utf8:
+            raise InvalidEvent(Reason.NOT_UTF8, str(utf8)) from None
         raise InvalidEvent(Reason.BAD_JSON, str(err)) from None
     return validate_record(obj, now=now, min_ts=min_ts)
 
