@@ -78,6 +78,7 @@ class BatchResult:
     skipped: int = 0  # at or below the stored offset: already applied before a restart
     states: dict[str, UserState] = field(default_factory=dict)
     offset: int | None = None
+    meta: dict[str, bytes | None] = field(default_factory=dict)  # pending impressions, sampler
     _encoded: dict[str, bytes] | None = field(default=None, repr=False)
 
     def encoded_states(self) -> dict[str, bytes]:
@@ -85,6 +86,9 @@ class BatchResult:
         if self._encoded is None:
             self._encoded = {user: state.encode() for user, state in self.states.items()}
         return self._encoded
+
+
+MetaChanges = dict[str, bytes | None]  # metadata key -> new value, None: deleted
 
 
 class PartitionWorker:
@@ -127,7 +131,17 @@ class PartitionWorker:
         for offset, event in fresh:
             self._one(offset, event, result.states[event.user_id], result)
         result.offset = max((o for o, _ in fresh), default=None)
+        result.meta = self._meta_changes()
         return result
+
+    def _meta_changes(self) -> dict[str, bytes | None]:
+        """Pending impressions written or closed since the last batch, and every
+        ``sampler_checkpoint_every`` batches the sampler's counts."""
+        meta = self.builder.pending.drain_changes()
+        self._batches += 1
+        if self._batches % self.config.sampler_checkpoint_every == 0:
+            meta[self._sampler_key] = self.builder.sampler.encode()
+        return meta
 
     def _one(self, offset: int, event: Event, state: UserState, result: BatchResult) -> None:
         try:
@@ -148,23 +162,28 @@ class PartitionWorker:
         self, result: BatchResult, extra_meta: dict[str, bytes | None] | None = None
     ) -> None:
         """Write the batch's states, offset and metadata (plus ``extra_meta``) atomically."""
-        meta: dict[str, bytes | None] = dict(self.builder.pending.drain_changes())
-        meta.update(extra_meta or {})
-        self._batches += 1
-        if self._batches % self.config.sampler_checkpoint_every == 0:
-            meta[self._sampler_key] = self.builder.sampler.encode()
+        meta = result.meta | (extra_meta or {})
         offsets = {} if result.offset is None else {self.partition: result.offset}
         self.store.write_batch(result.encoded_states(), offsets, meta)
 
-    def tick(self, now: float | None = None) -> list[bytes]:
+    def close_windows(
+        self, now: float | None = None
+    ) -> tuple[list[bytes], dict[str, bytes | None]]:
         """Close attribution windows that ended before ``now`` (default: the partition's
-        watermark minus the allowed lateness) and persist the change; returns label-0 samples."""
+        watermark minus the allowed lateness): the label-0 samples and the metadata changes
+        to persist (:meth:`commit_meta`) once they are safe elsewhere."""
         if now is None:
             if self.watermark is None:
-                return []
+                return [], {}
             now = self.watermark - self.config.state.allowed_lateness_s
-        out = self.builder.close_expired(now)
-        changes = self.builder.pending.drain_changes()
-        if changes:
-            self.store.write_batch({}, {}, changes)
-        return out
+        return self.builder.close_expired(now), self.builder.pending.drain_changes()
+
+    def commit_meta(self, meta: dict[str, bytes | None]) -> None:
+        if meta:
+            self.store.write_batch({}, {}, meta)
+
+    def tick(self, now: float | None = None) -> list[bytes]:
+        """:meth:`close_windows` and :meth:`commit_meta` in one (no changelog in between)."""
+        samples, meta = self.close_windows(now)
+        self.commit_meta(meta)
+        return samples

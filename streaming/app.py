@@ -44,7 +44,7 @@ class FaustSink:
         return self.app.producer.send(topic, key, value, partition, None, headers)
 
     async def send_many(
-        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes]]
+        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]
     ) -> Delivery:
         """Records appended straight into aiokafka record batches (C code, no per-message
         future or task): a fraction of :meth:`send`'s per-message cost. Each record stays its

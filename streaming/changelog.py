@@ -2,8 +2,10 @@
 
 Topic ``user-state-changelog`` is compacted and co-partitioned with ``events``. After each ingest
 batch the owner writes every touched user's full state (key = user id) and one offset marker
-(key = empty bytes, value = the last applied ``events`` offset) to the same partition number, and
-waits for the broker before committing its local RocksDB. The changelog is therefore never behind
+(key = empty bytes, value = the last applied ``events`` offset) to the same partition number, with
+the partition's metadata changes (pending explicit-mode impressions, the negative sampler's
+checkpoint; key = ``META_PREFIX`` + name, a tombstone when deleted), and waits for the broker
+before committing its local RocksDB. The changelog is therefore never behind
 the local store; a worker that is assigned a partition replays the changelog from where its local
 store left off (or from the start on a new machine) and then resumes from the committed consumer
 offset, skipping events at or below the marker.
@@ -19,7 +21,13 @@ from feature_store import StateStore, UserState
 from streaming.config import Settings
 
 MARKER_KEY = b""
+META_PREFIX = b"\xff"  # never the first byte of UTF-8 text, so never a user id's key
 _OFFSET = struct.Struct(">q")
+
+
+def meta_record_key(key: str) -> bytes:
+    """The changelog key of a partition metadata entry (pending impressions, sampler)."""
+    return META_PREFIX + key.encode()
 
 
 def changelog_position_key(partition: int) -> str:
@@ -60,6 +68,7 @@ def _replay(
     consumer: KafkaConsumer, tp: TopicPartition, store: StateStore, end: int, chunk: int
 ) -> int:
     states: dict[str, UserState] = {}
+    meta: dict[str, bytes | None] = {}
     marker: int | None = None
     read = 0
     while consumer.position(tp) < end:
@@ -69,18 +78,26 @@ def _replay(
             read += 1
             if record.key == MARKER_KEY:
                 marker = _OFFSET.unpack(record.value)[0]
+            elif record.key.startswith(META_PREFIX):  # a value of None deletes the entry
+                meta[record.key[len(META_PREFIX) :].decode()] = record.value
             else:
                 states[record.key.decode()] = UserState.decode(record.value)
-        if len(states) >= chunk or consumer.position(tp) >= end:
-            _write(store, tp.partition, states, marker, consumer.position(tp))
-            states, marker = {}, None
+        if len(states) + len(meta) >= chunk or consumer.position(tp) >= end:
+            _write(store, tp.partition, states, meta, marker, consumer.position(tp))
+            states, meta, marker = {}, {}, None
     return read
 
 
 def _write(
-    store: StateStore, partition: int, states: dict[str, UserState], marker: int | None, pos: int
+    store: StateStore,
+    partition: int,
+    states: dict[str, UserState],
+    meta: dict[str, bytes | None],
+    marker: int | None,
+    pos: int,
 ) -> None:
     last = store.last_offset(partition)
     offsets = {} if marker is None or (last is not None and marker <= last) else {partition: marker}
-    meta = {changelog_position_key(partition): _OFFSET.pack(pos)}
-    store.write_batch(states, offsets, meta)
+    store.write_batch(
+        states, offsets, meta | {changelog_position_key(partition): _OFFSET.pack(pos)}
+    )

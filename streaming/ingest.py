@@ -20,7 +20,13 @@ from typing import Any, Protocol
 
 from feature_store import FeatureConfig, PartitionWorker, RocksDBStore
 from feature_store.ingest import BatchResult
-from streaming.changelog import MARKER_KEY, changelog_position_key, encode_marker, restore_partition
+from streaming.changelog import (
+    MARKER_KEY,
+    changelog_position_key,
+    encode_marker,
+    meta_record_key,
+    restore_partition,
+)
 from streaming.config import Settings
 from streaming.metrics import (
     GroupLag,
@@ -43,6 +49,7 @@ from streaming.scoring import (
 
 log = logging.getLogger(__name__)
 APP_NAME = "twinstream-ingest"  # streaming.app.create_app's default: the Faust consumer group
+MAX_CHANGELOG_VALUE = 8 * 1024 * 1024  # under the changelog's max.message.bytes (16 MiB)
 STATE_SIZE_EVERY_S = 30.0  # counting users reads every key: not on every tick
 
 
@@ -57,7 +64,7 @@ class Sink(Protocol):
     ) -> Awaitable[Any]: ...
 
     async def send_many(
-        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes]]
+        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]
     ) -> Delivery: ...
 
     async def flush(self) -> None: ...
@@ -212,10 +219,17 @@ class IngestService:
             for partition, worker in self.workers.items():
                 if partition in self._paused:
                     continue
-                expired = worker.tick()
+                expired, meta = worker.close_windows()
                 samples = ((None, sample) for sample in expired)
                 await self.sink.send_many(self.settings.topics.samples, partition, samples)
                 self.metrics.samples.inc(len(expired))
+                records = self._meta_records(meta)
+                if records:  # the closed windows reach the changelog before the local store
+                    topic = self.settings.topics.state_changelog
+                    delivery = await self.sink.send_many(topic, partition, records)
+                    await self.sink.flush()
+                    await delivery.last_offset()
+                worker.commit_meta(meta)
         await self.sample_gauges()
 
     async def sample_gauges(self) -> None:
@@ -266,9 +280,25 @@ class IngestService:
         """Send the touched states, then the offset marker; their delivery."""
         if result.offset is None:
             return None
-        records = [(user.encode(), blob) for user, blob in result.encoded_states().items()]
+        records: list[tuple[bytes | None, bytes | None]] = [
+            (user.encode(), blob) for user, blob in result.encoded_states().items()
+        ]
+        records += self._meta_records(result.meta)
         records.append((MARKER_KEY, encode_marker(result.offset)))
         return await self.sink.send_many(self.settings.topics.state_changelog, partition, records)
+
+    def _meta_records(
+        self, meta: dict[str, bytes | None]
+    ) -> list[tuple[bytes | None, bytes | None]]:
+        """Metadata changes as changelog records; one too large for a Kafka message (a sampler
+        over millions of items) stays local and is logged: a new owner rebuilds it."""
+        out: list[tuple[bytes | None, bytes | None]] = []
+        for key, value in meta.items():
+            if value is not None and len(value) > MAX_CHANGELOG_VALUE:
+                log.warning("%s (%d bytes) is not in the changelog: too large", key, len(value))
+                continue
+            out.append((meta_record_key(key), value))
+        return out
 
     @staticmethod
     async def _position(partition: int, delivery: Delivery | None) -> dict[str, bytes | None]:

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from feature_store import UserState
 from streaming.admin import end_offsets
-from streaming.changelog import MARKER_KEY
+from streaming.changelog import MARKER_KEY, META_PREFIX
 from streaming.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ def read_changelog(
             for r in records:
                 if r.key == MARKER_KEY:
                     markers[tp.partition] = int.from_bytes(r.value, "big", signed=True)
-                else:
+                elif not r.key.startswith(META_PREFIX):
                     user = r.key.decode()
                     states[user] = UserState.decode(r.value)
                     partitions.setdefault(user, set()).add(tp.partition)

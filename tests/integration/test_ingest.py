@@ -16,7 +16,7 @@ from streaming.admin import ensure_topics, read_topic
 from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay
-from streaming.schema import Event
+from streaming.schema import Event, EventType
 from streaming.sources import read_events
 from tests.conftest import shared_file
 from tests.integration.harness import WorkerProcess, read_changelog, wait_caught_up
@@ -150,6 +150,32 @@ def test_bad_input_goes_to_the_dlq_and_valid_state_is_unaffected(
     )
     assert {len(r.value) for r in dlq} >= {10 * 1024 * 1024}  # raw bytes kept
     assert all(dict(r.headers)["source"].startswith(settings.topics.events.encode()) for r in dlq)
+
+
+def test_pending_impressions_move_with_their_partition(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Explicit mode: impressions still waiting for their click when the partitions move to a
+    worker on an empty disk are joined with the click there (they travel in the changelog)."""
+    monkeypatch.setenv("TWINSTREAM_SAMPLE_MODE", "explicit")
+    ensure_topics(settings)
+    t0, users = 1_700_000_000.0, [f"u{i}" for i in range(40)]
+
+    def shown(user: str, item: int) -> Event:
+        ts, eid = t0 + item, f"{user}-imp{item}"
+        return Event(user, f"i{item}", EventType.IMPRESSION, ts, "c", eid, f"{user}-r")
+
+    send(settings, [shown(u, item) for u in users for item in (0, 1)])
+    with WorkerProcess(settings, tmp_path / "a", tmp_path / "a.log"):
+        wait_caught_up(settings)
+    clicks = [Event(u, "i0", EventType.CLICK, t0 + 60, "c", f"{u}-click", f"{u}-r") for u in users]
+    send(settings, clicks)
+    with WorkerProcess(settings, tmp_path / "b", tmp_path / "b.log"):
+        wait_caught_up(settings)
+        records = read_topic(settings, settings.topics.samples, expected=len(users))
+    samples = decode_samples([r.value for r in records], recent_length=8)
+    assert samples.size == len(users) and (samples.label == 1.0).all()
+    assert sorted(samples.target_item.tolist()) == [stable_id("i0")] * len(users)
 
 
 def _wait_for_some_progress(settings: Settings, timeout_s: float = 60.0) -> None:

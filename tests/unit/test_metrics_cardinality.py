@@ -67,7 +67,7 @@ class MemorySink:
         return future
 
     async def send_many(
-        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes]]
+        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]
     ) -> Delivery:
         futures = [await self.send(topic, key, value, partition) for key, value in records]
         return Delivery(futures[-1:], 0)
