@@ -153,7 +153,7 @@ class PartitionWorker:
             result.duplicates += 1
             return
         result.samples += self.builder.samples_for(state, event)
-        state.apply(event, self.config.state)
+        state.apply(event, self.config.state, checked=True)
         state.maybe_recluster(self.config.clusters, self.embedder)
         self.watermark = event.ts if self.watermark is None else max(self.watermark, event.ts)
         result.applied += 1

@@ -266,9 +266,10 @@ class UserState:
             raise LateEvent(event.ts, wm, config.allowed_lateness_s)
         return Admission.APPLIED
 
-    def apply(self, event: Event, config: StateConfig) -> Admission:
-        """Apply one event (deduped, late-checked); behaviours enter the log in time order."""
-        verdict = self.check(event, config)
+    def apply(self, event: Event, config: StateConfig, *, checked: bool = False) -> Admission:
+        """Apply one event (deduped, late-checked); behaviours enter the log in time order.
+        ``checked``: the caller has just had :attr:`Admission.APPLIED` from :meth:`check`."""
+        verdict = Admission.APPLIED if checked else self.check(event, config)
         if verdict is Admission.DUPLICATE:
             return verdict
         self._remember(event.event_id, config.dedupe_window)
