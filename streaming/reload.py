@@ -25,6 +25,7 @@ from streaming.scoring import ModelHolder
 log = logging.getLogger(__name__)
 
 LOADER_NICENESS = 10
+LOADER_DUTY = 0.25  # a reload hashes and copies in chunks, pausing as long as each took
 
 
 def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
@@ -67,7 +68,10 @@ class SnapshotWatcher:
 
         try:
             snapshot = load_snapshot(
-                path, expect=self._expected_config(), manifest_sha256=manifest_sha256
+                path,
+                expect=self._expected_config(),
+                manifest_sha256=manifest_sha256,
+                duty=LOADER_DUTY,
             )
         except SnapshotError as err:
             self.metrics.reload_failures.labels(reason=err.reason).inc()

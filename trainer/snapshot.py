@@ -540,6 +540,7 @@ def load_snapshot(
     expect_model: str | None = None,
     manifest_sha256: str | None = None,
     device: str | torch.device = "cpu",
+    duty: float = 1.0,
 ) -> LoadedSnapshot:
     """Verify and load a snapshot folder; :class:`SnapshotError` says why one is refused.
 
@@ -559,9 +560,10 @@ def load_snapshot(
     missing = [name for name in REQUIRED_FILES if name not in manifest.files]
     if missing:
         raise SnapshotError("corrupt", f"manifest lists no {missing}")
-    files = {name: _verified(path, name, manifest.files[name]) for name in REQUIRED_FILES}
-    model = _load_model(manifest, files[MODEL_FILE], torch.device(device))
-    mapper = _load_mapper(manifest.mapper, manifest.config, files[IDMAPS_FILE])
+    pace = Pacer(duty)
+    files = {name: _verified(path, name, manifest.files[name], pace) for name in REQUIRED_FILES}
+    model = _load_model(manifest, files[MODEL_FILE], torch.device(device), pace)
+    mapper = _load_mapper(manifest.mapper, manifest.config, files[IDMAPS_FILE], pace)
     return LoadedSnapshot(path, manifest, digest, model, mapper, torch.device(device))
 
 
@@ -593,23 +595,48 @@ def _read_verified(folder: Path, name: str, sha: str) -> bytes:
     return data
 
 
-def _verified(folder: Path, name: str, sha: str) -> Path:
+CHUNK_BYTES = 1 << 20
+
+
+class Pacer:
+    """Spreads long work over time: called after each chunk with the chunk's start time, it
+    sleeps so that the work takes ``duty`` of the wall time (1.0: no pauses). A scorer's reload
+    thread loads at a duty below 1, so its memory traffic leaves room for the requests."""
+
+    def __init__(self, duty: float = 1.0) -> None:
+        if not 0.0 < duty <= 1.0:
+            raise ValueError("duty must be in (0, 1]")
+        self.duty = duty
+
+    def __call__(self, started: float) -> None:
+        if self.duty < 1.0:
+            time.sleep((time.perf_counter() - started) * (1.0 - self.duty) / self.duty)
+
+
+def _verified(folder: Path, name: str, sha: str, pace: Pacer) -> Path:
     """``folder/name`` once its sha256 equals the manifest's (hashed in chunks, without the
     GIL and without holding the whole file in memory)."""
     path = folder / name
     try:
+        digest = hashlib.sha256()
         with path.open("rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
+            while True:
+                started = time.perf_counter()
+                if not (chunk := file.read(CHUNK_BYTES)):
+                    break
+                digest.update(chunk)
+                pace(started)
+        digest_hex = digest.hexdigest()
     except FileNotFoundError:
         raise SnapshotError("missing", f"{path} does not exist") from None
     except OSError as err:
         raise SnapshotError("missing", f"{path}: {err}") from None
-    if digest != sha:
+    if digest_hex != sha:
         raise SnapshotError("checksum", f"{name}: sha256 differs from the manifest")
     return path
 
 
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
+def _tensors(path: Path, pace: Pacer) -> dict[str, torch.Tensor]:
     """The tensors of a verified safetensors file, copied into private memory.
 
     ``load_file`` maps the file lazily (no long copy under the GIL, which would pause the
@@ -622,17 +649,29 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         raise SnapshotError(
             "corrupt", f"{path.name} is not a valid safetensors file: {err}"
         ) from None
-    return {name: tensor.clone() for name, tensor in mapped.items()}
+    return {name: _copy(tensor, pace) for name, tensor in mapped.items()}
 
 
-def _load_model(manifest: Manifest, path: Path, device: torch.device) -> CTRModel:
+def _copy(tensor: torch.Tensor, pace: Pacer) -> torch.Tensor:
+    """A private copy, made in chunks of ``CHUNK_BYTES`` (torch copies without the GIL)."""
+    out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    src, dst = tensor.reshape(-1), out.view(-1)
+    step = max(1, CHUNK_BYTES // max(1, tensor.element_size()))
+    for start in range(0, src.numel(), step):
+        began = time.perf_counter()
+        dst[start : start + step].copy_(src[start : start + step])
+        pace(began)
+    return out
+
+
+def _load_model(manifest: Manifest, path: Path, device: torch.device, pace: Pacer) -> CTRModel:
     try:
         with torch.device("meta"):  # no random init: the weights replace every tensor
             model = build_model(manifest.model, manifest.config)
     except ValueError as err:
         raise SnapshotError("corrupt", str(err)) from None
     try:
-        model.load_state_dict(_tensors(path), strict=True, assign=True)
+        model.load_state_dict(_tensors(path, pace), strict=True, assign=True)
     except RuntimeError as err:
         raise SnapshotError("corrupt", f"weights do not fit the model: {err}") from None
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
@@ -640,12 +679,14 @@ def _load_model(manifest: Manifest, path: Path, device: torch.device) -> CTRMode
     return model.to(device).eval()
 
 
-def _load_mapper(config: MapperConfig, model: ModelConfig, path: Path) -> FeatureMapper:
+def _load_mapper(
+    config: MapperConfig, model: ModelConfig, path: Path, pace: Pacer
+) -> FeatureMapper:
     if (config.n_items, config.n_categories) != (model.n_items, model.n_categories):
         raise SnapshotError("corrupt", "id-map capacities differ from the embedding tables")
     mapper = FeatureMapper(config)
     try:
-        mapper.load_state_dict(_tensors(path))
+        mapper.load_state_dict(_tensors(path, pace))
     except (KeyError, ValueError) as err:
         raise SnapshotError("corrupt", f"id maps: {err!r}") from None
     return mapper

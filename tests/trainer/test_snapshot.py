@@ -172,6 +172,19 @@ def test_snapshots_without_optimizer_state_have_no_optimizer_file(tmp_path: Path
 # ---------------------------------------------------------------- refusals
 
 
+def test_a_paced_load_gives_the_same_private_weights(snap: Path, monkeypatch: Any) -> None:
+    """The scorer's reload (duty < 1, small chunks) equals a plain load, in memory of its own."""
+    monkeypatch.setattr("trainer.snapshot.CHUNK_BYTES", 4096)  # many chunks, each paced
+    plain, paced = load_snapshot(snap), load_snapshot(snap, duty=0.25)
+    ours = paced.model.state_dict()
+    for name, a in plain.model.state_dict().items():
+        b = ours[name]
+        assert torch.equal(a, b), name
+        assert b.untyped_storage().nbytes() == b.nbytes or b.numel() == 0  # not a file view
+    with pytest.raises(ValueError):
+        load_snapshot(snap, duty=0.0)
+
+
 def test_a_missing_folder_or_file_is_refused_as_missing(snap: Path, tmp_path: Path) -> None:
     assert reason(tmp_path / "v00000099") == "missing"
     (snap / IDMAPS_FILE).unlink()
