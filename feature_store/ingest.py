@@ -67,6 +67,9 @@ class FeatureConfig:
         )
 
 
+MetaChanges = dict[str, bytes | None]  # metadata key -> new value, None: deleted
+
+
 @dataclass
 class BatchResult:
     """What one :meth:`PartitionWorker.process` call produced."""
@@ -78,7 +81,7 @@ class BatchResult:
     skipped: int = 0  # at or below the stored offset: already applied before a restart
     states: dict[str, UserState] = field(default_factory=dict)
     offset: int | None = None
-    meta: dict[str, bytes | None] = field(default_factory=dict)  # pending impressions, sampler
+    meta: MetaChanges = field(default_factory=dict)  # pending impressions, sampler
     _encoded: dict[str, bytes] | None = field(default=None, repr=False)
 
     def encoded_states(self) -> dict[str, bytes]:
@@ -86,9 +89,6 @@ class BatchResult:
         if self._encoded is None:
             self._encoded = {user: state.encode() for user, state in self.states.items()}
         return self._encoded
-
-
-MetaChanges = dict[str, bytes | None]  # metadata key -> new value, None: deleted
 
 
 class PartitionWorker:
@@ -134,7 +134,7 @@ class PartitionWorker:
         result.meta = self._meta_changes()
         return result
 
-    def _meta_changes(self) -> dict[str, bytes | None]:
+    def _meta_changes(self) -> MetaChanges:
         """Pending impressions written or closed since the last batch, and every
         ``sampler_checkpoint_every`` batches the sampler's counts."""
         meta = self.builder.pending.drain_changes()
@@ -158,17 +158,13 @@ class PartitionWorker:
         self.watermark = event.ts if self.watermark is None else max(self.watermark, event.ts)
         result.applied += 1
 
-    def commit(
-        self, result: BatchResult, extra_meta: dict[str, bytes | None] | None = None
-    ) -> None:
+    def commit(self, result: BatchResult, extra_meta: MetaChanges | None = None) -> None:
         """Write the batch's states, offset and metadata (plus ``extra_meta``) atomically."""
         meta = result.meta | (extra_meta or {})
         offsets = {} if result.offset is None else {self.partition: result.offset}
         self.store.write_batch(result.encoded_states(), offsets, meta)
 
-    def close_windows(
-        self, now: float | None = None
-    ) -> tuple[list[bytes], dict[str, bytes | None]]:
+    def close_windows(self, now: float | None = None) -> tuple[list[bytes], MetaChanges]:
         """Close attribution windows that ended before ``now`` (default: the partition's
         watermark minus the allowed lateness): the label-0 samples and the metadata changes
         to persist (:meth:`commit_meta`) once they are safe elsewhere."""
@@ -178,7 +174,7 @@ class PartitionWorker:
             now = self.watermark - self.config.state.allowed_lateness_s
         return self.builder.close_expired(now), self.builder.pending.drain_changes()
 
-    def commit_meta(self, meta: dict[str, bytes | None]) -> None:
+    def commit_meta(self, meta: MetaChanges) -> None:
         if meta:
             self.store.write_batch({}, {}, meta)
 

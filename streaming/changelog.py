@@ -67,7 +67,7 @@ def restore_partition(
 def _replay(
     consumer: KafkaConsumer, tp: TopicPartition, store: StateStore, end: int, chunk: int
 ) -> int:
-    states: dict[str, UserState] = {}
+    states: dict[str, bytes] = {}
     meta: dict[str, bytes | None] = {}
     marker: int | None = None
     read = 0
@@ -80,8 +80,9 @@ def _replay(
                 marker = _OFFSET.unpack(record.value)[0]
             elif record.key.startswith(META_PREFIX):  # a value of None deletes the entry
                 meta[record.key[len(META_PREFIX) :].decode()] = record.value
-            else:
-                states[record.key.decode()] = UserState.decode(record.value)
+            else:  # kept as the bytes the owner wrote, once they decode as a state
+                UserState.decode(record.value)
+                states[record.key.decode()] = record.value
         if len(states) + len(meta) >= chunk or consumer.position(tp) >= end:
             _write(store, tp.partition, states, meta, marker, consumer.position(tp))
             states, meta, marker = {}, {}, None
@@ -91,7 +92,7 @@ def _replay(
 def _write(
     store: StateStore,
     partition: int,
-    states: dict[str, UserState],
+    states: dict[str, bytes],
     meta: dict[str, bytes | None],
     marker: int | None,
     pos: int,

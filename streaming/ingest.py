@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from feature_store import FeatureConfig, PartitionWorker, RocksDBStore
-from feature_store.ingest import BatchResult
+from feature_store.ingest import BatchResult, MetaChanges
 from streaming.changelog import (
     MARKER_KEY,
     changelog_position_key,
@@ -287,9 +287,7 @@ class IngestService:
         records.append((MARKER_KEY, encode_marker(result.offset)))
         return await self.sink.send_many(self.settings.topics.state_changelog, partition, records)
 
-    def _meta_records(
-        self, meta: dict[str, bytes | None]
-    ) -> list[tuple[bytes | None, bytes | None]]:
+    def _meta_records(self, meta: MetaChanges) -> list[tuple[bytes | None, bytes | None]]:
         """Metadata changes as changelog records; one too large for a Kafka message (a sampler
         over millions of items) stays local and is logged: a new owner rebuilds it."""
         out: list[tuple[bytes | None, bytes | None]] = []

@@ -640,7 +640,7 @@ def _tensors(path: Path, pace: Pacer) -> dict[str, torch.Tensor]:
     """The tensors of a verified safetensors file, copied into private memory.
 
     ``load_file`` maps the file lazily (no long copy under the GIL, which would pause the
-    scoring threads); ``clone`` then copies it with the GIL released, so the serving model
+    scoring threads); :func:`_copy` then copies it with the GIL released, so the serving model
     never depends on the file (a snapshot pruned or truncated later cannot fault it).
     """
     try:
