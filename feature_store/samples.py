@@ -346,6 +346,7 @@ class FrequencySampler:
         self._cats = np.zeros(capacity, np.int64)
         self._folded = np.zeros(capacity, np.int64)  # counts as of the last fold
         self._cum = np.zeros(0, np.int64)  # cumsum of _folded[:n] at the last fold
+        self._folded_total = 0  # _cum[-1], as a Python int
         self._recent: list[int] = []  # item indices observed since the last fold
         self._n = 0
         self.fold_every = fold_every
@@ -356,7 +357,7 @@ class FrequencySampler:
     @property
     def total(self) -> int:
         """Occurrences observed."""
-        return (int(self._cum[-1]) if self._cum.shape[0] else 0) + len(self._recent)
+        return self._folded_total + len(self._recent)
 
     def counts(self) -> I64:
         """The current count of each item, in the order items were first seen."""
@@ -380,6 +381,7 @@ class FrequencySampler:
     def _fold(self) -> None:
         self._folded[: self._n] = self.counts()
         self._cum = np.cumsum(self._folded[: self._n])
+        self._folded_total = int(self._cum[-1]) if self._n else 0
         self._recent = []
 
     def _add(self, item: int) -> int:
@@ -397,19 +399,27 @@ class FrequencySampler:
             for a in (self._items, self._cats, self._folded)
         )
 
-    def sample(self, k: int, exclude: I64, key: int, max_rounds: int = 8) -> tuple[I64, I64]:
-        """``k`` items (with their categories) by frequency, none of them in ``exclude``; fewer
-        when the candidates run out. Repeats across the k draws are allowed."""
+    def sample(
+        self,
+        k: int,
+        exclude: I64,
+        key: int,
+        max_rounds: int = 8,
+        *,
+        exclude_item: int | None = None,
+    ) -> tuple[I64, I64]:
+        """``k`` items (with their categories) by frequency, none of them in ``exclude`` nor equal
+        to ``exclude_item``; fewer when the candidates run out. Repeats across the k draws are
+        allowed. Only the drawn items are looked up in ``exclude`` (no copy of it is made)."""
         total = self.total
         if k <= 0 or total == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        banned = _Membership(exclude)
+        banned = _Membership(exclude, exclude_item)
         found: list[int] = []
         for round_ in range(max_rounds):
             draws = self._find(hash_draws(key, k * round_, k, total))
-            found += [
-                i for i, ok in zip(draws, banned.absent(self._items[draws]), strict=True) if ok
-            ]
+            absent = banned.absent([int(self._items[i]) for i in draws])
+            found += [i for i, ok in zip(draws, absent, strict=True) if ok]
             if len(found) >= k:
                 break
         idx = found[:k]
@@ -417,8 +427,7 @@ class FrequencySampler:
 
     def _find(self, targets: list[int]) -> list[int]:
         """The item index at each position ``t`` of the occurrence multiset."""
-        cum, recent = self._cum, self._recent
-        folded = int(cum[-1]) if cum.shape[0] else 0
+        cum, recent, folded = self._cum, self._recent, self._folded_total
         return [
             recent[t - folded] if t >= folded else int(cum.searchsorted(t, side="right"))
             for t in targets
@@ -447,23 +456,23 @@ class FrequencySampler:
         out._index = {item: i for i, item in enumerate(out._items[:n].tolist())}
         out._n, out._recent = n, recent
         out._cum = np.cumsum(out._folded[:n])
+        out._folded_total = int(out._cum[-1]) if n else 0
         return out
 
 
 class _Membership:
-    """``value not in pool`` for a few values at a time: a Python set for a small pool, a
-    vectorised test for a large one."""
+    """``value not in pool and value != item`` for the few values of one draw: only those
+    values are compared against the pool (vectorised), so nothing is copied or hashed per
+    pool element."""
 
-    SMALL = 256
+    def __init__(self, pool: I64, item: int | None = None) -> None:
+        self.pool, self.item = pool, item
 
-    def __init__(self, pool: I64) -> None:
-        self.pool = pool
-        self.small = set(pool.tolist()) if pool.shape[0] <= self.SMALL else None
-
-    def absent(self, values: I64) -> list[bool]:
-        if self.small is not None:
-            return [v not in self.small for v in values.tolist()]
-        return (~_member(values, self.pool)).tolist()
+    def absent(self, values: list[int]) -> list[bool]:
+        if not self.pool.shape[0]:
+            return [v != self.item for v in values]
+        hits = _member(np.array(values, np.int64), self.pool).tolist()
+        return [not hit and v != self.item for v, hit in zip(values, hits, strict=True)]
 
 
 def _member(values: I64, pool: I64) -> npt.NDArray[np.bool_]:
@@ -519,9 +528,10 @@ class SampleBuilder:
         if event.type not in self.config.positive_types:
             return []
         item, category = stable_id(event.item_id), stable_id(event.category_id)
-        exclude = np.append(state.log["item"], item)
         key = event_key(self.config.seed, event)
-        neg_items, neg_cats = self.sampler.sample(self.config.negatives, exclude, key)
+        neg_items, neg_cats = self.sampler.sample(
+            self.config.negatives, state.log["item"], key, exclude_item=item
+        )
         blob = self.encode(state, event, neg_items, neg_cats, 1.0)
         self.sampler.observe(item, category)
         return [blob]

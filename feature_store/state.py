@@ -239,8 +239,10 @@ class UserState:
 
     def recent(self, length: int = 200, as_of: float | None = None) -> np.ndarray:
         """The last ``length`` behaviours with ts <= ``as_of`` (default: all), oldest first."""
-        end = self._hi - self._lo if as_of is None else self.position(as_of)
-        return self.log[max(0, end - length) : end]
+        end = self._hi - self._lo
+        if as_of is not None and end and as_of < self._buf[self._hi - 1]["ts"]:
+            end = self.position(as_of)  # a late event: only what came before it
+        return self._buf[max(self._lo, self._lo + end - length) : self._lo + end]
 
     def clusters(self) -> np.ndarray:
         """The TWIN-V2 cluster sequence (item, category, size, dense), oldest first: the
@@ -251,7 +253,7 @@ class UserState:
 
     def seen(self, event_id: str | None) -> bool:
         """Whether ``event_id`` is among the last ``dedupe_window`` event ids of this user."""
-        if event_id is None:
+        if event_id is None or not self._ring_fill:
             return False
         return bool((self._ring[: self._ring_fill] == hash_id(event_id)).any())
 

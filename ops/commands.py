@@ -185,9 +185,26 @@ def worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, help="serve POST /score on TWINSTREAM_HTTP_HOST:PORT")
     p.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
     p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run N worker processes (one per core); process i keeps its state in STATE_DIR/wI "
+        "and serves HTTP and metrics on PORT+i",
+    )
 
 
 def worker(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        raise UserError("--processes must be at least 1")
+    if args.processes > 1:
+        from ops.supervisor import run_worker_processes
+
+        return run_worker_processes(args, Path(args.state_dir or _settings().state_dir))
+    return _worker_process(args)
+
+
+def _worker_process(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from ops.malloc import tune_malloc

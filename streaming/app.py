@@ -82,8 +82,15 @@ class Worker(faust.Worker):
 
 
 def create_app(
-    settings: Settings, name: str = "twinstream-ingest", http_port: int | None = None
+    settings: Settings,
+    name: str = "twinstream-ingest",
+    http_port: int | None = None,
+    datadir: Path | None = None,
 ) -> faust.App:
+    """The app object. ``datadir``: Faust's own folder (default: ``NAME-data`` in the current
+    directory, which is Faust's default); the worker keeps it under its state directory."""
+    if datadir is not None:
+        datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     servers = ";".join(f"kafka://{s}" for s in settings.bootstrap_servers.split(","))
     web: dict[str, Any] = {"web_enabled": False}
     if http_port is not None:
@@ -94,6 +101,8 @@ def create_app(
             "web_port": http_port,
             "canonical_url": url,
         }
+    if datadir is not None:
+        web["datadir"] = str(datadir)
     return faust.App(
         f"{settings.topics.prefix}{name}",
         broker=servers,
@@ -120,7 +129,7 @@ def build_ingest(
     tick_interval_s: float = 5.0,
     http_port: int | None = None,
 ) -> tuple[faust.App, IngestService]:
-    app = create_app(settings, http_port=http_port)
+    app = create_app(settings, http_port=http_port, datadir=Path(state_dir) / "faust")
     service = IngestService(settings, FaustSink(app), Path(state_dir), metrics)
     events = app.topic(
         settings.topics.events,

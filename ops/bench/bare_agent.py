@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from streaming.app import Worker, create_app
@@ -18,7 +21,8 @@ from streaming.config import Settings
 def main() -> None:
     topic_name, expected = sys.argv[1], int(sys.argv[2])
     settings = Settings.from_env()
-    app = create_app(settings, name=f"bare-{os.getpid()}")
+    datadir = Path(tempfile.mkdtemp(prefix="twinstream-bare-"))
+    app = create_app(settings, name=f"bare-{os.getpid()}", datadir=datadir)
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
     seen = {"count": 0, "first": 0.0, "last": 0.0}
 
@@ -31,6 +35,7 @@ def main() -> None:
             seen["last"] = time.time()
             if seen["count"] >= expected:
                 os.write(1, f"RESULT {json.dumps(seen)}\n".encode())  # faust redirects print
+                shutil.rmtree(datadir, ignore_errors=True)
                 os._exit(0)
 
     Worker(app, loglevel="error").execute_from_commandline()  # the same runner as ours

@@ -120,6 +120,20 @@ def test_second_worker_mid_stream_takes_partitions_with_their_state(
     assert all(len(p) == 1 for p in partitions.values())  # each user in one partition
 
 
+def test_one_command_runs_several_worker_processes_that_share_the_partitions(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events = taobao_events()
+    ensure_topics(settings)
+    send(settings, events)
+    with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log", "--processes", "2") as w:
+        states = wait_caught_up(settings)
+        owned = [{p.name for p in (tmp_path / "w" / f"w{i}").glob("*/p*.rocksdb")} for i in (0, 1)]
+    assert w.proc.returncode == 0  # SIGTERM stopped both processes cleanly
+    assert owned[0] and owned[1] and not owned[0] & owned[1]
+    assert_states_match(states, events)
+
+
 def test_bad_input_goes_to_the_dlq_and_valid_state_is_unaffected(
     settings: Settings, tmp_path: Path
 ) -> None:
