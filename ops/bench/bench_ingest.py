@@ -1,13 +1,14 @@
 """Ingest throughput and event-to-state latency of one worker, against a bare Faust agent.
 
-    python -m ops.bench.bench_ingest [--data PATH] [--rate 5000] [--seconds 20]
+    python -m ops.bench.bench_ingest [--data PATH] [--rate 5000] [--seconds 20] [--processes 1,2]
 
 1. Throughput: the same pre-published topic is consumed by a bare Faust agent (consume only) and
    by one ``twinstream worker`` (validation, RocksDB, sessions, clusters, samples, changelog),
    one after the other, each in its own process; events/s from its first to its last batch.
 2. Latency: events are published at ``--rate`` events/s into a running worker; per event, the
    time from its Kafka timestamp to the changelog marker that covers it (written just before the
-   local state commit), from the broker's own records. Needs a broker (KAFKA_BOOTSTRAP_SERVERS or
+   local state commit), from the broker's own records; once per ``--processes`` count (one
+   ``twinstream worker --processes N`` command). Needs a broker (KAFKA_BOOTSTRAP_SERVERS or
    ``twinstream broker start``).
 """
 
@@ -24,11 +25,12 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from streaming.admin import ensure_topics
 from streaming.changelog import MARKER_KEY
 from streaming.config import Settings
+from streaming.ingest import APP_NAME
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.schema import Event
@@ -113,8 +115,9 @@ def read_all(settings: Settings, topic: str) -> list[tuple[int, int, bytes, byte
     return out
 
 
-def start_worker(settings: Settings, state: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, state: Path, processes: int = 1) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "ops.cli", "worker", "--state-dir", str(state)]
+    cmd += ["--processes", str(processes)]
     return subprocess.Popen(
         cmd, env=child_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -161,11 +164,11 @@ def worker_rate(settings: Settings, n: int) -> float:
     return (n - first_batch) / max(times[-1] - times[0], 1e-9)
 
 
-def latency(settings: Settings, events: list[Event], rate: float) -> np.ndarray:
+def latency(settings: Settings, events: list[Event], rate: float, processes: int) -> np.ndarray:
     with tempfile.TemporaryDirectory() as state:
-        proc = start_worker(settings, Path(state))
+        proc = start_worker(settings, Path(state), processes)
         try:
-            time.sleep(15)  # join the group, get partitions
+            wait_for_group(settings, processes)
             with EventProducer(settings, linger_ms=5) as producer:
                 _paced(producer, events, rate)
             got = wait_for(settings, len(events))
@@ -173,6 +176,24 @@ def latency(settings: Settings, events: list[Event], rate: float) -> np.ndarray:
             proc.terminate()
             proc.wait(timeout=60)
     return per_event_latency(settings, got)
+
+
+def wait_for_group(settings: Settings, members: int, timeout_s: float = 180.0) -> None:
+    """Until the workers' consumer group is stable with ``members`` members (then a moment
+    for the assignment hooks), so no rebalance falls into the measured window."""
+    group = f"{settings.topics.prefix}{APP_NAME}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            state = admin.describe_groups([group]).get(group, {})
+            if state.get("group_state") == "Stable" and len(state.get("members", [])) == members:
+                time.sleep(3.0)
+                return
+            time.sleep(1.0)
+    finally:
+        admin.close()
+    raise TimeoutError(f"group {group} did not settle with {members} members")
 
 
 def _paced(producer: EventProducer, events: list[Event], rate: float) -> None:
@@ -205,6 +226,9 @@ def main() -> None:
     parser.add_argument("--data")
     parser.add_argument("--rate", type=float, default=5_000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--processes", default="1,2", help="worker processes of the latency runs, comma-separated"
+    )
     args = parser.parse_args()
     events = load(args.data)
     settings = fresh_settings()
@@ -216,14 +240,15 @@ def main() -> None:
     print(f"events: {len(events)}")
     print(f"bare Faust agent (consume only)  {bare:10,.0f} events/s")
     print(f"twinstream worker (full ingest)  {worker:10,.0f} events/s   ratio {worker / bare:.2f}x")
-    paced = fresh_settings()
-    ensure_topics(paced)
-    lat = latency(paced, events[: int(args.rate * args.seconds)], args.rate)
-    p50, p99 = np.percentile(lat, [50, 99])
-    print(
-        f"event-to-state latency at {args.rate:,.0f} events/s over {lat.size} events: "
-        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
-    )
+    for processes in (int(n) for n in args.processes.split(",")):
+        paced = fresh_settings()
+        ensure_topics(paced)
+        lat = latency(paced, events[: int(args.rate * args.seconds)], args.rate, processes)
+        p50, p99 = np.percentile(lat, [50, 99])
+        print(
+            f"event-to-state latency at {args.rate:,.0f} events/s over {lat.size} events, "
+            f"{processes} worker process(es): p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+        )
 
 
 if __name__ == "__main__":
