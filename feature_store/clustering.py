@@ -311,12 +311,16 @@ def with_singletons(clusters: np.ndarray, unclustered: np.ndarray) -> np.ndarray
     ``unclustered`` (the structured log rows newer than the last re-clustering)."""
     if not unclustered.shape[0]:
         return clusters
-    single = np.zeros(unclustered.shape[0], dtype=clusters.dtype)
-    single["item"], single["category"] = unclustered["item"], unclustered["category"]
-    single["size"] = 1
-    if _n_dense(unclustered):
-        single["dense"] = unclustered["dense"]
-    return np.concatenate([clusters, single])
+    return np.concatenate([clusters, singletons(unclustered, clusters.dtype)])
+
+
+def singletons(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """One cluster record of size 1 (``dtype``: :func:`cluster_dtype`) per behaviour row."""
+    out = np.empty(rows.shape[0], dtype=dtype)  # packed: every byte is one of the fields below
+    out["item"], out["category"], out["size"] = rows["item"], rows["category"], 1
+    if _n_dense(rows):
+        out["dense"] = rows["dense"]
+    return out
 
 
 def update(

@@ -125,7 +125,12 @@ def encode_sample(
 ) -> bytes:
     """One sample message (see the module docstring). All parts must share the dense width."""
     n_dense = _width(targets)
-    return _pack(user, ts, targets.shape[0], n_dense, targets.tobytes(), recent, clusters)
+    if _width(clusters) != n_dense:
+        raise ValueError("targets, recent and clusters must have the same number of dense features")
+    return _pack(
+        user, ts, targets.shape[0], n_dense, targets.tobytes(), recent,
+        (clusters.shape[0], clusters.tobytes()),
+    )  # fmt: skip
 
 
 _HEADER_STRUCT = struct.Struct("<2sBBHHIIqd")  # SAMPLE_HEADER, packed
@@ -144,15 +149,16 @@ def _pack(
     n_dense: int,
     targets: bytes,
     recent: np.ndarray,
-    clusters: np.ndarray,
+    clusters: tuple[int, bytes],
 ) -> bytes:
-    if _width(recent) != n_dense or _width(clusters) != n_dense:
+    """``clusters``: (count, bytes) of a :func:`cluster_dtype` array with ``n_dense`` features."""
+    if _width(recent) != n_dense:
         raise ValueError("targets, recent and clusters must have the same number of dense features")
     header = _HEADER_STRUCT.pack(
-        SAMPLE_MAGIC, SAMPLE_VERSION, 0, n_dense, n_targets, recent.shape[0], clusters.shape[0],
+        SAMPLE_MAGIC, SAMPLE_VERSION, 0, n_dense, n_targets, recent.shape[0], clusters[0],
         user, ts,
     )  # fmt: skip
-    return b"".join((header, targets, recent.tobytes(), clusters.tobytes()))
+    return b"".join((header, targets, recent.tobytes(), clusters[1]))
 
 
 def with_label(blob: bytes, label: float) -> bytes:
@@ -468,9 +474,14 @@ class _Membership:
     def __init__(self, pool: I64, item: int | None = None) -> None:
         self.pool, self.item = pool, item
 
+    SMALL = 128  # below this many, a Python list scan beats building arrays
+
     def absent(self, values: list[int]) -> list[bool]:
         if not self.pool.shape[0]:
             return [v != self.item for v in values]
+        if self.pool.shape[0] <= self.SMALL:
+            pool = self.pool.tolist()
+            return [v != self.item and v not in pool for v in values]
         hits = _member(np.array(values, np.int64), self.pool).tolist()
         return [not hit and v != self.item for v, hit in zip(values, hits, strict=True)]
 
@@ -553,7 +564,7 @@ class SampleBuilder:
             n_dense,
             _targets_struct(len(rows), n_dense).pack(*values),
             state.recent(self.config.recent_length, as_of=event.ts),
-            state.clusters(),
+            state.cluster_bytes(),
         )
 
 

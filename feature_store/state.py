@@ -47,6 +47,7 @@ from feature_store.clustering import (
     ItemEmbedder,
     cluster_dtype,
     needs_update,
+    singletons,
     update,
     with_singletons,
 )
@@ -148,6 +149,30 @@ class StateConfig:
         return np.array([v if isinstance(v, float) else 0.0 for v in values], dtype=np.float32)
 
 
+class Behaviour(NamedTuple):
+    """One row of :func:`behaviour_dtype`, as assigned into a state's log."""
+
+    item: int
+    category: int
+    ts: float
+    type: int
+    session: int
+    dense: tuple[float, ...]
+
+
+@lru_cache(maxsize=16)
+def _empty_parts(n_dense: int, dedupe_window: int) -> tuple[np.ndarray, np.ndarray, ClusterState]:
+    """The arrays of an empty state, shared and read-only: a state copies them on first write
+    (as it does the read-only arrays of a decoded state)."""
+    log = np.zeros(0, dtype=behaviour_dtype(n_dense))
+    ring = np.zeros(min(RING_START, dedupe_window), dtype=np.int64)
+    clusters = np.zeros(0, dtype=cluster_dtype(n_dense))
+    blocks = np.zeros(0, dtype=BLOCK_DTYPE)
+    for array in (log, ring, clusters, blocks):
+        array.flags.writeable = False
+    return log, ring, ClusterState(blocks=blocks, clusters=clusters)
+
+
 class UserState:
     """One user's features. Mutated in place by :meth:`apply`; read by ``recent``/``clusters``."""
 
@@ -182,15 +207,15 @@ class UserState:
 
     @classmethod
     def empty(cls, config: StateConfig) -> UserState:
-        n_dense = config.n_dense
+        log, ring, cluster_state = _empty_parts(config.n_dense, config.dedupe_window)
         return cls(
-            np.zeros(0, dtype=behaviour_dtype(n_dense)),
+            log,
             total=0,
             watermark=None,
-            ring=np.zeros(min(RING_START, config.dedupe_window), dtype=np.int64),
+            ring=ring,
             ring_fill=0,
             ring_pos=0,
-            cluster_state=ClusterState(clusters=np.zeros(0, dtype=cluster_dtype(n_dense))),
+            cluster_state=cluster_state,
         )
 
     # ------------------------------------------------------------ reads
@@ -247,9 +272,21 @@ class UserState:
     def clusters(self) -> np.ndarray:
         """The TWIN-V2 cluster sequence (item, category, size, dense), oldest first: the
         clustered part, then the behaviours logged since as clusters of one."""
-        cs = self.cluster_state
+        return with_singletons(self.cluster_state.clusters, self._unclustered())
+
+    def cluster_bytes(self) -> tuple[int, bytes]:
+        """:meth:`clusters` as (count, the array's bytes), without building the array (the
+        sample encoder's path)."""
+        clusters, tail = self.cluster_state.clusters, self._unclustered()
+        if not tail.shape[0]:
+            return clusters.shape[0], clusters.tobytes()
+        single = singletons(tail, clusters.dtype)
+        return clusters.shape[0] + tail.shape[0], clusters.tobytes() + single.tobytes()
+
+    def _unclustered(self) -> np.ndarray:
+        """The log rows newer than the last re-clustering."""
         lo = self._total - (self._hi - self._lo)
-        return with_singletons(cs.clusters, self.log[max(cs.upto, lo) - lo :])
+        return self.log[max(self.cluster_state.upto, lo) - lo :]
 
     def seen(self, event_id: str | None) -> bool:
         """Whether ``event_id`` is among the last ``dedupe_window`` event ids of this user."""
@@ -289,16 +326,13 @@ class UserState:
         self.cluster_state = update(self.cluster_state, self.log, lo, config, embedder)
         return True
 
-    def _record(self, event: Event, config: StateConfig) -> np.ndarray:
-        """The event as a 0-d behaviour record."""
+    def _record(self, event: Event, config: StateConfig) -> Behaviour:
+        """The event as a behaviour row (its session index is set on insertion)."""
         if config.n_dense != self.n_dense:
             raise StateFormatError(f"state has {self.n_dense} dense features, not {config.n_dense}")
-        rec = np.zeros((), dtype=self._buf.dtype)
-        rec["item"], rec["category"] = stable_id(event.item_id), stable_id(event.category_id)
-        rec["ts"], rec["type"] = event.ts, TYPE_CODES[event.type]
-        if config.n_dense:
-            rec["dense"] = config.dense(event)
-        return rec
+        dense = tuple(config.dense(event).tolist()) if config.n_dense else ()
+        item, category = stable_id(event.item_id), stable_id(event.category_id)
+        return Behaviour(item, category, event.ts, TYPE_CODES[event.type], 0, dense)
 
     def _remember(self, event_id: str | None, window: int) -> None:
         if event_id is None:
@@ -314,17 +348,16 @@ class UserState:
         self._ring_pos = (self._ring_pos + 1) % self._ring.shape[0]
         self._ring_fill = min(self._ring_fill + 1, self._ring.shape[0])
 
-    def _insert(self, rec: np.ndarray, config: StateConfig) -> None:
+    def _insert(self, rec: Behaviour, config: StateConfig) -> None:
         """Insert in time order, recompute sessions from there on, enforce the cap."""
-        if self._hi > self._lo and float(rec["ts"]) < self._buf["ts"][self._hi - 1]:
-            self._insert_late(rec, config)
+        if self._hi > self._lo and rec.ts < self._buf["ts"][self._hi - 1]:
+            self._insert_late(np.array(rec, dtype=self._buf.dtype), config)
             return
         # in order (the usual case): append, the session index follows from the last behaviour
         if self._hi > self._lo:
             last = self._buf[self._hi - 1]
-            rec["session"] = last["session"] + (
-                float(rec["ts"]) - last["ts"] > config.session_gap_s
-            )
+            new_session = rec.ts - float(last["ts"]) > config.session_gap_s
+            rec = rec._replace(session=int(last["session"]) + new_session)
         self._reserve(1, config.lifelong_cap)
         self._buf[self._hi] = rec
         self._hi += 1
