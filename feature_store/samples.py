@@ -468,13 +468,13 @@ class FrequencySampler:
 
 class _Membership:
     """``value not in pool and value != item`` for the few values of one draw: only those
-    values are compared against the pool (vectorised), so nothing is copied or hashed per
-    pool element."""
+    values are looked up (a list scan in a small pool, a vectorised comparison in a large
+    one), so nothing is copied or hashed per pool element up front."""
+
+    SMALL = 128  # up to this many, a Python list scan beats building arrays
 
     def __init__(self, pool: I64, item: int | None = None) -> None:
         self.pool, self.item = pool, item
-
-    SMALL = 128  # below this many, a Python list scan beats building arrays
 
     def absent(self, values: list[int]) -> list[bool]:
         if not self.pool.shape[0]:
