@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feature_store.clustering import cluster_dtype
+from feature_store.clustering import ClusterConfig, cluster_dtype
 from feature_store.ids import stable_id
 from feature_store.samples import (
     FrequencySampler,
@@ -149,17 +149,19 @@ def test_sampler_draws_in_proportion_to_frequency() -> None:
 @settings(max_examples=50, deadline=None)
 @given(
     seen=st.lists(st.integers(1, 30), min_size=1, max_size=80),
-    history=st.lists(st.integers(1, 30), max_size=25),
+    history=st.lists(st.integers(1, 30), max_size=300),  # list scan up to 128, then vectorised
+    target=st.one_of(st.none(), st.integers(1, 30)),
     key=st.integers(0, 2**62),
 )
-def test_negatives_never_come_from_the_history(
-    seen: list[int], history: list[int], key: int
+def test_negatives_never_come_from_the_history_nor_the_target(
+    seen: list[int], history: list[int], target: int | None, key: int
 ) -> None:
     s = FrequencySampler()
     s.observe_many(np.array(seen), np.array(seen))
-    items, _ = s.sample(3, np.array(history, dtype=np.int64), key)
-    assert not set(items.tolist()) & set(history)
-    allowed = set(seen) - set(history)
+    items, _ = s.sample(3, np.array(history, dtype=np.int64), key, exclude_item=target)
+    banned = set(history) | {target}
+    assert not set(items.tolist()) & banned
+    allowed = set(seen) - banned
     assert len(items) == (3 if allowed else 0) or set(items.tolist()) <= allowed
 
 
@@ -300,15 +302,22 @@ def test_sampler_reads_the_earlier_counts_only_format() -> None:
     assert sorted(s._items[s._find([0, 1, 2, 3])].tolist()) == [5, 5, 5, 9]
 
 
+@pytest.mark.parametrize("at", [1e4, 35.0])  # after the log; between its 4th and 5th behaviours
+@pytest.mark.parametrize("behaviours", [0, 6, 70])  # 70: clusters, then clusters of one
 @pytest.mark.parametrize("dense_features", [(), ("dwell", "price")])
-def test_builder_encoding_equals_the_structured_reference(dense_features: tuple[str, ...]) -> None:
+def test_builder_encoding_equals_the_structured_reference(
+    dense_features: tuple[str, ...], behaviours: int, at: float
+) -> None:
     """The per-event fast path (struct packing) writes exactly the bytes of the numpy layout."""
     scfg = StateConfig(recent_length=4, dense_features=dense_features)
     builder = SampleBuilder(SampleConfig(recent_length=4), scfg)
     state = UserState.empty(scfg)
-    for i in range(6):
+    for i in range(behaviours):
         state.apply(event(10.0 * i, item=str(i), features={"dwell": 1.5 * i}), scfg)
-    e = event(100.0, item="9", features={"dwell": 2.5, "price": 7.0})
+        if i == 64:
+            assert state.maybe_recluster(ClusterConfig())
+    assert 0 < state.cluster_state.upto < behaviours or behaviours < 64
+    e = event(at, item="9", features={"dwell": 2.5, "price": 7.0})
     negatives, neg_cats = np.array([3, 11]), np.array([4, 12])
     for label in (1.0, float("nan")):
         blob = builder.encode(state, e, negatives, neg_cats, label)
@@ -321,7 +330,7 @@ def test_builder_encoding_equals_the_structured_reference(dense_features: tuple[
             dense=dense,
         )
         reference = encode_sample(
-            user=stable_id("u1"), ts=e.ts, targets=targets, recent=state.recent(4),
-            clusters=state.clusters(),
+            user=stable_id("u1"), ts=e.ts, targets=targets,
+            recent=state.log[state.log["ts"] <= e.ts][-4:], clusters=state.clusters(),
         )  # fmt: skip
         assert blob == reference
