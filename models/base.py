@@ -50,10 +50,11 @@ class ModelConfig:
     attention_mlp: tuple[int, ...] = (80, 40)  # DIN activation unit hidden layers
     din_softmax: bool = True  # DIN: softmax(s/√D) as its public code; False: the paper's raw s
     aux_loss_weight: float = 1.0  # DIEN: ModelOutput.aux_loss is already multiplied by it
-    max_sessions: int = 5  # DSIN: most recent sessions kept
-    session_len: int = 10  # DSIN: most recent behaviours kept per session
+    max_sessions: int = 10  # DSIN: most recent sessions kept (10 x 20 = the 200 of seq_len)
+    session_len: int = 20  # DSIN: most recent behaviours kept per session
     transformer_layers: int = 1  # BST
     bst_len: int = 20  # BST: most recent behaviours in its sequence (the BST paper's 20)
+    cross_features: bool = True  # DIN, DSIN, BST head: also target ⊙ each interest vector
     twin_v2_recent: bool = False  # TWIN-V2: also attend over the recent sequence
 
     def __post_init__(self) -> None:
@@ -105,7 +106,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(**data)
+        """Reads :meth:`to_dict`; a dict written before ``cross_features`` existed describes a
+        model without them (its head is sized so), hence the ``False`` when the key is absent."""
+        return cls(**{"cross_features": False, **data})
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,14 @@ class CTRModel(nn.Module):
 
     def embed_history(self, batch: Batch) -> torch.Tensor:  # (B, L, D)
         return self.embed(batch.hist_item, batch.hist_category)
+
+    def interests(self, target: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``features`` then ``target ⊙ h`` for each h when ``config.cross_features``: the
+        target-aware head input ``[v_t, h, v_t ⊙ h]`` that TWIN and DARE always use and that the
+        DARE reference code gives its DIN too (``use_cross_feature``)."""
+        if not self.config.cross_features:
+            return features
+        return [*features, *(target * h for h in features)]
 
     def predict(
         self, target: torch.Tensor, features: list[torch.Tensor], batch: Batch

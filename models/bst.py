@@ -7,7 +7,8 @@ default N(0, 1) made them ~6x the token norm at dim 32 and drowned which item ea
 target token gets its own learned position. Post-norm blocks as in the paper (multi-head
 self-attention, LeakyReLU feed-forward), padding masked out of the keys.
 Deviation: the paper flattens all encoder outputs into the MLP, which ties the head to L and is not
-padding invariant; we feed ``[target, encoded target, masked mean of encoded behaviours]``.
+padding invariant; we feed ``[target, encoded target, masked mean of encoded behaviours]``, plus
+``target ⊙`` each of the two (``config.cross_features``, the head every attention model here gets).
 ``ModelOutput.attention`` is the last block's attention of the target token over the behaviours
 (head average; the rest of its mass sits on the target itself), zero on the older behaviours.
 
@@ -53,7 +54,7 @@ class BST(CTRModel):
 
     def __init__(self, config: ModelConfig) -> None:
         d = config.token_dim
-        super().__init__(config, n_features=2 * d)
+        super().__init__(config, n_features=2 * d * (1 + config.cross_features))
         self.position = nn.Embedding(config.seq_len, d)
         nn.init.normal_(self.position.weight, std=config.dim**-0.5)
         self.target_position = nn.Parameter(torch.zeros(d))
@@ -76,6 +77,8 @@ class BST(CTRModel):
         attention = batch.hist_mask.new_zeros(batch.hist_mask.shape, dtype=x.dtype)
         attention[:, -n:] = weights[:, -1, :-1] * mask
         return ModelOutput(
-            logits=self.predict(target, [encoded_target, encoded_hist], batch),
+            logits=self.predict(
+                target, self.interests(target, [encoded_target, encoded_hist]), batch
+            ),
             attention=attention,  # (B, L)
         )

@@ -6,7 +6,8 @@ outer product is replaced by ``k − q`` and ``k ⊙ q``, as in its public code)
 authors' public code and the DARE reference code compute them. With ``din_softmax=False`` they are
 the paper's raw scores ``s_k``, so the pooled vector keeps the "intensity" of the user's interest;
 but it is then a *sum* over up to L behaviours, whose scale follows the history length more than
-its content (see trainer/RESULTS-offline.md). Padding gets weight 0.
+its content (see trainer/RESULTS-offline.md). Padding gets weight 0. Head input
+``[v_t, h, v_t ⊙ h]`` (``config.cross_features``, as the DARE reference runs its DIN).
 
 >>> from models.testing import random_batch
 >>> cfg = ModelConfig(n_items=50, n_categories=5, dim=4, seq_len=6, activation="dice")
@@ -60,7 +61,7 @@ class DIN(CTRModel):
     name = "din"
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config, n_features=config.token_dim)
+        super().__init__(config, n_features=config.token_dim * (1 + config.cross_features))
         self.unit = ActivationUnit(config.token_dim, config)
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -73,4 +74,5 @@ class DIN(CTRModel):
         else:
             weights = scores * mask
         user = (weights.unsqueeze(-1) * keys).sum(dim=1)  # (B, D)
-        return ModelOutput(logits=self.predict(target, [user], batch), attention=weights)
+        features = self.interests(target, [user])
+        return ModelOutput(logits=self.predict(target, features, batch), attention=weights)

@@ -7,7 +7,10 @@
    each session (residual + LayerNorm) and a masked mean give one interest I_k per session.
 3. A Bi-LSTM runs over the non-empty sessions (oldest first); H_k = forward + backward state.
 4. Target attention (bilinear, softmax over sessions) over I_k and over H_k; head input
-   ``[target, Σ a_k I_k, Σ b_k H_k]``.
+   ``[target, Σ a_k I_k, Σ b_k H_k]``, plus ``target ⊙`` each of the two (``cross_features``).
+
+Caps: 10 sessions x 20 behaviours, a grid of as many slots as the 200-behaviour history the other
+models read (the public code's 5 x 10 kept 27% of the Taobao history and 22% of MovieLens').
 
 ``ModelOutput.attention`` spreads a_k evenly over the behaviours kept for session k, so it is a
 (B, L) distribution over the recent sequence like the other models' (zero on dropped behaviours).
@@ -61,7 +64,7 @@ class DSIN(CTRModel):
 
     def __init__(self, config: ModelConfig) -> None:
         d, s, t = config.token_dim, config.max_sessions, config.session_len
-        super().__init__(config, n_features=2 * d)
+        super().__init__(config, n_features=2 * d * (1 + config.cross_features))
         self.session_bias = nn.Parameter(torch.zeros(s, 1, 1))  # bias encoding w^K
         self.position_bias = nn.Parameter(torch.zeros(1, t, 1))  # w^T
         self.unit_bias = nn.Parameter(torch.zeros(1, 1, d))  # w^C
@@ -82,7 +85,7 @@ class DSIN(CTRModel):
         u_i = (a.unsqueeze(-1) * interests).sum(1)  # (B, D)
         u_h = (b.unsqueeze(-1) * evolved).sum(1)  # (B, D)
         return ModelOutput(
-            logits=self.predict(target, [u_i, u_h], batch),
+            logits=self.predict(target, self.interests(target, [u_i, u_h]), batch),
             attention=self.spread(a, slot, grid_mask),
         )
 

@@ -45,3 +45,10 @@ def test_config_is_frozen() -> None:
     cfg = ModelConfig(n_items=10, n_categories=3)
     with pytest.raises(AttributeError):
         cfg.dim = 3  # type: ignore[misc]
+
+
+def test_a_dict_written_before_cross_features_reads_as_without_them() -> None:
+    cfg = ModelConfig(n_items=10, n_categories=3, dim=4)
+    assert cfg.cross_features
+    old = {k: v for k, v in cfg.to_dict().items() if k != "cross_features"}
+    assert not ModelConfig.from_dict(old).cross_features

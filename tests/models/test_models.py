@@ -255,6 +255,18 @@ def test_dien_backward_does_not_index_the_sequence_per_step() -> None:
 # --- DIN ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["din", "dsin", "bst"])
+def test_cross_features_append_target_times_each_interest(name: str, config: ModelConfig) -> None:
+    """The head input grows by one token width per interest vector, and only by that."""
+    width = {"din": 1, "dsin": 2, "bst": 2}[name] * config.token_dim
+    plain = build(name, replace(config, cross_features=False))
+    cross = build(name, replace(config, cross_features=True))
+    assert cross.head.norm.num_features - plain.head.norm.num_features == width
+    target, h = torch.randn(3, config.token_dim), torch.randn(3, config.token_dim)
+    torch.testing.assert_close(cross.interests(target, [h])[1], target * h)
+    assert plain.interests(target, [h]) == [h]
+
+
 def test_din_weights_are_a_scaled_softmax_unless_raw_weights_are_asked(config: ModelConfig) -> None:
     batch = random_batch(config, batch_size=16, seed=12, min_len=2)
     model = build("din", config)
