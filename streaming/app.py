@@ -21,6 +21,7 @@ from streaming.config import Settings
 from streaming.ingest import Delivery, IngestService, RawMessage
 from streaming.metrics import IngestMetrics
 from streaming.scoring import MAX_REQUEST_BYTES, error_response
+from streaming.transport import SCHEME
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -91,7 +92,7 @@ def create_app(
     directory, which is Faust's default); the worker keeps it under its state directory."""
     if datadir is not None:
         datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
-    servers = ";".join(f"kafka://{s}" for s in settings.bootstrap_servers.split(","))
+    servers = ";".join(f"{SCHEME}://{s}" for s in settings.bootstrap_servers.split(","))
     web: dict[str, Any] = {"web_enabled": False}
     if http_port is not None:
         url = f"http://{settings.http_host}:{http_port}"

@@ -1,0 +1,43 @@
+"""Faust's aiokafka transport with a short broker fetch wait (URL scheme ``twinstream://``).
+
+aiokafka keeps one fetch request in flight per broker, and a partition whose fetched records are
+still buffered is left out of the next request. When the records of ``events`` are all buffered,
+the request that goes out carries only idle partitions (``score-requests``, Faust's leader topic),
+and the broker holds it for ``fetch_max_wait_ms``, which Faust fixes at 1,500 ms; events that
+arrive meanwhile wait with it. Measured at 2,000 events/s: stalls of 1.0-1.5 s several times a
+minute, each followed by ~3,200 events at once. With a 100 ms wait an idle request returns within
+100 ms, so no event waits longer than that for its fetch; an idle worker sends ten small fetch
+requests a second instead of one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiokafka
+from faust.transport import drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+SCHEME = "twinstream"
+FETCH_MAX_WAIT_MS = 100
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        if not hasattr(consumer, "_fetch_max_wait_ms"):  # read by AIOKafkaConsumer.start()
+            raise RuntimeError(f"aiokafka {aiokafka.__version__} has no _fetch_max_wait_ms")
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
+
+
+drivers.TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:Transport")
