@@ -125,13 +125,29 @@ def test_one_command_runs_several_worker_processes_that_share_the_partitions(
 ) -> None:
     events = taobao_events()
     ensure_topics(settings)
-    send(settings, events)
+    send(settings, events[: len(events) // 3])
     with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log", "--processes", "2") as w:
+        dirs = [tmp_path / "w" / f"w{i}" for i in (0, 1)]
+        owned = _wait_until_each_owns_partitions(dirs, settings.topics.events_partitions)
+        send(settings, events[len(events) // 3 :])
         states = wait_caught_up(settings)
-        owned = [{p.name for p in (tmp_path / "w" / f"w{i}").glob("*/p*.rocksdb")} for i in (0, 1)]
     assert w.proc.returncode == 0  # SIGTERM stopped both processes cleanly
-    assert owned[0] and owned[1] and not owned[0] & owned[1]
+    assert not owned[0] & owned[1]
     assert_states_match(states, events)
+
+
+def _wait_until_each_owns_partitions(
+    state_dirs: list[Path], partitions: int, timeout_s: float = 120.0
+) -> list[set[str]]:
+    """The partitions each worker process holds, once every one holds some (a process that
+    joins the group after the first has all partitions gets its share at the next rebalance)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        owned = [{p.name for p in d.glob("*/p*.rocksdb")} for d in state_dirs]
+        if all(owned) and sum(map(len, owned)) == partitions:
+            return owned
+        time.sleep(0.5)
+    raise TimeoutError(f"not every worker process owns partitions: {owned}")
 
 
 def test_bad_input_goes_to_the_dlq_and_valid_state_is_unaffected(
