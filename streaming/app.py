@@ -7,10 +7,11 @@ through the state changelog (see :mod:`streaming.changelog`).
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import faust.web
@@ -68,14 +69,29 @@ class FaustSink:
         await self.app.producer.flush()
 
 
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
+
+
 class Worker(faust.Worker):
-    """``faust.Worker`` without its terminal spinner.
+    """``faust.Worker`` without its terminal spinner, with the collector tuned for streaming.
 
     At a log level of ``warn`` or above the spinner turns on for every log record: Faust sets
     the root logger to DEBUG and adds a handler that spins per record, so each debug call in
     aiokafka and Faust (one per produced message) builds and handles a record. Without it the
     root logger keeps the requested level and those calls return at once.
+
+    Faust allocates several objects per message, so Python's collector ran young collections
+    every 700 allocations and a full one every few seconds over everything imported (torch,
+    Faust): pauses of 150-200 ms in the ingest worker at 2,000 events/s. The objects that exist
+    when the worker starts are frozen out of collections and young collections run every
+    ``GC_YOUNG_THRESHOLD`` allocations: no pause over 50 ms in the same run.
     """
+
+    def execute_from_commandline(self) -> NoReturn:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+        super().execute_from_commandline()
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
