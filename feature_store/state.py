@@ -160,6 +160,14 @@ class Behaviour(NamedTuple):
     dense: tuple[float, ...]
 
 
+def _copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:] = src`` for rows of one packed structured dtype, as whole rows: numpy copies
+    structured arrays field by field (10 µs for 500 behaviours, 1.4 µs as rows). Overlapping
+    ranges of one buffer are fine (numpy buffers an overlapping copy)."""
+    row = np.dtype((np.void, src.dtype.itemsize))
+    dst.view(row)[:] = src.view(row)
+
+
 @lru_cache(maxsize=16)
 def _empty_parts(n_dense: int, dedupe_window: int) -> tuple[np.ndarray, np.ndarray, ClusterState]:
     """The arrays of an empty state, shared and read-only: a state copies them on first write
@@ -372,7 +380,7 @@ class UserState:
         first_session = int(self._buf["session"][self._lo]) if n else 0
         self._reserve(1, config.lifelong_cap)
         buf, at = self._buf, self._lo + p
-        buf[at + 1 : self._hi + 1] = buf[at : self._hi]
+        _copy_rows(buf[at + 1 : self._hi + 1], buf[at : self._hi])
         buf[at] = rec
         self._hi += 1
         self._total += 1
@@ -400,7 +408,7 @@ class UserState:
         n = self._hi - self._lo
         size = min(max(16, 2 * (n + extra)), max(n + extra, cap + cap // 4))
         buf = np.zeros(size, dtype=self._buf.dtype)
-        buf[:n] = self._buf[self._lo : self._hi]
+        _copy_rows(buf[:n], self._buf[self._lo : self._hi])
         self._buf, self._lo, self._hi = buf, 0, n
 
     # ------------------------------------------------------------ encoding
