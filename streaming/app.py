@@ -84,7 +84,7 @@ class Worker(faust.Worker):
     every 700 allocations and a full one every few seconds over everything imported (torch,
     Faust): pauses of 150-200 ms in the ingest worker at 2,000 events/s. The objects that exist
     when the worker starts are frozen out of collections and young collections run every
-    ``GC_YOUNG_THRESHOLD`` allocations: no pause over 50 ms in the same run.
+    ``GC_YOUNG_THRESHOLD`` allocations: no pause over 50 ms in a run of the same load.
     """
 
     def execute_from_commandline(self) -> NoReturn:

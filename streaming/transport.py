@@ -5,8 +5,8 @@ still buffered is left out of the next request. When the records of ``events`` a
 the request that goes out carries only idle partitions (``score-requests``, Faust's leader topic),
 and the broker holds it for ``fetch_max_wait_ms``, which Faust fixes at 1,500 ms; events that
 arrive meanwhile wait with it. Measured at 2,000 events/s: stalls of 1.0-1.5 s several times a
-minute, each followed by ~3,200 events at once. With a 100 ms wait an idle request returns within
-100 ms, so no event waits longer than that for its fetch; an idle worker sends ten small fetch
+minute, each followed by ~3,200 events at once. With a 100 ms wait a request of idle partitions
+returns within 100 ms, and the next one carries the events; an idle worker sends ten small fetch
 requests a second instead of one.
 """
 
