@@ -106,8 +106,6 @@ def create_app(
 ) -> faust.App:
     """The app object. ``datadir``: Faust's own folder (default: ``NAME-data`` in the current
     directory, which is Faust's default); the worker keeps it under its state directory."""
-    if datadir is not None:
-        datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     servers = ";".join(f"{SCHEME}://{s}" for s in settings.bootstrap_servers.split(","))
     web: dict[str, Any] = {"web_enabled": False}
     if http_port is not None:
@@ -119,6 +117,7 @@ def create_app(
             "canonical_url": url,
         }
     if datadir is not None:
+        datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
         web["datadir"] = str(datadir)
     return faust.App(
         f"{settings.topics.prefix}{name}",

@@ -112,8 +112,7 @@ def test_second_worker_mid_stream_takes_partitions_with_their_state(
     with a, b:
         states = wait_caught_up(settings)
         # while both run: each partition's state on exactly one worker
-        owned_a = {p.name for p in (tmp_path / "a").glob("*/p*.rocksdb")}
-        owned_b = {p.name for p in (tmp_path / "b").glob("*/p*.rocksdb")}
+        owned_a, owned_b = _owned_partitions(tmp_path / "a"), _owned_partitions(tmp_path / "b")
     assert owned_a and owned_b and not owned_a & owned_b
     assert_states_match(states, events)
     _, _, partitions = read_changelog(settings)
@@ -136,6 +135,11 @@ def test_one_command_runs_several_worker_processes_that_share_the_partitions(
     assert_states_match(states, events)
 
 
+def _owned_partitions(state_dir: Path) -> set[str]:
+    """The partitions whose RocksDB state a worker keeps under ``state_dir``."""
+    return {p.name for p in state_dir.glob("*/p*.rocksdb")}
+
+
 def _wait_until_each_owns_partitions(
     state_dirs: list[Path], partitions: int, timeout_s: float = 120.0
 ) -> list[set[str]]:
@@ -143,7 +147,7 @@ def _wait_until_each_owns_partitions(
     joins the group after the first has all partitions gets its share at the next rebalance)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        owned = [{p.name for p in d.glob("*/p*.rocksdb")} for d in state_dirs]
+        owned = [_owned_partitions(d) for d in state_dirs]
         if all(owned) and sum(map(len, owned)) == partitions:
             return owned
         time.sleep(0.5)
