@@ -185,6 +185,7 @@ class CTRModel(nn.Module):
 
     name: ClassVar[str] = "base"
     attends: ClassVar[Sequence | None] = "recent"  # which sequence ModelOutput.attention covers
+    encoder: ClassVar[tuple[str, ...]] = ()  # attributes that make up the sequence encoder
 
     def __init__(self, config: ModelConfig, n_features: int) -> None:
         super().__init__()
@@ -241,3 +242,9 @@ class CTRModel(nn.Module):
         """Every other parameter (for Adam with weight decay)."""
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The dense parameters of the sequence encoder (self-attention blocks, recurrent layers
+        and their position encodings), the attributes named in ``encoder``: the trainer gives
+        them their own learning rate (``LearnerConfig.encoder_lr``). Empty for models without."""
+        return [p for n, p in self.named_parameters() if n.split(".", 1)[0] in self.encoder]

@@ -51,6 +51,7 @@ class Block(nn.Module):
 
 class BST(CTRModel):
     name = "bst"
+    encoder = ("position", "target_position", "blocks")
 
     def __init__(self, config: ModelConfig) -> None:
         d = config.token_dim

@@ -63,6 +63,7 @@ class AUGRU(nn.Module):
 
 class DIEN(CTRModel):
     name = "dien"
+    encoder = ("extractor", "evolution")
 
     def __init__(self, config: ModelConfig) -> None:
         d = config.token_dim

@@ -61,6 +61,7 @@ def session_slots(
 
 class DSIN(CTRModel):
     name = "dsin"
+    encoder = ("session_bias", "position_bias", "unit_bias", "self_attn", "norm", "lstm")
 
     def __init__(self, config: ModelConfig) -> None:
         d, s, t = config.token_dim, config.max_sessions, config.session_len

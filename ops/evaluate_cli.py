@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=positive_int, default=200)
     p.add_argument("--batch-size", type=positive_int, default=2048)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument(
+        "--encoder-lr", type=float, default=0.001, help="sequence encoders (BST, DSIN, DIEN)"
+    )
     p.add_argument("--negatives", type=int, default=2)
     p.add_argument("--min-events", type=positive_int, default=3, help="drop shorter users")
     p.add_argument("--train-stride", type=positive_int, default=1, help="DARE: 5")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         dim=args.dim,
         topk=args.topk,
         lr=args.lr,
+        encoder_lr=args.encoder_lr,
         device=args.device,
         max_batches=args.max_batches,
         progress=args.progress,

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--ttl", type=positive_int, default=None, help="id expiry (steps)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--lr", type=float, default=0.01)
+    opt.add_argument(
+        "--encoder-lr", type=float, default=0.001, help="sequence encoders (BST, DSIN, DIEN)"
+    )
     opt.add_argument("--l2", type=float, default=1e-6)
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
@@ -113,6 +116,7 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
         metrics_window=args.metrics_window,
         device=args.device,
         lr=args.lr,
+        encoder_lr=args.encoder_lr,
         l2=args.l2,
         min_count=args.min_count,
         ttl=args.ttl,

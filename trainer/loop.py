@@ -14,6 +14,11 @@
   row-wise optimizers) and what makes per-event online learning affordable.
 - **dense parameters** use Adam (fused kernels on CUDA) with L2 ``l2`` on weight matrices (not on
   biases or norm parameters), ``lr`` = 0.01 as in the public DARE code.
+- **sequence encoders** (``model.encoder_parameters()``: BST's Transformer block, DSIN's session
+  self-attention and Bi-LSTM, DIEN's GRU and AUGRU) get a separate Adam at ``encoder_lr`` = 0.001,
+  the rate Transformer recommenders such as SASRec train at. At 0.01 from the first step BST's
+  and DSIN's encoders lost to plain mean pooling on MovieLens (``trainer/RESULTS-offline.md``);
+  the embeddings and the head keep 0.01. One rule for every model that has such an encoder.
 
 Loss: binary cross-entropy on the logits plus the model's auxiliary loss (DIEN), if any; the model
 weights that one itself (``ModelConfig.aux_loss_weight``).
@@ -39,6 +44,7 @@ class LearnerConfig:
     l2: float = 1e-6  # L2 on dense weight matrices
     device: str | None = None  # None: CUDA when available, else CPU
     sparse_optimizer: Literal["lazy_adam", "sparse_adam"] = "lazy_adam"  # same update
+    encoder_lr: float = 0.001  # the model's sequence encoder (model.encoder_parameters())
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -51,19 +57,23 @@ def resolve_device(name: str | None) -> torch.device:
 def _optimizers(
     model: CTRModel, cfg: LearnerConfig, device: torch.device
 ) -> list[torch.optim.Optimizer]:
+    """[sparse tables (lazy Adam)], [dense (Adam)], [sequence encoder (Adam)]: an optimizer per
+    kind the model has, in that order (a snapshot's optimizer state lists them so)."""
     sparse = list(model.sparse_parameters())
-    dense = list(model.dense_parameters())
-    groups = [
-        {"params": [p for p in dense if p.ndim >= 2], "weight_decay": cfg.l2},
-        {"params": [p for p in dense if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    encoder = {id(p) for p in model.encoder_parameters()}
+    dense = [p for p in model.dense_parameters() if id(p) not in encoder]
     out: list[torch.optim.Optimizer] = []
     if sparse:
         lazy = LazyAdam if cfg.sparse_optimizer == "lazy_adam" else torch.optim.SparseAdam
         out.append(lazy(sparse, lr=cfg.lr))
-    groups = [g for g in groups if g["params"]]
-    if groups:
-        out.append(torch.optim.Adam(groups, lr=cfg.lr, fused=device.type == "cuda"))
+    for params, lr in ((dense, cfg.lr), (model.encoder_parameters(), cfg.encoder_lr)):
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.l2},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if groups:
+            out.append(torch.optim.Adam(groups, lr=lr, fused=device.type == "cuda"))
     return out
 
 

@@ -41,6 +41,7 @@ class EvalConfig:
     dim: int = 64
     topk: int = 20
     lr: float = 0.01
+    encoder_lr: float = 0.001  # sequence encoders (BST, DSIN, DIEN); see trainer.loop
     device: str | None = None
     max_batches: int | None = None  # per epoch, for smoke runs
     progress: bool = True
@@ -206,7 +207,7 @@ def train_one(
     """Train one model with one seed, select the epoch on valid AUC, score the test split."""
     torch.manual_seed(seed)
     model = models.build_model(name, model_config(ds, cfg))
-    learner = Learner(model, LearnerConfig(lr=cfg.lr, device=cfg.device))
+    learner = Learner(model, LearnerConfig(lr=cfg.lr, encoder_lr=cfg.encoder_lr, device=cfg.device))
     total = _batches_per_epoch(ds, cfg) * cfg.epochs
     with tqdm(
         total=total,

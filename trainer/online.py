@@ -99,6 +99,7 @@ class TrainerConfig:
     metrics_window: int = 10_000  # target rows in the sliding AUC / GAUC / logloss window
     device: str = "auto"  # "auto": CUDA when available, else CPU
     lr: float = 0.01
+    encoder_lr: float = 0.001  # the model's sequence encoder, if it has one (trainer.loop)
     l2: float = 1e-6
     min_count: int = 1  # IdMap frequency filter
     ttl: int | None = None  # IdMap expiry (observe calls); None: ids never expire
@@ -218,7 +219,12 @@ class OnlineTrainer:
         self.comm = comm
         torch.manual_seed(config.seed)
         model = build_model(config.model, config.model_config)
-        self.learner = Learner(model, LearnerConfig(config.lr, config.l2, device=str(device)))
+        self.learner = Learner(
+            model,
+            LearnerConfig(
+                lr=config.lr, l2=config.l2, encoder_lr=config.encoder_lr, device=str(device)
+            ),
+        )
         self.mapper = FeatureMapper(config.mapper_config)
         self.metrics = SlidingWindowMetrics(config.metrics_window)
         self.attention = AttentionWindow(config.metrics_window)
@@ -280,7 +286,7 @@ class OnlineTrainer:
         self.mapper.load_state_dict(snap.mapper.state_dict())
         blob = snap.optimizer_bytes()
         if blob is not None:
-            load_optimizer_state(blob, self.learner.optimizers)
+            self._load_moments(path, blob)
         m = snap.manifest
         if m.topic == self.settings.topics.samples:
             self.offsets = dict(m.offsets)
@@ -288,6 +294,16 @@ class OnlineTrainer:
             log.warning("snapshot offsets are for %r; %r from the start", m.topic, self.topic)
         self.learner.steps, self.rows_total, self.version = m.step, m.samples, m.version
         log.info("resumed from %s: step %d, offsets %s", path, m.step, self.offsets)
+
+    def _load_moments(self, path: Path, blob: bytes) -> None:
+        """Optimizer moments, when they fit this trainer's optimizers. A snapshot written before
+        the sequence encoder got its own optimizer (``encoder_lr``) holds one optimizer fewer:
+        its weights still load, and the moments start again (Adam re-estimates them in ~100
+        steps)."""
+        try:
+            load_optimizer_state(blob, self.learner.optimizers)
+        except SnapshotError as err:
+            log.warning("%s: optimizer moments not restored (%s); they start afresh", path, err)
 
     # ------------------------------------------------------------ the loop
 

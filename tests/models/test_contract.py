@@ -246,6 +246,15 @@ def test_sparse_dense_parameter_split(name: str, sparse: bool, config: ModelConf
     assert {named[i] for i in sparse_ids} == (tables if sparse else set())
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_encoder_parameters_are_dense_and_named(name: str, config: ModelConfig) -> None:
+    model = build(name, config)
+    assert all(hasattr(model, attr) for attr in model.encoder)
+    encoder = {id(p) for p in model.encoder_parameters()}
+    assert encoder <= {id(p) for p in model.dense_parameters()}
+    assert bool(encoder) == (name in ("bst", "dsin", "dien"))
+
+
 def test_registry_rejects_unknown_names(config: ModelConfig) -> None:
     with pytest.raises(ValueError, match="unknown model 'sim'"):
         build_model("sim", config)

@@ -40,6 +40,25 @@ def test_sparse_tables_use_sparse_adam_and_dense_weights_adam_with_l2() -> None:
     assert decayed["lr"] == 0.01
 
 
+@pytest.mark.parametrize("name", ["bst", "dsin", "dien"])
+def test_a_sequence_encoder_gets_its_own_adam_at_encoder_lr(name: str) -> None:
+    torch.manual_seed(0)
+    lrn = Learner(models.build_model(name, CFG), LearnerConfig(device="cpu", encoder_lr=3e-4))
+    sparse, dense, encoder = lrn.optimizers
+    params = {opt: [p for g in opt.param_groups for p in g["params"]] for opt in lrn.optimizers}
+    assert {id(p) for p in params[encoder]} == {id(p) for p in lrn.model.encoder_parameters()}
+    assert all(g["lr"] == 3e-4 for g in encoder.param_groups)
+    assert all(g["lr"] == 0.01 for g in [*dense.param_groups, *sparse.param_groups])
+    every = [id(p) for opt in lrn.optimizers for p in params[opt]]
+    assert sorted(every) == sorted(id(p) for p in lrn.model.parameters())  # each exactly once
+
+
+@pytest.mark.parametrize("name", ["mean", "din", "twin", "twin_v2", "dare"])
+def test_models_without_a_sequence_encoder_keep_two_optimizers(name: str) -> None:
+    lrn = Learner(models.build_model(name, CFG), LearnerConfig(device="cpu"))
+    assert lrn.model.encoder_parameters() == [] and len(lrn.optimizers) == 2
+
+
 def test_torch_sparse_adam_can_be_chosen() -> None:
     model = models.build_model("mean", CFG)
     lrn = Learner(model, LearnerConfig(device="cpu", sparse_optimizer="sparse_adam"))

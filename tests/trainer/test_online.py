@@ -132,17 +132,18 @@ def test_new_rows_get_fresh_weights_and_zero_optimizer_moments(
     assert weight[0].abs().sum() == 0  # padding row untouched
 
 
+@pytest.mark.parametrize("model", ["dare", "bst"])  # bst: a third optimizer, its encoder's
 def test_a_restart_resumes_weights_id_maps_optimizer_and_counters(
-    tmp_path: Path, blobs: list[bytes]
+    tmp_path: Path, blobs: list[bytes], model: str
 ) -> None:
-    first = OnlineTrainer(SETTINGS, config(tmp_path))
+    first = OnlineTrainer(SETTINGS, config(tmp_path, model=model))
     for arrays in batches(blobs)[:4]:
         first.learn_arrays(arrays)
     first.offsets = {0: 17, 2: 5}
     written = first.snapshot()
     assert written is not None and written.manifest.offsets == {0: 17, 2: 5}
 
-    second = OnlineTrainer(SETTINGS, config(tmp_path))
+    second = OnlineTrainer(SETTINGS, config(tmp_path, model=model))
     assert (second.step, second.rows_total, second.version) == (first.step, first.rows_total, 1)
     assert second.offsets == {0: 17, 2: 5}
     for (name, x), y in zip(
@@ -157,6 +158,25 @@ def test_a_restart_resumes_weights_id_maps_optimizer_and_counters(
         second.learn_arrays(arrays)
     assert torch.equal(first.model.item.weight, second.model.item.weight)
     assert second.snapshot() is not None and second.version == 2
+
+
+def test_moments_of_an_older_optimizer_layout_are_dropped_and_the_weights_kept(
+    tmp_path: Path, blobs: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A BST snapshot written before its encoder had an optimizer of its own (two, not three)."""
+    first = OnlineTrainer(SETTINGS, config(tmp_path, model="bst"))
+    first.learn_arrays(batches(blobs)[0])
+    first.learner.optimizers = first.learner.optimizers[:2]
+    first.snapshot()
+    second = OnlineTrainer(SETTINGS, config(tmp_path, model="bst"))
+    assert "optimizer moments not restored" in caplog.text
+    assert len(second.learner.optimizers) == 3 and second.step == first.step
+    for (name, x), y in zip(
+        first.model.state_dict().items(), second.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(x, y), name
+    second.learn_arrays(batches(blobs)[1])
+    assert second.step == first.step + 1
 
 
 def test_a_snapshot_of_another_config_stops_the_trainer(tmp_path: Path, blobs: list[bytes]) -> None:
