@@ -386,9 +386,13 @@ class FrequencySampler:
 
     def _fold(self) -> None:
         self._folded[: self._n] = self.counts()
+        self._cumulate()
+        self._recent = []
+
+    def _cumulate(self) -> None:
+        """``_cum`` and ``_folded_total`` from the folded counts."""
         self._cum = np.cumsum(self._folded[: self._n])
         self._folded_total = int(self._cum[-1]) if self._n else 0
-        self._recent = []
 
     def _add(self, item: int) -> int:
         if self._n == self._items.shape[0]:
@@ -461,8 +465,7 @@ class FrequencySampler:
         out._items[:n], out._cats[:n], out._folded[:n] = cols[: 3 * n].reshape(3, n)
         out._index = {item: i for i, item in enumerate(out._items[:n].tolist())}
         out._n, out._recent = n, recent
-        out._cum = np.cumsum(out._folded[:n])
-        out._folded_total = int(out._cum[-1]) if n else 0
+        out._cumulate()
         return out
 
 
