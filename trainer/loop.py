@@ -60,13 +60,14 @@ def _optimizers(
     """[sparse tables (lazy Adam)], [dense (Adam)], [sequence encoder (Adam)]: an optimizer per
     kind the model has, in that order (a snapshot's optimizer state lists them so)."""
     sparse = list(model.sparse_parameters())
-    encoder = {id(p) for p in model.encoder_parameters()}
-    dense = [p for p in model.dense_parameters() if id(p) not in encoder]
+    encoder = model.encoder_parameters()
+    encoder_ids = {id(p) for p in encoder}
+    dense = [p for p in model.dense_parameters() if id(p) not in encoder_ids]
     out: list[torch.optim.Optimizer] = []
     if sparse:
         lazy = LazyAdam if cfg.sparse_optimizer == "lazy_adam" else torch.optim.SparseAdam
         out.append(lazy(sparse, lr=cfg.lr))
-    for params, lr in ((dense, cfg.lr), (model.encoder_parameters(), cfg.encoder_lr)):
+    for params, lr in ((dense, cfg.lr), (encoder, cfg.encoder_lr)):
         groups = [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.l2},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
