@@ -61,7 +61,15 @@ def run(args: argparse.Namespace) -> int:
     from ops.malloc import tune_malloc
     from streaming.sources import load_log
     from trainer.dataset import DatasetConfig, build_dataset
-    from trainer.offline import EvalConfig, markdown_table, run_evaluation, summarise, write_report
+    from trainer.offline import (
+        EvalConfig,
+        compare_to_baseline,
+        comparison_table,
+        markdown_table,
+        run_evaluation,
+        summarise,
+        write_report,
+    )
     from trainer.retrieval import load_truth
 
     tune_malloc()  # keep freed tensor buffers: a training step re-faults ~100 MB of them otherwise
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_evaluation(ds, ecfg, truth, lambda rs: write_report(args.out, rs, meta))
     paths = write_report(args.out, results, meta)
     print(markdown_table(summarise(results)))
+    print(comparison_table(compare_to_baseline(results)), end="")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

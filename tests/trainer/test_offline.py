@@ -19,6 +19,8 @@ from trainer.offline import (
     EvalConfig,
     RunResult,
     SplitScores,
+    compare_to_baseline,
+    comparison_table,
     markdown_table,
     run_evaluation,
     summarise,
@@ -46,14 +48,42 @@ def test_every_model_trains_and_scores(ds: OfflineDataset, name: str) -> None:
         assert result.ndcg_exact is not None and 0.0 < result.ndcg_exact <= 1.0 + 1e-9
 
 
-def test_summary_is_mean_and_std_over_seeds() -> None:
-    def run(seed: int, a: float) -> RunResult:
-        return RunResult("m", seed, SplitScores(a, a, 0.5, 10), a, 0, 1, 2.0, 100, [], None, None)
+def _run(model: str, seed: int, auc: float) -> RunResult:
+    return RunResult(
+        model, seed, SplitScores(auc, auc, 0.5, 10), auc, 0, 1, 2.0, 100, [], None, None
+    )
 
-    (s,) = summarise([run(0, 0.7), run(1, 0.8), run(2, 0.9)])
+
+def test_summary_is_mean_and_std_over_seeds() -> None:
+    (s,) = summarise([_run("m", 0, 0.7), _run("m", 1, 0.8), _run("m", 2, 0.9)])
     assert s.auc[0] == pytest.approx(0.8) and s.auc[1] == pytest.approx(0.1)
     assert s.samples_per_s == pytest.approx(50.0)
     assert "0.8000 ± 0.1000" in markdown_table([s])
+
+
+def test_comparison_pairs_seeds_with_the_baseline() -> None:
+    results = [_run("mean", s, a) for s, a in enumerate([0.70, 0.80, 0.75])]
+    results += [_run("din", s, a) for s, a in enumerate([0.72, 0.79, 0.78])]  # +.02 -.01 +.03
+    results += [_run("bst", 2, 0.70)]  # one seed only: compared on that seed, no t
+    din, bst = compare_to_baseline(results)
+    assert din.delta[0] == pytest.approx(0.04 / 3) and din.delta[1] == pytest.approx(0.020817, 1e-4)
+    assert (din.wins, din.seeds) == (2, 3)
+    assert din.t == pytest.approx((0.04 / 3) / (0.020817 / math.sqrt(3)), 1e-4)
+    assert (bst.delta[0], bst.wins, bst.seeds) == (pytest.approx(-0.05), 0, 1) and math.isnan(bst.t)
+    table = comparison_table([din, bst])
+    assert "| din | +0.0133 ± 0.0208 | 2/3 | +1.11 |" in table and "mean's" in table
+
+
+def test_comparison_needs_the_baseline() -> None:
+    assert compare_to_baseline([_run("din", 0, 0.7)]) == []
+    assert comparison_table([]) == ""
+
+
+def test_identical_seeds_give_an_infinite_t() -> None:
+    (c,) = compare_to_baseline(
+        [_run("mean", s, 0.7) for s in (0, 1)] + [_run("din", s, 0.8) for s in (0, 1)]
+    )
+    assert c.t == math.inf and c.wins == 2
 
 
 def test_cli_writes_json_markdown_and_plots(tmp_path: Path) -> None:
@@ -95,6 +125,9 @@ def test_cli_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert len(report["runs"]) == 4
     dare = report["summary"][1]
     assert dare["ndcg_exact"] is not None and dare["ndcg_truth"] is not None
-    assert "| dare |" in (out / "results.md").read_text()
+    (against,) = report["against_mean_pooling"]
+    assert (against["model"], against["baseline"], against["seeds"]) == ("dare", "mean", 2)
+    markdown = (out / "results.md").read_text()
+    assert "| dare |" in markdown and "Against mean pooling, paired by seed" in markdown
     for png in ("auc.png", "attention.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
