@@ -327,6 +327,30 @@ def test_dsin_ignores_behaviours_outside_the_kept_sessions(config: ModelConfig) 
     torch.testing.assert_close(out.attention.sum(1), torch.ones(8))
 
 
+def test_dsin_weighs_the_session_holding_the_target_most_before_training(
+    config: ModelConfig,
+) -> None:
+    config = replace(config, dim=16, n_items=1000, n_categories=100)  # rare collisions
+    batch = random_batch(config, batch_size=64, seed=15, min_len=12, session_break=0.4)
+    t = config.session_len
+    slot = session_slots(batch.hist_session, batch.hist_mask, config.max_sessions, t)  # (B, L)
+    pos = (torch.rand(slot.shape, generator=torch.Generator().manual_seed(1)) * (slot >= 0)).argmax(
+        1
+    )
+    rows = torch.arange(64)
+    batch = replace(
+        batch,
+        target_item=batch.hist_item[rows, pos],
+        target_category=batch.hist_category[rows, pos],
+    )
+    attention = build("dsin", config)(batch).attention  # (B, L), a_k spread over session k
+    assert attention is not None
+    session = torch.where(slot >= 0, slot // t, 0)
+    per_session = torch.zeros(64, config.max_sessions).scatter_add(1, session, attention)
+    # W = I: softmax(I_k · target); a random W picks the target's session 1 time in 3
+    assert (per_session.argmax(1) == slot[rows, pos] // t).float().mean() > 0.85
+
+
 # --- BST ----------------------------------------------------------------------------------------
 
 
