@@ -221,6 +221,20 @@ def test_state_dict_round_trip_through_safetensors(name: str, config: ModelConfi
     assert torch.equal(model(batch).logits, clone(batch).logits)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_cuda_scores_as_the_cpu_does_and_trains(name: str, config: ModelConfig) -> None:
+    batch = random_batch(config, batch_size=16, n_clusters=9, seed=10)
+    model = build(name, config, seed=3).eval()
+    on_cpu = model(batch).logits.detach()
+    gpu_batch = random_batch(config, batch_size=16, n_clusters=9, seed=10, device="cuda")
+    model.to("cuda")
+    on_gpu = model(gpu_batch).logits.detach()
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(train_step(model, gpu_batch)).item()  # Adam + SparseAdam on the GPU
+    assert not torch.equal(model.eval()(gpu_batch).logits.detach(), on_gpu)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_inputs_are_not_mutated(name: str, config: ModelConfig) -> None:
     batch = random_batch(config, batch_size=8, n_clusters=9, seed=9)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import models
 from ops import evaluate_cli
@@ -46,6 +47,13 @@ def test_every_model_trains_and_scores(ds: OfflineDataset, name: str) -> None:
         assert result.attention_by_position and np.isfinite(result.attention_by_position).all()
     if name in ("twin", "dare"):  # two-stage over the recent sequence
         assert result.ndcg_exact is not None and 0.0 < result.ndcg_exact <= 1.0 + 1e-9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_every_model_evaluates_on_cuda(ds: OfflineDataset, name: str) -> None:
+    (result,) = run_evaluation(ds, replace(TINY, models=(name,), device="cuda"))
+    assert 0.0 <= result.test.auc <= 1.0 and math.isfinite(result.test.logloss)
 
 
 def _run(model: str, seed: int, auc: float) -> RunResult:
