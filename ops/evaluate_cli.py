@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="oldest event time kept (s); historical logs such as MovieLens start in 1996",
     )
+    p.add_argument(
+        "--baseline", default="mean", help="model the others are compared with, seed by seed"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--out", type=Path, required=True)
 
@@ -111,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
         "eval config": ecfg,
         "device": _device_name(args.device),
     }
-    results = run_evaluation(ds, ecfg, truth, lambda rs: write_report(args.out, rs, meta))
-    paths = write_report(args.out, results, meta)
+    results = run_evaluation(
+        ds, ecfg, truth, lambda rs: write_report(args.out, rs, meta, args.baseline)
+    )
+    paths = write_report(args.out, results, meta, args.baseline)
     print(markdown_table(summarise(results)))
-    print(comparison_table(compare_to_baseline(results)), end="")
+    print(comparison_table(compare_to_baseline(results, args.baseline)), end="")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -408,19 +408,23 @@ def markdown_table(summaries: list[Summary]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def write_report(out: Path, results: list[RunResult], meta: dict[str, object]) -> list[Path]:
-    """Write results.json, results.md, auc.png and attention.png into ``out``."""
+def write_report(
+    out: Path, results: list[RunResult], meta: dict[str, object], baseline: str = "mean"
+) -> list[Path]:
+    """Write results.json, results.md, auc.png and attention.png into ``out``; each model is also
+    compared with ``baseline`` seed by seed when the baseline ran."""
     out.mkdir(parents=True, exist_ok=True)
     summaries = summarise(results)
+    comparisons = compare_to_baseline(results, baseline)
     payload = {
         "meta": meta,
         "summary": [asdict(s) for s in summaries],
-        "against_mean_pooling": [asdict(c) for c in compare_to_baseline(results)],
+        "against_baseline": [asdict(c) for c in comparisons],
         "runs": [asdict(r) | {"samples_per_s": r.samples_per_s} for r in results],
     }
     paths = [out / "results.json", out / "results.md", out / "auc.png", out / "attention.png"]
     paths[0].write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    paths[1].write_text(_markdown_report(summaries, compare_to_baseline(results), meta))
+    paths[1].write_text(_markdown_report(summaries, comparisons, meta))
     plot_auc(summaries, paths[2])
     plot_attention(results, paths[3])
     return paths
@@ -442,7 +446,11 @@ def _markdown_report(
         + "\n".join(lines)
         + "\n\n"
         + markdown_table(summaries)
-        + (f"\n## Against mean pooling, paired by seed\n\n{against}" if against else "")
+        + (
+            f"\n## Against {comparisons[0].baseline}, paired by seed\n\n{against}"
+            if against
+            else ""
+        )
     )
 
 

@@ -133,9 +133,9 @@ def test_cli_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert len(report["runs"]) == 4
     dare = report["summary"][1]
     assert dare["ndcg_exact"] is not None and dare["ndcg_truth"] is not None
-    (against,) = report["against_mean_pooling"]
+    (against,) = report["against_baseline"]
     assert (against["model"], against["baseline"], against["seeds"]) == ("dare", "mean", 2)
     markdown = (out / "results.md").read_text()
-    assert "| dare |" in markdown and "Against mean pooling, paired by seed" in markdown
+    assert "| dare |" in markdown and "## Against mean, paired by seed" in markdown
     for png in ("auc.png", "attention.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
