@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import numpy as np
 import orjson
 
 from streaming.schema import MIN_TS, Event, InvalidEvent, Reason, parse_event, validate_record
+
+log = logging.getLogger(__name__)
 
 TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "type", "ts")
 MAX_EXAMPLES = 20
@@ -334,8 +337,11 @@ def load_log(
     movielens: MovieLensOptions | None = None,
     min_ts: float = MIN_TS,
 ) -> EventLog:
-    """Read a log into columnar form (event-time order). Bad rows are skipped and counted."""
-    events, _ = read_events(path, fmt, mapping=mapping, movielens=movielens, min_ts=min_ts)
+    """Read a log into columnar form (event-time order). Bad rows are skipped, and a warning says
+    how many for each reason (``read_events`` returns the full report)."""
+    events, report = read_events(path, fmt, mapping=mapping, movielens=movielens, min_ts=min_ts)
+    if report.bad:
+        log.warning("%s: skipped bad rows; %s", path, report.summary())
     return EventLog.from_events(events)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 import orjson
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streaming.sources import ColumnMapping, EventLog, MovieLensOptions, read_events
+from streaming.sources import ColumnMapping, EventLog, MovieLensOptions, load_log, read_events
 from tests.conftest import shared_file
 
 TS = 1_511_658_000
@@ -57,6 +58,20 @@ def test_bad_taobao_rows_are_counted_with_reasons(tmp_path: Path) -> None:
         "bad_value": 1,
     }
     assert sorted(e.line for e in report.examples) == list(range(2, 9))
+
+
+def test_load_log_warns_how_many_rows_it_skipped(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    rows = f"1,10,5,pv,{TS}\n1,11,5,pv,{TS + 1}\n1,12,5,pv,820454400\n".encode()  # last: 1996
+    with caplog.at_level(logging.WARNING, logger="streaming.sources"):
+        log = load_log(write(tmp_path, "t.csv", rows), "taobao")
+    assert len(log.ts) == 2
+    (record,) = caplog.records
+    assert "t.csv: skipped bad rows; 3 rows: 2 valid" in record.getMessage()
+    assert "bad_timestamp=1" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streaming.sources"):
+        assert len(load_log(tmp_path / "t.csv", "taobao", min_ts=0.0).ts) == 3
+    assert not caplog.records
 
 
 def test_movielens_ratings_and_genres(tmp_path: Path) -> None:
