@@ -14,7 +14,7 @@
    product TWIN and DARE attend with: a session holding the target's item or category is weighted
    up from the first step, where PyTorch's default random W weighs sessions arbitrarily and one
    epoch on Taobao (150 steps) does not undo that. 5-seed test AUC, random W → W = I: Taobao
-   0.7744 → 0.7878, MovieLens 0.6232 → 0.6062 (trainer/RESULTS-offline.md, round 4).
+   0.7744 → 0.7878, MovieLens 0.6232 → 0.6217 (trainer/RESULTS-offline.md, round 4).
 
 Caps: 10 sessions x 20 behaviours, a grid of as many slots as the 200-behaviour history the other
 models read (the public code's 5 x 10 kept 27% of the Taobao history and 22% of MovieLens').
