@@ -323,8 +323,9 @@ class Comparison:
     """A model's test AUC minus the baseline's, paired by seed (same data, same seed).
 
     Seeds move test AUC by more than some models differ on a small log, so a mean alone can
-    mislead: ``wins`` counts the seeds where the model is ahead, and ``t`` is the paired t
-    statistic (|t| > 2.78 is significant at 5% for 5 seeds, two-sided).
+    mislead: ``wins`` counts the seeds where the model is ahead, ``t`` is the paired t statistic
+    and ``significant`` says whether |t| exceeds Student's two-sided 5% critical value for
+    ``seeds - 1`` degrees of freedom (2.78 for 5 seeds).
     """
 
     model: str
@@ -333,6 +334,31 @@ class Comparison:
     wins: int  # seeds where the model's test AUC is above the baseline's
     seeds: int  # seeds both ran
     t: float  # mean / (std / sqrt(seeds)); nan with fewer than 2 seeds, inf if std is 0
+
+    @property
+    def significant(self) -> bool:
+        return self.seeds >= 2 and abs(self.t) > t_critical_5pct(self.seeds - 1)
+
+
+# Student's t, two-sided 5% critical values for 1..30 degrees of freedom (then the normal's 1.96).
+# fmt: off
+_T_CRITICAL_5PCT = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+# fmt: on
+
+
+def t_critical_5pct(df: int) -> float:
+    """|t| above which a two-sided paired t-test rejects at 5%.
+
+    >>> t_critical_5pct(4), t_critical_5pct(1000)
+    (2.776, 1.96)
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _T_CRITICAL_5PCT[df - 1] if df <= len(_T_CRITICAL_5PCT) else 1.96
 
 
 def compare_to_baseline(results: list[RunResult], baseline: str = "mean") -> list[Comparison]:
@@ -378,10 +404,11 @@ def comparison_table(comparisons: list[Comparison]) -> str:
         return ""
     head = (
         f"| model | test AUC − {comparisons[0].baseline}'s (mean ± std over seeds) "
-        "| seeds ahead | paired t |\n|---|---|---|---|\n"
+        "| seeds ahead | paired t | significant at 5% |\n|---|---|---|---|---|\n"
     )
     rows = [
-        f"| {c.model} | {c.delta[0]:+.4f} ± {c.delta[1]:.4f} | {c.wins}/{c.seeds} | {c.t:+.2f} |"
+        f"| {c.model} | {c.delta[0]:+.4f} ± {c.delta[1]:.4f} | {c.wins}/{c.seeds} | {c.t:+.2f} "
+        f"| {'yes' if c.significant else 'no'} |"
         for c in comparisons
     ]
     return head + "\n".join(rows) + "\n"
@@ -419,7 +446,7 @@ def write_report(
     payload = {
         "meta": meta,
         "summary": [asdict(s) for s in summaries],
-        "against_baseline": [asdict(c) for c in comparisons],
+        "against_baseline": [asdict(c) | {"significant": c.significant} for c in comparisons],
         "runs": [asdict(r) | {"samples_per_s": r.samples_per_s} for r in results],
     }
     paths = [out / "results.json", out / "results.md", out / "auc.png", out / "attention.png"]

@@ -79,7 +79,16 @@ def test_comparison_pairs_seeds_with_the_baseline() -> None:
     assert din.t == pytest.approx((0.04 / 3) / (0.020817 / math.sqrt(3)), 1e-4)
     assert (bst.delta[0], bst.wins, bst.seeds) == (pytest.approx(-0.05), 0, 1) and math.isnan(bst.t)
     table = comparison_table([din, bst])
-    assert "| din | +0.0133 ± 0.0208 | 2/3 | +1.11 |" in table and "mean's" in table
+    assert "| din | +0.0133 ± 0.0208 | 2/3 | +1.11 | no |" in table and "mean's" in table
+    assert not din.significant and not bst.significant  # t 1.11 < 4.303 (2 degrees of freedom)
+
+
+def test_a_consistent_lead_is_significant() -> None:
+    results = [_run("mean", s, 0.70 + 0.01 * s) for s in range(5)]
+    results += [_run("din", s, 0.73 + 0.01 * s + 0.002 * (-1) ** s) for s in range(5)]
+    (c,) = compare_to_baseline(results)
+    assert c.wins == 5 and c.t > 2.776 and c.significant
+    assert "| yes |" in comparison_table([c])
 
 
 def test_comparison_needs_the_baseline() -> None:
@@ -135,6 +144,7 @@ def test_cli_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert dare["ndcg_exact"] is not None and dare["ndcg_truth"] is not None
     (against,) = report["against_baseline"]
     assert (against["model"], against["baseline"], against["seeds"]) == ("dare", "mean", 2)
+    assert isinstance(against["significant"], bool)
     markdown = (out / "results.md").read_text()
     assert "| dare |" in markdown and "## Against mean, paired by seed" in markdown
     for png in ("auc.png", "attention.png"):
