@@ -119,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
     )
     paths = write_report(args.out, results, meta, args.baseline)
     print(markdown_table(summarise(results)))
-    print(comparison_table(compare_to_baseline(results, args.baseline)), end="")
+    if args.baseline in names:
+        print(comparison_table(compare_to_baseline(results, args.baseline)), end="")
+    else:
+        print(f"no seed-paired comparison: --baseline {args.baseline} is not among --models")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -103,6 +103,23 @@ def test_identical_seeds_give_an_infinite_t() -> None:
     assert c.t == math.inf and c.wins == 2
 
 
+def test_cli_says_when_the_baseline_did_not_run(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    synth = generate(GeneratorConfig(users=8, categories=10, long_users=0, seed=2))
+    synth.write(tmp_path / "UserBehavior.csv")
+    args = ["--data", str(tmp_path / "UserBehavior.csv"), "--format", "taobao", "--models", "din"]
+    args += ["--seeds", "1", "--epochs", "1", "--dim", "4", "--seq-len", "8", "--max-batches", "1"]
+    args += [
+        "--behaviour-types",
+        "click,cart,fav,buy",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert evaluate_cli.main(args) == 0
+    assert "--baseline mean is not among --models" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["against_baseline"] == []
+
+
 def test_cli_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     synth = generate(GeneratorConfig(users=15, categories=10, long_users=0, seed=1))
     truth = synth.write(tmp_path / "UserBehavior.csv")
