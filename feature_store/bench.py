@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from contracts.schema import TYPE_ALIASES, Event
 from feature_store.clustering import ClusterConfig, ClusterState, update
 from feature_store.ingest import PartitionWorker
 from feature_store.samples import decode_samples, encode_sample, make_targets
 from feature_store.state import UserState, behaviour_dtype
 from feature_store.store import MemoryStore
-from streaming.schema import TYPE_ALIASES, Event
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -13,7 +13,7 @@ already advanced the in-memory sampler and pending impressions. A timer calls :m
 expired attribution windows (explicit mode).
 
 >>> from feature_store.store import MemoryStore
->>> from streaming.schema import Event, EventType
+>>> from contracts.schema import Event, EventType
 >>> worker = PartitionWorker(MemoryStore(), partition=0)
 >>> events = [(i, Event("u1", str(i % 3), EventType.CLICK, 1e9 + 60 * i, "9")) for i in range(5)]
 >>> result = worker.process(events)
@@ -27,12 +27,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from contracts.schema import Event, InvalidEvent
+from contracts.settings import Settings
 from feature_store.clustering import ClusterConfig, ItemEmbedder
 from feature_store.samples import FrequencySampler, PendingImpressions, SampleBuilder, SampleConfig
 from feature_store.state import Admission, LateEvent, StateConfig, UserState
 from feature_store.store import StateStore
-from streaming.config import Settings
-from streaming.schema import Event, InvalidEvent
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from contracts.schema import Event, EventType
 from feature_store.clustering import cluster_dtype
 from feature_store.ids import hash_draws, hash_id, stable_id
 from feature_store.state import TYPE_CODES, StateConfig, UserState, behaviour_dtype
-from streaming.schema import Event, EventType
 
 SAMPLE_VERSION = 1
 SAMPLE_MAGIC = b"TS"

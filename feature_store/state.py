@@ -16,7 +16,7 @@ behaviours. Later than that it raises :class:`LateEvent` (reason ``late``, for t
 Encoding: a fixed header (magic ``TWUS``, format version, counts) followed by fixed-dtype blocks;
 :meth:`UserState.decode` uses ``np.frombuffer`` (zero copy; the log is copied on the first write).
 
->>> from streaming.schema import Event, EventType
+>>> from contracts.schema import Event, EventType
 >>> cfg = StateConfig(session_gap_s=1800, allowed_lateness_s=300)
 >>> s = UserState.empty(cfg)
 >>> for ts in (1000.0, 1100.0, 5000.0):
@@ -40,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from contracts.schema import Event, EventType, InvalidEvent, Reason
 from feature_store.clustering import (
     BLOCK_DTYPE,
     ClusterConfig,
@@ -52,7 +53,6 @@ from feature_store.clustering import (
     with_singletons,
 )
 from feature_store.ids import hash_id, stable_id
-from streaming.schema import Event, EventType, InvalidEvent, Reason
 
 FORMAT_VERSION = 1
 MAGIC = b"TWUS"

@@ -3,7 +3,7 @@
 # The tests start the local Kafka broker themselves unless KAFKA_BOOTSTRAP_SERVERS is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(streaming feature_store models trainer ops)
+PACKAGES=(contracts feature_store models serving streaming trainer ops)
 echo "== ruff check";         ruff check "${PACKAGES[@]}" tests
 echo "== ruff format --check"; ruff format --check "${PACKAGES[@]}" tests
 echo "== mypy";               mypy "${PACKAGES[@]}"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import orjson
 
+from contracts.schema import InvalidEvent, parse_event
+from contracts.settings import Settings
 from ops import broker as broker_mod
 from streaming.admin import ensure_topics
-from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay as replay_events
-from streaming.schema import InvalidEvent, parse_event
 from streaming.sources import ColumnMapping, LogFormat, MovieLensOptions, read_events
 from streaming.synthetic import GeneratorConfig
 from streaming.synthetic import generate as generate_log
@@ -208,8 +208,8 @@ def _worker_process(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from ops.malloc import tune_malloc
+    from serving.reload import SnapshotWatcher
     from streaming.app import Worker, build_ingest
-    from streaming.reload import SnapshotWatcher
 
     tune_malloc()
     settings = _settings()

@@ -15,15 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contracts.settings import Settings
 from ops import broker as broker_mod
 from ops.report import ReportConfig, build_report
+from serving.manifest import Manifest
+from serving.snapshot import latest_snapshot
 from streaming.admin import end_offsets, ensure_topics
 from streaming.client import ScoreClient
-from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
-from trainer.snapshot import Manifest, latest_snapshot
 
 HTTP_PORT, WORKER_METRICS, TRAINER_METRICS = 8811, 9811, 9812
 # a small DARE whose snapshots (weights + Adam moments) stay small enough to write every 5 s

@@ -28,15 +28,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from trainer.snapshot import (
-    BINS,
-    MANIFEST_FILE,
-    STAT_NAMES,
-    Manifest,
-    SnapshotError,
-    js_divergence,
-    list_snapshots,
-)
+from serving.attention import BINS, STAT_NAMES, js_divergence
+from serving.manifest import MANIFEST_FILE, Manifest, SnapshotError
+from serving.snapshot import list_snapshots
 
 log = logging.getLogger(__name__)
 QUALITY = ("auc", "gauc", "logloss")

@@ -3,7 +3,7 @@
     twinstream train --model dare --snapshot-dir snapshots --batch-size 512 \\
         --snapshot-every-steps 50 --snapshot-every-s 30 --dim 32
 
-Kafka comes from the environment (``streaming.config.Settings``: bootstrap servers, topic
+Kafka comes from the environment (``contracts.settings.Settings``: bootstrap servers, topic
 prefix). Runs until SIGTERM / Ctrl-C (then writes a final snapshot), or ``--max-steps`` steps, or
 ``--idle-timeout-s`` seconds without data. ``--metrics-port 9812`` serves Prometheus ``/metrics``
 on 127.0.0.1 (:mod:`trainer.telemetry`; each torchrun rank on PORT + RANK). Data parallel over
@@ -132,8 +132,8 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contracts.settings import Settings
     from ops.malloc import tune_malloc
-    from streaming.config import Settings
     from trainer.online import OnlineTrainer
 
     tune_malloc()  # keep freed tensor buffers: a training step re-faults ~100 MB of them otherwise

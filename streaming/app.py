@@ -18,10 +18,10 @@ import faust.web
 import orjson
 from faust.types import TP
 
-from streaming.config import Settings
+from contracts.settings import Settings
+from serving.requests import MAX_REQUEST_BYTES, error_response
 from streaming.ingest import Delivery, IngestService, RawMessage
 from streaming.metrics import IngestMetrics
-from streaming.scoring import MAX_REQUEST_BYTES, error_response
 from streaming.transport import SCHEME
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ import struct
 
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts.settings import Settings
 from feature_store import StateStore, UserState
-from streaming.config import Settings
 
 MARKER_KEY = b""
 META_PREFIX = b"\xff"  # never the first byte of UTF-8 text, so never a user id's key

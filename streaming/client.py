@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streaming.config import Settings
-from streaming.scoring import ScoreRequest, new_request_id
+from contracts.settings import Settings
+from serving.requests import ScoreRequest, new_request_id
 
 
 class ScoreClient:

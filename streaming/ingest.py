@@ -18,8 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from contracts.metrics import GroupLag, set_lag
+from contracts.schema import Event, InvalidEvent, Reason, parse_event
+from contracts.settings import Settings
 from feature_store import FeatureConfig, PartitionWorker, RocksDBStore
 from feature_store.ingest import BatchResult, MetaChanges
+from serving.metrics import ScoringMetrics
+from serving.requests import BadRequest, error_response, parse_request, request_id_of
+from serving.scorer import ItemCatalog, ModelHolder, Scorer
 from streaming.changelog import (
     MARKER_KEY,
     changelog_position_key,
@@ -27,25 +33,7 @@ from streaming.changelog import (
     meta_record_key,
     restore_partition,
 )
-from streaming.config import Settings
-from streaming.metrics import (
-    GroupLag,
-    IngestMetrics,
-    ScoringMetrics,
-    count_users,
-    folder_bytes,
-    set_lag,
-)
-from streaming.schema import Event, InvalidEvent, Reason, parse_event
-from streaming.scoring import (
-    BadRequest,
-    ItemCatalog,
-    ModelHolder,
-    Scorer,
-    error_response,
-    parse_request,
-    request_id_of,
-)
+from streaming.metrics import IngestMetrics, count_users, folder_bytes
 
 log = logging.getLogger(__name__)
 APP_NAME = "twinstream-ingest"  # streaming.app.create_app's default: the Faust consumer group

@@ -15,26 +15,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from streaming.drift import AttentionDrift, DriftConfig
+from contracts.metrics import COUNT_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from feature_store import StateStore, UserState
 
 log = logging.getLogger(__name__)
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000, 20_000, 100_000)
 SEQUENCE_BUCKETS = (0, 1, 5, 10, 20, 50, 100, 150, 199, 200, 500, 1_000)
 STATES_OBSERVED_PER_BATCH = 64  # touched users of a partition batch fed to the state histograms
 
@@ -156,134 +151,6 @@ def _last_run(sorted_values: np.ndarray, tail: int = 4_096) -> int:
         if run < window or window == n:
             return run
     return n
-
-
-SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-
-@dataclass(frozen=True)
-class ScoringMetrics:
-    registry: CollectorRegistry
-    requests: Counter  # by transport (kafka, http) and outcome (ok or an error code)
-    latency: Histogram  # model + state read, by transport
-    reloads: Counter
-    reload_failures: Counter  # by reason
-    model_version: Gauge
-    model_created: Gauge  # unix time the serving snapshot was written
-    model_age: Gauge  # seconds since then, computed at scrape time
-    request_to_answer: Histogram  # client sent_at to answer sent, when the client says
-    drift: AttentionDrift  # live attention window and drift gauges
-
-    @classmethod
-    def create(
-        cls, registry: CollectorRegistry | None = None, drift: DriftConfig | None = None
-    ) -> ScoringMetrics:
-        r = REGISTRY if registry is None else registry
-        created = Gauge(
-            "twinstream_model_created_timestamp_seconds",
-            "When the serving snapshot was written",
-            registry=r,
-        )
-        age = Gauge(
-            "twinstream_model_age_seconds",
-            "Seconds since the serving snapshot was written (NaN before the first)",
-            registry=r,
-        )
-        age.set_function(lambda: _age(created))
-        return cls(
-            registry=r,
-            requests=Counter(
-                "twinstream_score_requests_total",
-                "Score requests",
-                ["transport", "outcome"],
-                registry=r,
-            ),
-            latency=Histogram(
-                "twinstream_score_seconds",
-                "Scoring latency",
-                ["transport"],
-                buckets=SCORE_BUCKETS,
-                registry=r,
-            ),
-            reloads=Counter("twinstream_model_reloads_total", "Snapshots swapped in", registry=r),
-            reload_failures=Counter(
-                "twinstream_model_reload_failures_total",
-                "Snapshots refused",
-                ["reason"],
-                registry=r,
-            ),
-            model_version=Gauge("twinstream_model_version", "Serving snapshot version", registry=r),
-            model_created=created,
-            model_age=age,
-            request_to_answer=Histogram(
-                "twinstream_score_request_to_answer_seconds",
-                "Request sent to answer sent",
-                buckets=SCORE_BUCKETS,
-                registry=r,
-            ),
-            drift=AttentionDrift(drift or DriftConfig(), r),
-        )
-
-
-def _age(created: Gauge) -> float:
-    value = next(iter(created.collect())).samples[0].value
-    return time.time() - value if value > 0 else math.nan
-
-
-class GroupLag:
-    """Lag of a consumer group (e.g. a Faust app's): per partition, the end offset minus the
-    group's committed offset (its beginning offset while nothing is committed). Blocking
-    kafka-python calls: run it off the event loop. The group is only read, never joined."""
-
-    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
-        self.bootstrap_servers, self.group_id = bootstrap_servers, group_id
-        self._consumer: KafkaConsumer | None = None
-
-    def sample(
-        self, topics: Mapping[str, str], partitions: Iterable[int]
-    ) -> dict[str, dict[int, int]]:
-        """``topics``: agent name → topic; returns agent → partition → lag."""
-        consumer = self._client()
-        tps = [TopicPartition(t, p) for t in topics.values() for p in sorted(partitions)]
-        if not tps:
-            return {}
-        ends = consumer.end_offsets(tps)
-        starts = consumer.beginning_offsets(tps)
-        agent_of = {topic: agent for agent, topic in topics.items()}
-        out: dict[str, dict[int, int]] = {agent: {} for agent in topics}
-        for tp in tps:
-            committed = consumer.committed(tp)
-            position = starts[tp] if committed is None else committed
-            out[agent_of[tp.topic]][tp.partition] = max(0, ends[tp] - position)
-        return out
-
-    def _client(self) -> KafkaConsumer:
-        if self._consumer is None:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=self.group_id,
-                enable_auto_commit=False,
-            )
-        return self._consumer
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-
-
-def set_lag(gauge: Gauge, lags: Mapping[str, Mapping[int, int]]) -> None:
-    """Set ``gauge`` (labels agent, partition) to ``lags`` (agent → partition → lag) and drop
-    the series of partitions this process no longer owns instead of keeping their last value."""
-    wanted = {
-        (a, str(p)): lag for a, by_partition in lags.items() for p, lag in by_partition.items()
-    }
-    for sample in next(iter(gauge.collect())).samples:
-        key = (sample.labels["agent"], sample.labels["partition"])
-        if key not in wanted:
-            gauge.remove(*key)
-    for (agent, partition), lag in wanted.items():
-        gauge.labels(agent=agent, partition=partition).set(lag)
 
 
 def count_users(stores: Iterable[StateStore]) -> int:

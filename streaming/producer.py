@@ -11,8 +11,8 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from streaming.config import Settings
-from streaming.schema import Event
+from contracts.schema import Event
+from contracts.settings import Settings
 
 # Idempotent delivery: a retried batch (e.g. NotLeaderForPartition right after topic creation)
 # can neither duplicate nor overtake the batches behind it, so per-user event order holds.

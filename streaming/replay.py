@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from contracts.schema import Event
 from streaming.producer import EventProducer
-from streaming.schema import Event
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Readers for historical logs: Taobao UserBehavior, MovieLens, JSON lines, CSV and Parquet.
 
-Every row either becomes a validated :class:`~streaming.schema.Event` or is counted in the
+Every row either becomes a validated :class:`~contracts.schema.Event` or is counted in the
 :class:`LoadReport` with its reason; nothing is dropped silently. Events come back in event-time
 order (a stable sort, so ties keep file order), which makes replays deterministic.
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streaming.schema import MIN_TS, Event, InvalidEvent, Reason, parse_event, validate_record
+from contracts.schema import MIN_TS, Event, InvalidEvent, Reason, parse_event, validate_record
 
 log = logging.getLogger(__name__)
 

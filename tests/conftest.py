@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from contracts.settings import Settings
 from ops import broker as local_broker
-from streaming.config import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from models.base import CTRModel
 from models.batch import Batch
-from trainer.features import RawIds
+from serving.features import RawIds
 from trainer.loop import Learner
 
 

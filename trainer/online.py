@@ -45,31 +45,29 @@ from kafka import (
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.record import util as kafka_record_util
 
+from contracts.settings import Settings
 from feature_store.samples import SampleArrays, decode_samples
 from models.base import CTRModel, ModelConfig
 from models.batch import Batch
 from models.embedding import EmbeddingTable
 from models.registry import MODEL_NAMES, build_model
-from streaming.config import Settings
-from trainer.distributed import Agreement, Comm, assigned_partitions, init_comm
-from trainer.features import FeatureMapper, MapperConfig, NewRows, RawIds, select_rows
-from trainer.loop import Learner, LearnerConfig, resolve_device
-from trainer.metrics import SlidingWindowMetrics
-from trainer.snapshot import (
-    AttentionWindow,
+from serving.attention import AttentionWindow, attended_sequence, attention_stats
+from serving.features import FeatureMapper, MapperConfig, NewRows, RawIds, select_rows
+from serving.loading import load_snapshot
+from serving.manifest import SnapshotError
+from serving.snapshot import (
     SnapshotContent,
-    SnapshotError,
     WrittenSnapshot,
-    attended_sequence,
-    attention_stats,
     list_snapshots,
     load_optimizer_state,
-    load_snapshot,
     prune_snapshots,
     remove_stale_temps,
     snapshot_version,
     write_snapshot,
 )
+from trainer.distributed import Agreement, Comm, assigned_partitions, init_comm
+from trainer.loop import Learner, LearnerConfig, resolve_device
+from trainer.metrics import SlidingWindowMetrics
 from trainer.telemetry import TrainerTelemetry
 
 MIN_LEARN_ROWS = 2

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contracts.settings import Settings
 from streaming.app import Worker, create_app
-from streaming.config import Settings
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from contracts.schema import Event, EventType
+from contracts.settings import Settings
 from ops.demo import (
     HTTP_PORT,
     TRAINER_ARGS,
@@ -28,15 +30,14 @@ from ops.demo import (
     spawn_worker,
     wait_trained,
 )
+from serving.manifest import Manifest
+from serving.snapshot import version_dir
 from streaming.admin import end_offsets, ensure_topics, read_topic
 from streaming.client import ScoreClient
-from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay
-from streaming.schema import Event, EventType
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
-from trainer.snapshot import Manifest, version_dir
 
 SHARED = Path(__file__).resolve().parents[3] / "shared/data/taobao_users/UserBehavior.csv"
 

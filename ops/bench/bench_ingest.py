@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from contracts.schema import Event
+from contracts.settings import Settings
 from streaming.admin import ensure_topics
 from streaming.changelog import MARKER_KEY
-from streaming.config import Settings
 from streaming.ingest import APP_NAME
 from streaming.producer import EventProducer
 from streaming.replay import replay
-from streaming.schema import Event
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
+from contracts.schema import Event
+from contracts.settings import Settings
 from streaming.admin import delete_topics, ensure_topics
-from streaming.config import Settings
 from streaming.producer import PRODUCER_DEFAULTS, EventProducer
 from streaming.replay import replay
-from streaming.schema import Event
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
 

@@ -7,7 +7,7 @@ A. Model level at the issue's shape: TWIN-V2 (recent branch on) scoring 100 cand
    one history of 200 recent behaviours plus 1,000 clusters, dim 64, a Taobao-sized vocabulary
    (4,068,791 items, 9,408 categories); beside the same model given the full uncompressed history
    (``--uncompressed`` behaviours as clusters of size 1).
-B. The whole scorer (``streaming.scoring.Scorer``: state → request sample → decode → id maps →
+B. The whole scorer (``serving.scorer.Scorer``: state → request sample → decode → id maps →
    model → answer) for a real 100,000-behaviour user's state (recent 200 + its TWIN-V2 clusters).
 C. B again while another thread hot-reloads verified snapshots (``SnapshotWatcher``), one at a
    time, against as many requests right after each reload with none running.
@@ -29,19 +29,20 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
+from contracts.schema import Event, EventType
+from contracts.settings import Settings
 from feature_store import ClusterConfig, StateConfig, UserState
 from models import ModelConfig, build_model
 from models.batch import Batch
 from models.testing import random_batch
 from ops.malloc import tune_malloc
-from streaming.config import Settings
-from streaming.metrics import ScoringMetrics
-from streaming.reload import SnapshotWatcher, lower_thread_priority
-from streaming.schema import Event, EventType
-from streaming.scoring import ItemCatalog, ModelHolder, Scorer, ScoreRequest
+from serving.features import FeatureMapper, MapperConfig, RawIds
+from serving.metrics import ScoringMetrics
+from serving.reload import SnapshotWatcher, lower_thread_priority
+from serving.requests import ScoreRequest
+from serving.scorer import ItemCatalog, ModelHolder, Scorer
+from serving.snapshot import SnapshotContent, write_snapshot
 from streaming.synthetic import GeneratorConfig, generate
-from trainer.features import FeatureMapper, MapperConfig, RawIds
-from trainer.snapshot import SnapshotContent, write_snapshot
 
 TAOBAO = ModelConfig(n_items=4_068_791, n_categories=9_408, dim=64, topk=20, twin_v2_recent=True)
 
@@ -197,7 +198,7 @@ def main() -> None:
     args = parser.parse_args()
     tuned = not args.default_malloc and tune_malloc()
     torch.set_num_threads(args.threads)
-    logging.getLogger("streaming.reload").setLevel(logging.ERROR)
+    logging.getLogger("serving.reload").setLevel(logging.ERROR)
     print(
         f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s), "
         f"malloc tuned as in the worker: {tuned}"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from contracts.schema import Event, EventType
 from feature_store.store import MemoryStore, RocksDBOptions, RocksDBStore, StateStore
-from streaming.schema import Event, EventType
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 T0 = 1_511_539_200.0  # 2017-11-24, inside the Taobao log's range

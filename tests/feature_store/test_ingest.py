@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.schema import Event, EventType, Reason
+from contracts.settings import Settings
 from feature_store.ids import stable_id
 from feature_store.ingest import FeatureConfig, PartitionWorker
 from feature_store.samples import SampleConfig, decode_samples
 from feature_store.state import StateConfig
 from feature_store.store import StateStore
-from streaming.config import Settings
-from streaming.schema import Event, EventType, Reason
 from tests.feature_store.conftest import T0, event, open_store
 
 CONFIG = FeatureConfig(

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.schema import EventType
 from feature_store.clustering import ClusterConfig, cluster_dtype
 from feature_store.ids import stable_id
 from feature_store.samples import (
@@ -23,7 +24,6 @@ from feature_store.samples import (
 )
 from feature_store.state import StateConfig, UserState, behaviour_dtype
 from feature_store.store import MemoryStore
-from streaming.schema import EventType
 from tests.feature_store.conftest import T0, event
 
 

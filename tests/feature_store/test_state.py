@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.schema import EventType, InvalidEvent, Reason
 from feature_store.clustering import ClusterConfig
 from feature_store.state import Admission, LateEvent, StateConfig, StateFormatError, UserState
-from streaming.schema import EventType, InvalidEvent, Reason
 from tests.feature_store.conftest import T0, event
 
 GAP = 100.0

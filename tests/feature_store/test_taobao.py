@@ -12,12 +12,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from contracts.schema import TYPE_ALIASES, Event
 from feature_store.ids import stable_id
 from feature_store.ingest import FeatureConfig, PartitionWorker
 from feature_store.samples import SampleConfig, decode_samples
 from feature_store.state import StateConfig
 from feature_store.store import MemoryStore
-from streaming.schema import TYPE_ALIASES, Event
 from tests.feature_store.conftest import shared_data
 
 L = 50

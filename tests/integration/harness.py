@@ -12,10 +12,10 @@ from types import TracebackType
 
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts.settings import Settings
 from feature_store import UserState
 from streaming.admin import end_offsets
 from streaming.changelog import MARKER_KEY, META_PREFIX
-from streaming.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ import sys
 import orjson
 import pytest
 
+from contracts.settings import Settings
 from ops.cli import COMMANDS
 from streaming.admin import ensure_topics, read_topic
-from streaming.config import Settings
 
 
 def run_cli(

@@ -11,12 +11,12 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from contracts.schema import Event, EventType
+from contracts.settings import Settings
 from feature_store import UserState, decode_samples, stable_id
 from streaming.admin import ensure_topics, read_topic
-from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay
-from streaming.schema import Event, EventType
 from streaming.sources import read_events
 from tests.conftest import shared_file
 from tests.integration.harness import WorkerProcess, read_changelog, wait_caught_up

@@ -40,24 +40,26 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.schema import Event, EventType
+from contracts.settings import Settings
+from contracts.topics import TopicNames
 from feature_store import MemoryStore, PartitionWorker, decode_samples
 from models import ModelConfig
 from ops.report import ReportConfig, build_report
+from serving.drift import DriftConfig
+from serving.loading import load_snapshot
+from serving.metrics import ScoringMetrics
+from serving.requests import ScoreRequest
+from serving.scorer import ItemCatalog, ModelHolder, Scorer
 from streaming.admin import ensure_topics
 from streaming.client import ScoreClient
-from streaming.config import Settings, TopicNames
-from streaming.drift import DriftConfig
-from streaming.metrics import ScoringMetrics
 from streaming.producer import EventProducer
 from streaming.replay import replay
-from streaming.schema import Event, EventType
-from streaming.scoring import ItemCatalog, ModelHolder, Scorer, ScoreRequest
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
 from tests.conftest import SHARED_DATA
 from tests.integration.harness import wait_caught_up
 from trainer.online import OnlineTrainer, TrainerConfig
-from trainer.snapshot import load_snapshot
 
 pytestmark = [pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]

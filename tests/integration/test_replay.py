@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from contracts.settings import Settings
 from streaming.admin import ensure_topics, read_topic
-from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events

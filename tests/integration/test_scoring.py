@@ -13,19 +13,19 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from contracts.settings import Settings
 from feature_store import stable_ids
 from models import ModelConfig, build_model
+from serving.features import FeatureMapper, MapperConfig, RawIds
+from serving.snapshot import SnapshotContent, write_snapshot
 from streaming.admin import ensure_topics, read_topic
 from streaming.client import ScoreClient
-from streaming.config import Settings
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from tests.conftest import shared_file
 from tests.integration.harness import WorkerProcess, wait_caught_up
-from trainer.features import FeatureMapper, MapperConfig, RawIds
 from trainer.online import announce
-from trainer.snapshot import SnapshotContent, write_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HTTP_PORT = 28_811

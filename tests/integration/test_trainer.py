@@ -26,15 +26,17 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
+from contracts.settings import Settings
 from feature_store import decode_samples
 from models import ModelConfig
+from serving.loading import load_snapshot
+from serving.manifest import MANIFEST_FILE
+from serving.snapshot import latest_snapshot, list_snapshots
 from streaming.admin import ensure_topics, read_topic
-from streaming.config import Settings
 from streaming.sources import read_events
 from tests.conftest import shared_file
 from tests.trainer.test_online import sample_messages, synthetic_events
 from trainer.online import OnlineTrainer, TrainerConfig
-from trainer.snapshot import MANIFEST_FILE, latest_snapshot, list_snapshots, load_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.schema import Event, EventType
+from contracts.settings import Settings
+from contracts.topics import TopicNames
 from feature_store import MemoryStore, PartitionWorker, decode_samples
 from feature_store.samples import SampleArrays
 from models import ModelConfig
-from streaming.config import Settings, TopicNames
-from streaming.schema import Event, EventType
+from serving.features import NewRows, select_rows
+from serving.manifest import MANIFEST_FILE, SnapshotError
+from serving.snapshot import list_snapshots
 from streaming.synthetic import GeneratorConfig, generate
-from trainer.features import NewRows, select_rows
 from trainer.online import OnlineTrainer, RunReport, TrainerConfig
-from trainer.snapshot import MANIFEST_FILE, SnapshotError, list_snapshots
 
 SETTINGS = Settings(topics=TopicNames(prefix="unit-"))  # never connects: no run() here
 CFG = ModelConfig(n_items=2048, n_categories=64, dim=8, seq_len=20, topk=5)

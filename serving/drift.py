@@ -2,9 +2,9 @@
 
 The scorer hands every answered request's attention to :meth:`AttentionDrift.observe`, which
 keeps the statistics of the last ``window`` scored rows (at most ``rows_per_request`` candidates of
-each request, evenly spaced) in a :class:`trainer.snapshot.AttentionWindow`: normalised entropy,
+each request, evenly spaced) in a :class:`serving.attention.AttentionWindow`: normalised entropy,
 top-k mass, mass by recency bucket and the share of mass on behaviours of the candidate's
-category, computed by the same :func:`trainer.snapshot.attention_stats` the trainer uses for the
+category, computed by the same :func:`serving.attention.attention_stats` the trainer uses for the
 reference each snapshot carries in ``manifest.attention``. At scrape time the collector compares
 the live histograms with that reference (same ``BINS``, checked) and exports, per statistic::
 
@@ -40,7 +40,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from models.batch import Batch
-from trainer.snapshot import (
+from serving.attention import (
     BINS,
     STAT_NAMES,
     AttentionWindow,

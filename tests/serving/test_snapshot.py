@@ -19,28 +19,28 @@ from feature_store.clustering import cluster_dtype
 from feature_store.samples import SampleArrays, decode_samples, encode_sample, make_targets
 from feature_store.state import behaviour_dtype
 from models import ModelConfig
-from trainer.features import FeatureMapper, MapperConfig
-from trainer.loop import Learner, LearnerConfig
-from trainer.snapshot import (
+from serving.attention import STAT_NAMES, AttentionWindow, attention_stats
+from serving.features import FeatureMapper, MapperConfig
+from serving.loading import load_snapshot
+from serving.manifest import (
     FORMAT_VERSION,
     IDMAPS_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
-    STAT_NAMES,
-    AttentionWindow,
-    SnapshotContent,
     SnapshotError,
-    attention_stats,
+    sha256_hex,
+)
+from serving.snapshot import (
+    SnapshotContent,
     latest_snapshot,
     list_snapshots,
     load_optimizer_state,
-    load_snapshot,
     prune_snapshots,
     remove_stale_temps,
-    sha256_hex,
     write_snapshot,
 )
+from trainer.loop import Learner, LearnerConfig
 
 CFG = ModelConfig(n_items=64, n_categories=8, dim=4, seq_len=6, topk=3)
 
@@ -174,7 +174,7 @@ def test_snapshots_without_optimizer_state_have_no_optimizer_file(tmp_path: Path
 
 def test_a_paced_load_gives_the_same_private_weights(snap: Path, monkeypatch: Any) -> None:
     """The scorer's reload (duty < 1, small chunks) equals a plain load, in memory of its own."""
-    monkeypatch.setattr("trainer.snapshot.CHUNK_BYTES", 4096)  # many chunks, each paced
+    monkeypatch.setattr("serving.loading.CHUNK_BYTES", 4096)  # many chunks, each paced
     plain, paced = load_snapshot(snap), load_snapshot(snap, duty=0.25)
     ours = paced.model.state_dict()
     for name, a in plain.model.state_dict().items():
@@ -339,7 +339,7 @@ def test_a_failed_write_leaves_no_partial_folder(
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("trainer.snapshot.os.rename", disk_full)
+    monkeypatch.setattr("serving.snapshot.os.rename", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_snapshot(tmp_path, 1, content(learner, mapper))
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streaming.scoring import MAX_CANDIDATES, BadRequest, ItemCatalog, parse_request, request_id_of
+from serving.requests import MAX_CANDIDATES, BadRequest, parse_request, request_id_of
+from serving.scorer import ItemCatalog
 
 OK = {"request_id": "r1", "user_id": "u", "items": ["1", 2]}
 

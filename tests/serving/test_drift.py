@@ -1,4 +1,4 @@
-"""Attention drift (streaming.drift): the reference is read with the snapshot's binning, drift is
+"""Attention drift (serving.drift): the reference is read with the snapshot's binning, drift is
 zero for the reference's own traffic and large for shifted traffic, nothing is exported before
 both sides have enough rows, and each request feeds a bounded number of rows."""
 
@@ -16,8 +16,7 @@ from prometheus_client import CollectorRegistry
 from models import ModelConfig, build_model
 from models.batch import Batch
 from models.testing import random_batch
-from streaming.drift import AttentionDrift, DriftConfig, parse_reference
-from trainer.snapshot import (
+from serving.attention import (
     BINS,
     STAT_NAMES,
     AttentionWindow,
@@ -25,6 +24,7 @@ from trainer.snapshot import (
     attention_stats,
     reference_dict,
 )
+from serving.drift import AttentionDrift, DriftConfig, parse_reference
 
 CFG = ModelConfig(n_items=200, n_categories=20, dim=8, seq_len=30, topk=5)
 MODEL = build_model("dare", CFG).eval()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.schema import EventType, InvalidEvent, Reason, parse_event
+from contracts.schema import EventType, InvalidEvent, Reason, parse_event
 
 NOW = 1_800_000_000.0
 VALID = {"user_id": "u1", "item_id": 42, "type": "click", "ts": 1_511_658_000}

@@ -17,10 +17,10 @@ from typing import cast
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts.settings import Settings
 from models import ModelConfig
-from streaming.config import Settings
-from streaming.metrics import ScoringMetrics
-from streaming.scoring import ModelHolder
+from serving.metrics import ScoringMetrics
+from serving.scorer import ModelHolder
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class SnapshotWatcher:
 
     def load(self, path: Path, manifest_sha256: str | None = None) -> bool:
         """Verify and swap in the snapshot at ``path``; False when refused or not newer."""
-        from trainer.snapshot import SnapshotError, load_snapshot
+        from serving.loading import load_snapshot
+        from serving.manifest import SnapshotError
 
         try:
             snapshot = load_snapshot(
@@ -107,7 +108,7 @@ class SnapshotWatcher:
             consumer.close()
 
     def _load_latest(self, folder: Path) -> None:
-        from trainer.snapshot import latest_snapshot
+        from serving.snapshot import latest_snapshot
 
         path = latest_snapshot(folder)
         if path is not None:

@@ -10,7 +10,7 @@ from feature_store.clustering import cluster_dtype
 from feature_store.samples import SampleArrays, decode_samples, encode_sample, make_targets
 from feature_store.state import behaviour_dtype
 from models import ModelConfig
-from trainer.features import FeatureMapper, MapperConfig, raw_ids, select_rows
+from serving.features import FeatureMapper, MapperConfig, raw_ids, select_rows
 
 
 def sample(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from contracts.settings import Settings
 from streaming.app import create_app
-from streaming.config import Settings
 from streaming.transport import FETCH_MAX_WAIT_MS, ConsumerThread, Transport
 
 

@@ -19,16 +19,17 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from contracts.schema import Reason
+from contracts.settings import Settings
 from feature_store import decode_samples
 from models import ModelConfig
+from serving.attention import STAT_NAMES
+from serving.loading import load_snapshot
 from streaming.admin import ensure_topics
-from streaming.config import Settings
 from streaming.ingest import Delivery, IngestService, RawMessage
 from streaming.metrics import IngestMetrics
-from streaming.schema import Reason
 from streaming.synthetic import GeneratorConfig, generate
 from trainer.online import OnlineTrainer, TrainerConfig
-from trainer.snapshot import STAT_NAMES, load_snapshot
 from trainer.telemetry import TrainerTelemetry
 
 pytestmark = [pytest.mark.integration]
@@ -36,7 +37,7 @@ PARTITIONS = 2
 CFG = ModelConfig(n_items=4096, n_categories=256, dim=8, seq_len=20, topk=5)
 MAX_SERIES = 200  # per metric family
 REQUEST_CODES = {"bad_json", "not_object", "missing_field", "wrong_type", "no_candidates"}
-REQUEST_CODES |= {"too_many_candidates", "too_large"}  # streaming.scoring.BadRequest codes
+REQUEST_CODES |= {"too_many_candidates", "too_large"}  # serving.requests.BadRequest codes
 BOUNDED = {
     "outcome": {"applied", "duplicate", "skipped", "rejected", "ok", "no_model", *REQUEST_CODES},
     "reason": {r.value for r in Reason},

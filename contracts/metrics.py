@@ -1,0 +1,77 @@
+"""Prometheus helpers every part shares: histogram buckets and consumer-group lag.
+
+Labels take closed sets only (agent name, partition number): never a user or item id.
+
+>>> from prometheus_client import CollectorRegistry
+>>> gauge = Gauge("lag", "lag", ["agent", "partition"], registry=CollectorRegistry())
+>>> set_lag(gauge, {"ingest": {0: 5, 1: 0}})
+>>> set_lag(gauge, {"ingest": {1: 2}})  # partition 0 moved away: its series is dropped
+>>> sorted((s.labels["partition"], s.value) for s in next(iter(gauge.collect())).samples)
+[('1', 2.0)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import Gauge
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000, 20_000, 100_000)
+
+
+class GroupLag:
+    """Lag of a consumer group (e.g. a Faust app's): per partition, the end offset minus the
+    group's committed offset (its beginning offset while nothing is committed). Blocking
+    kafka-python calls: run it off the event loop. The group is only read, never joined."""
+
+    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
+        self.bootstrap_servers, self.group_id = bootstrap_servers, group_id
+        self._consumer: KafkaConsumer | None = None
+
+    def sample(
+        self, topics: Mapping[str, str], partitions: Iterable[int]
+    ) -> dict[str, dict[int, int]]:
+        """``topics``: agent name → topic; returns agent → partition → lag."""
+        consumer = self._client()
+        tps = [TopicPartition(t, p) for t in topics.values() for p in sorted(partitions)]
+        if not tps:
+            return {}
+        ends = consumer.end_offsets(tps)
+        starts = consumer.beginning_offsets(tps)
+        agent_of = {topic: agent for agent, topic in topics.items()}
+        out: dict[str, dict[int, int]] = {agent: {} for agent in topics}
+        for tp in tps:
+            committed = consumer.committed(tp)
+            position = starts[tp] if committed is None else committed
+            out[agent_of[tp.topic]][tp.partition] = max(0, ends[tp] - position)
+        return out
+
+    def _client(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+            )
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def set_lag(gauge: Gauge, lags: Mapping[str, Mapping[int, int]]) -> None:
+    """Set ``gauge`` (labels agent, partition) to ``lags`` (agent → partition → lag) and drop
+    the series of partitions this process no longer owns instead of keeping their last value."""
+    wanted = {
+        (a, str(p)): lag for a, by_partition in lags.items() for p, lag in by_partition.items()
+    }
+    for sample in next(iter(gauge.collect())).samples:
+        key = (sample.labels["agent"], sample.labels["partition"])
+        if key not in wanted:
+            gauge.remove(*key)
+    for (agent, partition), lag in wanted.items():
+        gauge.labels(agent=agent, partition=partition).set(lag)
