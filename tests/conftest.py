@@ -11,22 +11,11 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from contracts.settings import Settings
 from ops import broker as local_broker
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared_file(*parts: str) -> Path:
-    """A file under ../shared/data, or skip the test with a clear message when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (tests read ../shared/data)")
-    return path
 
 
 def _docker_answers() -> bool:

@@ -22,7 +22,7 @@ from feature_store.clustering import (
     update,
 )
 from feature_store.state import StateConfig, UserState, behaviour_dtype
-from tests.feature_store.conftest import event
+from tests.support.events import event
 
 SMALL = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=400, recluster_every=8)
 

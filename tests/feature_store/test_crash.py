@@ -9,15 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.feature_store.conftest import open_store
-from tests.feature_store.test_ingest import dump, run, stream
+from tests.support.ingest import dump, run, stream
+from tests.support.stores import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
 import sys
 from feature_store.ingest import PartitionWorker
-from tests.feature_store.conftest import open_store
-from tests.feature_store.test_ingest import CONFIG, stream
+from tests.support.stores import open_store
+from tests.support.ingest import CONFIG, stream
 store = open_store("rocksdb", __import__("pathlib").Path(sys.argv[1]))
 worker, records = PartitionWorker(store, 0, CONFIG), stream(2_000)
 for k in range(0, len(records), 50):

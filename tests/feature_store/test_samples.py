@@ -24,7 +24,7 @@ from feature_store.samples import (
 )
 from feature_store.state import StateConfig, UserState, behaviour_dtype
 from feature_store.store import MemoryStore
-from tests.feature_store.conftest import T0, event
+from tests.support.events import T0, event
 
 
 def random_sample(rng: np.random.Generator, n_dense: int, n_targets: int, n_recent: int, n_c: int):

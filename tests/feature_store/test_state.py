@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from contracts.schema import EventType, InvalidEvent, Reason
 from feature_store.clustering import ClusterConfig
 from feature_store.state import Admission, LateEvent, StateConfig, StateFormatError, UserState
-from tests.feature_store.conftest import T0, event
+from tests.support.events import T0, event
 
 GAP = 100.0
 LATENESS = 300.0

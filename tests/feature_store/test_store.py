@@ -8,7 +8,7 @@ import pytest
 
 from feature_store.state import StateConfig, UserState
 from feature_store.store import RocksDBOptions, RocksDBStore, StaleOffset, StateStore
-from tests.feature_store.conftest import event
+from tests.support.events import event
 
 CFG = StateConfig()
 

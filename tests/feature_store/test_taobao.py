@@ -18,14 +18,14 @@ from feature_store.ingest import FeatureConfig, PartitionWorker
 from feature_store.samples import SampleConfig, decode_samples
 from feature_store.state import StateConfig
 from feature_store.store import MemoryStore
-from tests.feature_store.conftest import shared_data
+from tests.support.data import shared_file
 
 L = 50
 
 
 @pytest.fixture(scope="module")
 def taobao() -> list[Event]:
-    path = shared_data("taobao_users", "UserBehavior.csv")
+    path = shared_file("taobao_users", "UserBehavior.csv")
     with path.open() as f:
         rows = list(csv.reader(f))
     events = [

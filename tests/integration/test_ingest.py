@@ -18,8 +18,8 @@ from streaming.admin import ensure_topics, read_topic
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
-from tests.conftest import shared_file
-from tests.integration.harness import WorkerProcess, read_changelog, wait_caught_up
+from tests.support.data import shared_file
+from tests.support.workers import WorkerProcess, read_changelog, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 GAP = 1800.0

@@ -57,8 +57,8 @@ from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
-from tests.conftest import SHARED_DATA
-from tests.integration.harness import wait_caught_up
+from tests.support.data import SHARED_DATA
+from tests.support.workers import wait_caught_up
 from trainer.online import OnlineTrainer, TrainerConfig
 
 pytestmark = [pytest.mark.integration]

@@ -13,7 +13,7 @@ from streaming.admin import ensure_topics, read_topic
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
-from tests.conftest import shared_file
+from tests.support.data import shared_file
 
 pytestmark = pytest.mark.integration
 

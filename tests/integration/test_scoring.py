@@ -23,8 +23,8 @@ from streaming.client import ScoreClient
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
-from tests.conftest import shared_file
-from tests.integration.harness import WorkerProcess, wait_caught_up
+from tests.support.data import shared_file
+from tests.support.workers import WorkerProcess, wait_caught_up
 from trainer.online import announce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -34,8 +34,8 @@ from serving.manifest import MANIFEST_FILE
 from serving.snapshot import latest_snapshot, list_snapshots
 from streaming.admin import ensure_topics, read_topic
 from streaming.sources import read_events
-from tests.conftest import shared_file
-from tests.trainer.test_online import sample_messages, synthetic_events
+from tests.support.data import shared_file
+from tests.support.events import sample_messages, synthetic_events
 from trainer.online import OnlineTrainer, TrainerConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

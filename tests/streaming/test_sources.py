@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaming.sources import ColumnMapping, EventLog, MovieLensOptions, load_log, read_events
-from tests.conftest import shared_file
+from tests.support.data import shared_file
 
 TS = 1_511_658_000
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from streaming.sources import EventLog, load_log
-from tests.trainer.synth import synthetic_log
+from tests.support.events import synthetic_log
 from trainer.dataset import DatasetConfig, OfflineDataset, _sample_negatives, build_dataset
 
 TAOBAO = Path(__file__).resolve().parents[3] / "shared/data/taobao_users/UserBehavior.csv"

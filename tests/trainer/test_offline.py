@@ -14,7 +14,7 @@ import torch
 import models
 from ops import evaluate_cli
 from streaming.synthetic import GeneratorConfig, generate
-from tests.trainer.synth import synthetic_log
+from tests.support.events import synthetic_log
 from trainer.dataset import DatasetConfig, OfflineDataset, build_dataset
 from trainer.offline import (
     EvalConfig,

@@ -4,61 +4,25 @@ row resets, determinism, and resuming from the newest valid snapshot."""
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from contracts.schema import Event, EventType
 from contracts.settings import Settings
 from contracts.topics import TopicNames
-from feature_store import MemoryStore, PartitionWorker, decode_samples
+from feature_store import decode_samples
 from feature_store.samples import SampleArrays
 from models import ModelConfig
 from serving.features import NewRows, select_rows
 from serving.manifest import MANIFEST_FILE, SnapshotError
 from serving.snapshot import list_snapshots
-from streaming.synthetic import GeneratorConfig, generate
+from tests.support.events import sample_messages, synthetic_events
 from trainer.online import OnlineTrainer, RunReport, TrainerConfig
 
 SETTINGS = Settings(topics=TopicNames(prefix="unit-"))  # never connects: no run() here
 CFG = ModelConfig(n_items=2048, n_categories=64, dim=8, seq_len=20, topk=5)
-TYPES = {"pv": EventType.CLICK, "cart": EventType.CART, "fav": EventType.FAV, "buy": EventType.BUY}
-
-
-def synthetic_events(users: int = 60, seed: int = 3) -> list[Event]:
-    """A small generated log (users with a few drifting interest categories) as events."""
-    log = generate(
-        GeneratorConfig(
-            users=users,
-            long_users=0,
-            categories=30,
-            items_per_category=20,
-            mean_sessions=8,
-            seed=seed,
-        )
-    )
-    return [
-        Event(str(u), str(i), TYPES[str(b)], float(t), str(c))
-        for u, i, c, b, t in zip(
-            log.user, log.item, log.category, log.behaviour, log.ts, strict=True
-        )
-    ]
-
-
-def sample_messages(events: list[Event], partitions: int = 4) -> dict[int, list[bytes]]:
-    """Point-in-time sample messages per partition, as the ingest worker would emit them."""
-    by_partition: dict[int, list[tuple[int, Event]]] = {p: [] for p in range(partitions)}
-    for e in events:
-        part = by_partition[zlib.crc32(e.user_id.encode()) % partitions]
-        part.append((len(part), e))
-    out = {}
-    for p, records in by_partition.items():
-        worker = PartitionWorker(MemoryStore(), p)
-        out[p] = worker.process(records).samples
-    return out
 
 
 @pytest.fixture(scope="module")
