@@ -20,6 +20,11 @@ from contracts.topics import TopicNames
 
 ENV_PREFIX = "TWINSTREAM_"
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+# Behaviour defaults every part shares, in their one home (ARCHITECTURE.md, "Sessions and state")
+SESSION_GAP_S = 30 * 60  # a gap longer than this (event time) starts a new session
+ALLOWED_LATENESS_S = 5 * 60  # events older than the user's watermark minus this are late
+RECENT_LENGTH = 200  # L: the recent sequence the models attend to
+LIFELONG_CAP = 100_000  # behaviours kept per user in the lifelong log
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,10 @@ class Settings:
     topics: TopicNames = field(default_factory=TopicNames)
     max_event_bytes: int = 64 * 1024
     min_event_ts: float = 946_684_800.0  # 2000-01-01; lower it to replay older logs (MovieLens)
-    session_gap_s: float = 30 * 60
-    allowed_lateness_s: float = 5 * 60
-    recent_length: int = 200
-    lifelong_cap: int = 100_000
+    session_gap_s: float = SESSION_GAP_S
+    allowed_lateness_s: float = ALLOWED_LATENESS_S
+    recent_length: int = RECENT_LENGTH
+    lifelong_cap: int = LIFELONG_CAP
     state_dir: str = "./twinstream-state"
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
     snapshot_dir: str = "./twinstream-snapshots"

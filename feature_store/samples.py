@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.schema import Event, EventType
+from contracts.settings import RECENT_LENGTH
 from feature_store.clustering import cluster_dtype
 from feature_store.ids import hash_draws, hash_id, stable_id
 from feature_store.state import TYPE_CODES, StateConfig, UserState, behaviour_dtype
@@ -86,7 +87,7 @@ class SampleConfig:
 
     mode: Literal["implicit", "explicit"] = "implicit"
     negatives: int = 2  # K
-    recent_length: int = 200  # L
+    recent_length: int = RECENT_LENGTH  # L
     attribution_window_s: float = 30 * 60
     positive_types: frozenset[EventType] = frozenset(
         {EventType.CLICK, EventType.CART, EventType.FAV, EventType.BUY}
@@ -244,7 +245,7 @@ class SampleArrays:
 
 
 def decode_samples(
-    blobs: Sequence[bytes], recent_length: int = 200, max_clusters: int | None = None
+    blobs: Sequence[bytes], recent_length: int = RECENT_LENGTH, max_clusters: int | None = None
 ) -> SampleArrays:
     """Decode sample messages into one batch (one row per target).
 
@@ -578,7 +579,7 @@ def request_sample(
     ts: float,
     items: Sequence[str],
     categories: Sequence[str],
-    recent_length: int = 200,
+    recent_length: int = RECENT_LENGTH,
     dense: F32 | None = None,
 ) -> bytes:
     """A scoring request as an unlabelled sample message (one target per candidate), so the

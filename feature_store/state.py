@@ -16,7 +16,7 @@ behaviours. Later than that it raises :class:`LateEvent` (reason ``late``, for t
 Encoding: a fixed header (magic ``TWUS``, format version, counts) followed by fixed-dtype blocks;
 :meth:`UserState.decode` uses ``np.frombuffer`` (zero copy; the log is copied on the first write).
 
->>> from contracts.schema import Event, EventType
+from contracts.schema import Event, EventType
 >>> cfg = StateConfig(session_gap_s=1800, allowed_lateness_s=300)
 >>> s = UserState.empty(cfg)
 >>> for ts in (1000.0, 1100.0, 5000.0):
@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.schema import Event, EventType, InvalidEvent, Reason
+from contracts.settings import ALLOWED_LATENESS_S, LIFELONG_CAP, RECENT_LENGTH, SESSION_GAP_S
 from feature_store.clustering import (
     BLOCK_DTYPE,
     ClusterConfig,
@@ -125,10 +126,10 @@ class StateFormatError(ValueError):
 class StateConfig:
     """Per-user state knobs (defaults: DESIGN.md section 3)."""
 
-    recent_length: int = 200  # L
-    lifelong_cap: int = 100_000
-    session_gap_s: float = 30 * 60
-    allowed_lateness_s: float = 5 * 60
+    recent_length: int = RECENT_LENGTH
+    lifelong_cap: int = LIFELONG_CAP
+    session_gap_s: float = SESSION_GAP_S
+    allowed_lateness_s: float = ALLOWED_LATENESS_S
     dedupe_window: int = 1_024  # event ids remembered per user
     dense_features: tuple[str, ...] = ()  # numeric event features kept per behaviour, in order
     history_types: frozenset[EventType] = BEHAVIOUR_TYPES

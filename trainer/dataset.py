@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from contracts.settings import RECENT_LENGTH, SESSION_GAP_S
 from models.batch import Batch
 
 Int = npt.NDArray[np.int64]
@@ -57,10 +58,10 @@ class EventLogLike(Protocol):
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    seq_len: int = 200  # L, DARE's history length
+    seq_len: int = RECENT_LENGTH  # L, DARE's history length
     negatives: int = 2  # K negatives per positive
     behaviour_types: tuple[str, ...] = ("click",)
-    session_gap_s: float = 30 * 60
+    session_gap_s: float = SESSION_GAP_S
     min_events: int = 3  # users with fewer behaviours are dropped (DARE Taobao: 210)
     train_stride: int = 1  # every n-th earlier behaviour is a train target (DARE: 5)
     max_train_targets: int | None = None  # most recent train targets per user (DARE: 19)
