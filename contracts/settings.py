@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
+from contracts.security import KafkaSecurity
 from contracts.topics import TopicNames
 
 ENV_PREFIX = "TWINSTREAM_"
@@ -43,6 +45,7 @@ class Settings:
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
     snapshot_dir: str = "./twinstream-snapshots"
     http_host: str = "127.0.0.1"  # the worker's HTTP binds here; other hosts only when told
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)  # TLS and SASL
 
     def __post_init__(self) -> None:
         if self.max_event_bytes <= 0:
@@ -63,7 +66,7 @@ class Settings:
             events_partitions=int(env.get(f"{ENV_PREFIX}EVENTS_PARTITIONS", "4")),
             replication_factor=int(env.get(f"{ENV_PREFIX}REPLICATION_FACTOR", "1")),
         )
-        values: dict[str, object] = {"topics": topics}
+        values: dict[str, object] = {"topics": topics, "security": KafkaSecurity.from_env(env)}
         bootstrap = env.get(f"{ENV_PREFIX}BOOTSTRAP_SERVERS") or env.get("KAFKA_BOOTSTRAP_SERVERS")
         if bootstrap:
             values["bootstrap_servers"] = bootstrap
@@ -73,6 +76,10 @@ class Settings:
                 continue
             values[f.name] = _coerce(env[key], f.type)
         return cls(**values)  # type: ignore[arg-type]
+
+    def kafka_config(self) -> dict[str, Any]:
+        """Where and how every Kafka client connects: bootstrap servers, TLS and SASL."""
+        return {"bootstrap_servers": self.bootstrap_servers, **self.security.client_config()}
 
 
 def _coerce(raw: str, annotation: object) -> object:
