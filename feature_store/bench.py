@@ -21,10 +21,12 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.schema import TYPE_ALIASES, Event
-from feature_store.clustering import ClusterConfig, ClusterState, update
+from feature_store.cluster_config import ClusterConfig
+from feature_store.clustering import ClusterState, update
 from feature_store.ingest import PartitionWorker
-from feature_store.samples import decode_samples, encode_sample, make_targets
-from feature_store.state import UserState, behaviour_dtype
+from feature_store.sample_format import decode_samples, encode_sample, make_targets
+from feature_store.state import UserState
+from feature_store.state_format import behaviour_dtype
 from feature_store.store import MemoryStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 
 from contracts.schema import Event, InvalidEvent
 from contracts.settings import Settings
-from feature_store.clustering import ClusterConfig, ItemEmbedder
-from feature_store.samples import FrequencySampler, PendingImpressions, SampleBuilder, SampleConfig
+from feature_store.cluster_config import ClusterConfig
+from feature_store.clustering import ItemEmbedder
+from feature_store.delayed_labels import PendingImpressions
+from feature_store.negatives import FrequencySampler
+from feature_store.samples import SampleBuilder, SampleConfig
 from feature_store.state import Admission, LateEvent, StateConfig, UserState
 from feature_store.store import StateStore
 

@@ -13,10 +13,10 @@ inserted in time order (after behaviours with the same ts) and the session indic
 insertion point on are recomputed, so the log always equals the offline computation over the sorted
 behaviours. Later than that it raises :class:`LateEvent` (reason ``late``, for the DLQ).
 
-Encoding: a fixed header (magic ``TWUS``, format version, counts) followed by fixed-dtype blocks;
-:meth:`UserState.decode` uses ``np.frombuffer`` (zero copy; the log is copied on the first write).
+Encoding (:mod:`feature_store.state_format`): a fixed header (magic ``TWUS``, format version,
+counts) followed by fixed-dtype blocks; :meth:`UserState.decode` uses ``np.frombuffer`` (zero copy;
+the log is copied on the first write).
 
-from contracts.schema import Event, EventType
 >>> cfg = StateConfig(session_gap_s=1800, allowed_lateness_s=300)
 >>> s = UserState.empty(cfg)
 >>> for ts in (1000.0, 1100.0, 5000.0):
@@ -31,7 +31,6 @@ True
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -42,64 +41,32 @@ import numpy.typing as npt
 
 from contracts.schema import Event, EventType, InvalidEvent, Reason
 from contracts.settings import ALLOWED_LATENESS_S, LIFELONG_CAP, RECENT_LENGTH, SESSION_GAP_S
+from feature_store.cluster_config import ClusterConfig
+from feature_store.cluster_leaves import cluster_dtype
 from feature_store.clustering import (
     BLOCK_DTYPE,
-    ClusterConfig,
     ClusterState,
     ItemEmbedder,
-    cluster_dtype,
     needs_update,
     singletons,
     update,
     with_singletons,
 )
 from feature_store.ids import hash_id, stable_id
-
-FORMAT_VERSION = 1
-MAGIC = b"TWUS"
-TYPE_CODES: dict[EventType, int] = {
-    EventType.IMPRESSION: 0,
-    EventType.CLICK: 1,
-    EventType.CART: 2,
-    EventType.FAV: 3,
-    EventType.BUY: 4,
-}
-RING_START = 16  # the dedupe ring grows by doubling up to StateConfig.dedupe_window
-BEHAVIOUR_TYPES = frozenset({EventType.CLICK, EventType.CART, EventType.FAV, EventType.BUY})
-
-HEADER_DTYPE = np.dtype(
-    [
-        ("magic", "S4"),
-        ("version", "<u2"),
-        ("n_dense", "<u2"),
-        ("n_log", "<u4"),
-        ("ring_size", "<u4"),
-        ("ring_fill", "<u4"),
-        ("ring_pos", "<u4"),
-        ("total", "<i8"),
-        ("watermark", "<f8"),
-        ("cluster_version", "<i8"),
-        ("cluster_upto", "<i8"),
-        ("cluster_dirty", "<i8"),  # -1: clean
-        ("n_blocks", "<u4"),
-        ("n_clusters", "<u4"),
-    ]
+from feature_store.state_format import (
+    FORMAT_VERSION,
+    HEADER_STRUCT,
+    MAGIC,
+    TYPE_CODES,
+    BlockReader,
+    StateFormatError,
+    behaviour_dtype,
+    dense_width,
+    read_header,
 )
 
-
-@lru_cache(maxsize=16)
-def behaviour_dtype(n_dense: int) -> np.dtype:
-    """One behaviour of the log: 29 bytes + 4 per dense feature, packed."""
-    return np.dtype(
-        [
-            ("item", "<i8"),
-            ("category", "<i8"),
-            ("ts", "<f8"),
-            ("type", "u1"),
-            ("session", "<u4"),
-            ("dense", "<f4", (n_dense,)),
-        ]
-    )
+RING_START = 16  # the dedupe ring grows by doubling up to StateConfig.dedupe_window
+BEHAVIOUR_TYPES = frozenset({EventType.CLICK, EventType.CART, EventType.FAV, EventType.BUY})
 
 
 class Admission(StrEnum):
@@ -116,10 +83,6 @@ class LateEvent(InvalidEvent):
         detail = f"ts {ts} is {watermark - ts:.0f}s behind the user's watermark {watermark}"
         super().__init__(Reason.LATE, f"{detail} (allowed {allowed_lateness_s:.0f}s)")
         self.ts, self.watermark = ts, watermark
-
-
-class StateFormatError(ValueError):
-    """Bytes that are not a user state of a known format version."""
 
 
 @dataclass(frozen=True)
@@ -236,8 +199,7 @@ class UserState:
 
     @property
     def n_dense(self) -> int:
-        shape = self._buf.dtype["dense"].shape
-        return int(shape[0]) if shape else 0
+        return dense_width(self._buf)
 
     @property
     def total(self) -> int:
@@ -417,7 +379,7 @@ class UserState:
     def encode(self) -> bytes:
         """Versioned binary form: header + log + dedupe ring + cluster blocks + clusters."""
         cs = self.cluster_state
-        header = _HEADER.pack(
+        header = HEADER_STRUCT.pack(
             MAGIC, FORMAT_VERSION, self.n_dense, self._hi - self._lo, self._ring.shape[0],
             self._ring_fill, self._ring_pos, self._total,
             np.nan if self._watermark is None else self._watermark,
@@ -430,8 +392,8 @@ class UserState:
     @classmethod
     def decode(cls, blob: bytes) -> UserState:
         """Inverse of :meth:`encode`; arrays are read-only views of ``blob`` until written."""
-        h = _header(blob)
-        reader = _Reader(blob, _HEADER.size)
+        h = read_header(blob)
+        reader = BlockReader(blob, HEADER_STRUCT.size)
         log = reader.take(behaviour_dtype(h.n_dense), h.n_log)
         ring = np.zeros(h.ring_size, dtype=np.int64)
         ring[: h.ring_fill] = reader.take(np.dtype("<i8"), h.ring_fill)
@@ -449,56 +411,3 @@ class UserState:
             ring_pos=h.ring_pos,
             cluster_state=cs,
         )
-
-
-class _Header(NamedTuple):
-    """The fields of :data:`HEADER_DTYPE`, unpacked with :data:`_HEADER`."""
-
-    magic: bytes
-    version: int
-    n_dense: int
-    n_log: int
-    ring_size: int
-    ring_fill: int
-    ring_pos: int
-    total: int
-    watermark: float
-    cluster_version: int
-    cluster_upto: int
-    cluster_dirty: int
-    n_blocks: int
-    n_clusters: int
-
-
-_HEADER = struct.Struct("<4sHHIIIIqdqqqII")  # HEADER_DTYPE, packed
-assert _HEADER.size == HEADER_DTYPE.itemsize
-
-
-def _header(blob: bytes) -> _Header:
-    if len(blob) < _HEADER.size:
-        raise StateFormatError(f"{len(blob)} bytes is shorter than the state header")
-    h = _Header(*_HEADER.unpack_from(blob))
-    if h.magic != MAGIC:
-        raise StateFormatError("not a twinstream user state (bad magic)")
-    if h.version != FORMAT_VERSION:
-        raise StateFormatError(f"unsupported state format version {h.version}")
-    return h
-
-
-class _Reader:
-    """Sequential zero-copy reads of fixed-dtype blocks from one buffer."""
-
-    def __init__(self, blob: bytes, offset: int) -> None:
-        self.blob, self.offset = blob, offset
-
-    def take(self, dtype: np.dtype, count: int) -> np.ndarray:
-        end = self.offset + dtype.itemsize * count
-        if end > len(self.blob):
-            raise StateFormatError(f"truncated: need {end} bytes, have {len(self.blob)}")
-        out = np.frombuffer(self.blob, dtype=dtype, count=count, offset=self.offset)
-        self.offset = end
-        return out
-
-    def done(self) -> None:
-        if self.offset != len(self.blob):
-            raise StateFormatError(f"{len(self.blob) - self.offset} trailing bytes")

@@ -10,9 +10,9 @@ learn=False)``: lookup only, ids without a row read row 0 (the zero padding row)
 Everything is vectorised: one ``IdMap.lookup`` per table over every id of the batch.
 
 >>> import numpy as np
->>> from feature_store.samples import decode_samples, encode_sample, make_targets
->>> from feature_store.state import behaviour_dtype
->>> from feature_store.clustering import cluster_dtype
+>>> from feature_store.sample_format import decode_samples, encode_sample, make_targets
+>>> from feature_store.state_format import behaviour_dtype
+>>> from feature_store.cluster_leaves import cluster_dtype
 >>> recent = np.zeros(2, behaviour_dtype(0)); recent["item"] = [70, 80]; recent["category"] = 5
 >>> blob = encode_sample(user=1, ts=1e9, targets=make_targets([90], [6], labels=[1.0]),
 ...                      recent=recent, clusters=np.zeros(0, cluster_dtype(0)))
@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from feature_store.samples import SampleArrays
+from feature_store.sample_format import SampleArrays
 from models.base import ModelConfig
 from models.batch import Batch
 from models.embedding import IdMap

@@ -15,7 +15,7 @@ import numpy.typing as npt
 import safetensors.torch
 import torch
 
-from feature_store.samples import SampleArrays
+from feature_store.sample_format import SampleArrays
 from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch
 from models.registry import build_model

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from feature_store import UserState, decode_samples, stable_ids
-from feature_store.samples import SampleArrays, request_sample
+from feature_store.sample_format import SampleArrays
+from feature_store.samples import request_sample
 from feature_store.state import StateConfig
 from models.batch import Batch
 from serving.drift import AttentionDrift

@@ -46,7 +46,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.record import util as kafka_record_util
 
 from contracts.settings import Settings
-from feature_store.samples import SampleArrays, decode_samples
+from feature_store.sample_format import SampleArrays, decode_samples
 from models.base import CTRModel, ModelConfig
 from models.batch import Batch
 from models.embedding import EmbeddingTable

@@ -1,4 +1,4 @@
-"""TWIN-V2 clustering: leaves, the bounded coarse-when-old rule, incremental updates, 100k users."""
+"""TWIN-V2 clustering: the bounded coarse-when-old rule, incremental updates, 100k users."""
 
 from __future__ import annotations
 
@@ -7,21 +7,13 @@ import tracemalloc
 
 import numpy as np
 import numpy.typing as npt
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feature_store.clustering import (
-    ClusterConfig,
-    ClusterState,
-    category_leaves,
-    cluster_bound,
-    leaf_bound,
-    needs_update,
-    split_leaves,
-    update,
-)
-from feature_store.state import StateConfig, UserState, behaviour_dtype
+from feature_store.cluster_config import ClusterConfig
+from feature_store.clustering import ClusterState, needs_update, update
+from feature_store.state import StateConfig, UserState
+from feature_store.state_format import behaviour_dtype
 from tests.support.events import event
 
 SMALL = ClusterConfig(max_leaf=3, max_clusters=60, lifelong_cap=400, recluster_every=8)
@@ -71,37 +63,6 @@ def check_invariants(cs: ClusterState, lo: int, total: int, cfg: ClusterConfig) 
     assert cs.clusters.shape[0] <= cfg.max_clusters
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    n=st.integers(0, 120),
-    dim=st.integers(1, 4),
-    cap=st.integers(1, 12),
-    duplicates=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_split_leaves_partition_and_sizes(
-    n: int, dim: int, cap: int, duplicates: bool, seed: int
-) -> None:
-    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    if duplicates:
-        x[:] = x[:1] if n else x  # all identical: k-means cannot separate them
-    leaves = split_leaves(x, cap, SMALL)
-    members = np.sort(np.concatenate(leaves)) if leaves else np.zeros(0, int)
-    assert np.array_equal(members, np.arange(n))
-    assert all(leaf.shape[0] <= cap for leaf in leaves)
-    if n > cap:
-        assert min(leaf.shape[0] for leaf in leaves) >= SMALL.min_leaf(cap)
-    assert len(leaves) <= leaf_bound(n, cap, SMALL)
-
-
-def test_split_finds_separated_groups_and_representatives() -> None:
-    cfg = ClusterConfig(max_leaf=5)
-    centres = np.eye(4, dtype=np.float32) * 10
-    x = np.repeat(centres, 5, axis=0) + np.random.default_rng(0).normal(0, 0.01, (20, 4))
-    leaves = split_leaves(x.astype(np.float32), 5, cfg)
-    assert sorted(tuple(sorted(leaf // 5)) for leaf in leaves) == [(g,) * 5 for g in range(4)]
-
-
 def test_summaries_mean_dense_and_nearest_member() -> None:
     log = make_log(8, n_dense=2)
     log["item"] = [10, 11, 12, 13, 20, 21, 22, 23]
@@ -129,13 +90,6 @@ def test_category_mode_gives_one_cluster_per_category_with_its_latest_item() -> 
     for c in cs.clusters:
         members = np.flatnonzero(log["category"] == c["category"])
         assert c["size"] == members.shape[0] and c["item"] == log["item"][members[-1]]
-
-
-def test_category_leaves_fall_back_when_over_allowance() -> None:
-    cats = np.arange(10, dtype=np.int64)  # ten categories of one member
-    assert category_leaves(cats, cap=4, allowance=3) is None
-    leaves = category_leaves(np.array([1, 1, 1, 1, 1, 2]), cap=2, allowance=10)
-    assert leaves is not None and sorted(len(x) for x in leaves) == [1, 1, 2, 2]  # 2+2+1, 1
 
 
 @settings(max_examples=40, deadline=None)
@@ -216,15 +170,6 @@ def test_late_insertion_marks_clusters_dirty_and_rebuild_restores_them() -> None
     check_invariants(state.cluster_state, 0, state.total, cfg)
     fresh = update(ClusterState(), state.log, 0, cfg)
     assert state.clusters().tobytes() == fresh.clusters.tobytes()
-
-
-def test_default_budget_guarantee() -> None:
-    cfg = ClusterConfig()
-    assert cfg.base > cfg.max_leaf and cluster_bound(cfg.base, cfg) <= cfg.max_clusters
-    with pytest.raises(ValueError):
-        ClusterConfig(max_leaf=20, max_clusters=2)
-    with pytest.raises(ValueError):
-        ClusterConfig(block=10_000)
 
 
 def test_100k_user_clusters_in_bounded_time_and_memory() -> None:

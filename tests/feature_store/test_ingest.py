@@ -8,7 +8,8 @@ from contracts.schema import EventType, Reason
 from contracts.settings import Settings
 from feature_store.ids import stable_id
 from feature_store.ingest import FeatureConfig, PartitionWorker
-from feature_store.samples import SampleConfig, decode_samples
+from feature_store.sample_format import decode_samples
+from feature_store.samples import SampleConfig
 from feature_store.store import StateStore
 from tests.support.events import T0, event
 from tests.support.ingest import CONFIG, dump, run, stream

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.schema import EventType, InvalidEvent, Reason
-from feature_store.clustering import ClusterConfig
-from feature_store.state import Admission, LateEvent, StateConfig, StateFormatError, UserState
+from feature_store.cluster_config import ClusterConfig
+from feature_store.state import Admission, LateEvent, StateConfig, UserState
+from feature_store.state_format import StateFormatError
 from tests.support.events import T0, event
 
 GAP = 100.0

@@ -15,7 +15,8 @@ import pytest
 from contracts.schema import TYPE_ALIASES, Event
 from feature_store.ids import stable_id
 from feature_store.ingest import FeatureConfig, PartitionWorker
-from feature_store.samples import SampleConfig, decode_samples
+from feature_store.sample_format import decode_samples
+from feature_store.samples import SampleConfig
 from feature_store.state import StateConfig
 from feature_store.store import MemoryStore
 from tests.support.data import shared_file

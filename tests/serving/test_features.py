@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from feature_store.clustering import cluster_dtype
-from feature_store.samples import SampleArrays, decode_samples, encode_sample, make_targets
-from feature_store.state import behaviour_dtype
+from feature_store.cluster_leaves import cluster_dtype
+from feature_store.sample_format import SampleArrays, decode_samples, encode_sample, make_targets
+from feature_store.state_format import behaviour_dtype
 from models import ModelConfig
 from serving.features import FeatureMapper, MapperConfig, raw_ids, select_rows
 

@@ -15,9 +15,9 @@ import safetensors.torch
 import torch
 
 import models
-from feature_store.clustering import cluster_dtype
-from feature_store.samples import SampleArrays, decode_samples, encode_sample, make_targets
-from feature_store.state import behaviour_dtype
+from feature_store.cluster_leaves import cluster_dtype
+from feature_store.sample_format import SampleArrays, decode_samples, encode_sample, make_targets
+from feature_store.state_format import behaviour_dtype
 from models import ModelConfig
 from serving.attention import STAT_NAMES, AttentionWindow, attention_stats
 from serving.features import FeatureMapper, MapperConfig

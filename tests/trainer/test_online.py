@@ -13,7 +13,7 @@ import torch
 from contracts.settings import Settings
 from contracts.topics import TopicNames
 from feature_store import decode_samples
-from feature_store.samples import SampleArrays
+from feature_store.sample_format import SampleArrays
 from models import ModelConfig
 from serving.features import NewRows, select_rows
 from serving.manifest import MANIFEST_FILE, SnapshotError

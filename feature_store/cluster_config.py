@@ -1,0 +1,97 @@
+"""The knobs of TWIN-V2 clustering (:class:`ClusterConfig`) and the worst case that picks ``B``.
+
+Splitting ``s > cap`` behaviours into leaves of at most ``cap`` is *clamped*: no leaf is smaller
+than ``ceil(rho * (cap + 1))`` (``rho`` = ``min_split_fraction``), so there are at most
+:func:`leaf_bound` leaves. The block layout of :mod:`feature_store.clustering` keeps at most two
+blocks per level up to :func:`max_level` (a level-``t`` block spans ``B * 2**t`` behaviours with
+leaf cap ``gamma * 2**t``), a tail of fewer than ``B`` behaviours, and fewer than
+``recluster_every`` behaviours not clustered yet, so :func:`cluster_bound` bounds the cluster
+sequence of one user. When ``block`` is left ``None``, :class:`ClusterConfig` takes the largest
+base ``B`` whose bound stays within ``max_clusters``.
+
+>>> cfg = ClusterConfig(max_leaf=4, max_clusters=64, lifelong_cap=1_000, recluster_every=8)
+>>> cfg.base, max_level(cfg.base, cfg), cluster_bound(cfg.base, cfg) <= cfg.max_clusters
+(4, 7, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """TWIN-V2 clustering knobs. ``block`` (B) is derived from the budget when left ``None``."""
+
+    max_leaf: int = 20  # gamma
+    max_clusters: int = 1_000  # bound on the cluster sequence of one user
+    lifelong_cap: int = 100_000
+    recluster_every: int = 64  # delta: behaviours added before re-clustering
+    lloyd_iters: int = 4
+    min_split_fraction: float = 0.25  # rho
+    remnant_slack: float = 0.25  # share of a capped oldest block that may leave before a rebuild
+    block: int | None = None  # B
+
+    def __post_init__(self) -> None:
+        if self.max_leaf < 1 or self.recluster_every < 1 or self.lloyd_iters < 0:
+            raise ValueError(f"invalid ClusterConfig: {self}")
+        if not 0.0 < self.min_split_fraction <= 0.5:
+            raise ValueError("min_split_fraction must be in (0, 0.5]")
+        if not 0.0 <= self.remnant_slack < 1.0:
+            raise ValueError("remnant_slack must be in [0, 1)")
+        if self.block is None:
+            object.__setattr__(self, "block", _largest_block(self))
+        if cluster_bound(self.base, self) > self.max_clusters:
+            raise ValueError(f"block={self.block} can exceed max_clusters={self.max_clusters}")
+
+    @property
+    def base(self) -> int:
+        """B, the size of a level-0 block."""
+        assert self.block is not None
+        return self.block
+
+    def leaf_cap(self, level: int) -> int:
+        return self.max_leaf << level
+
+    def min_leaf(self, cap: int) -> int:
+        """The smallest leaf a split of a node larger than ``cap`` can produce."""
+        return math.ceil(self.min_split_fraction * (cap + 1))
+
+
+def leaf_bound(size: int, cap: int, config: ClusterConfig) -> int:
+    """Most leaves :func:`split_leaves` can return for ``size`` behaviours and leaf cap ``cap``."""
+    if size <= cap:
+        return min(size, 1)
+    return size // config.min_leaf(cap)
+
+
+def max_level(base: int, config: ClusterConfig) -> int:
+    """The highest block level a log of ``lifelong_cap`` behaviours can reach."""
+    return math.floor(math.log2(config.lifelong_cap / base + 1))
+
+
+def cluster_bound(base: int, config: ClusterConfig) -> int:
+    """Worst-case cluster count: two blocks per level up to :func:`max_level`, the tail, and the
+    singletons of the behaviours not clustered yet."""
+    levels = range(max_level(base, config) + 1)
+    full = sum(leaf_bound(base << t, config.leaf_cap(t), config) for t in levels)
+    return 2 * full + leaf_bound(base - 1, config.max_leaf, config) + config.recluster_every - 1
+
+
+def _largest_block(config: ClusterConfig) -> int:
+    """The largest B whose worst case fits the budget. For a fixed :func:`max_level` the bound
+    grows with B, so binary-search each level's interval of B and keep the best."""
+    cap, best = config.lifelong_cap, 0
+    for level in range(max_level(1, config) + 1):
+        low = cap // ((1 << (level + 1)) - 1) + 1  # max_level(B) == level on [low, high]
+        high = cap if level == 0 else cap // ((1 << level) - 1)
+        while low <= high:
+            mid = (low + high) // 2
+            if cluster_bound(mid, config) <= config.max_clusters:
+                best, low = max(best, mid), mid + 1
+            else:
+                high = mid - 1
+    if best == 0:
+        raise ValueError(f"max_clusters={config.max_clusters} is too small for {config}")
+    return best

@@ -1,0 +1,145 @@
+"""How one block of behaviours becomes clusters: leaves, then one summary record per leaf.
+
+**Leaves.** A set of behaviours is split in two with 2-means (farthest-point initialisation, a few
+Lloyd iterations, no randomness) until every leaf has at most ``cap`` members. Each split is
+*clamped*: both children keep at least ``ceil(rho * m)`` of the ``m`` members (``rho`` =
+``min_split_fraction``), so a leaf born from a split never has fewer than ``ceil(rho * (cap + 1))``
+members and a set of ``s > cap`` behaviours gives at most ``s // ceil(rho * (cap + 1))`` leaves.
+Each leaf becomes a cluster (:func:`summarize`, records of :func:`cluster_dtype`): size N, dense
+features = mean of the members, item and category = the member nearest the centroid (ties: the most
+recent member).
+
+Before any model snapshot exists (no embedder) a block is clustered by category: one leaf per
+category (:func:`category_leaves`, cut into near-equal runs in time order when over the cap),
+represented by its most recent item. When a block has too many small categories for the budget, it
+falls back to the clamped 2-means over a fixed pseudo-random unit vector per category
+(:func:`category_embedding`, so leaves may then mix categories).
+
+>>> cfg = ClusterConfig(max_leaf=4, max_clusters=64, lifelong_cap=1_000, recluster_every=8)
+>>> x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # 3 tight groups of 5
+>>> leaves = split_leaves(x, cap=5, config=cfg)
+>>> sorted(sorted(leaf.tolist()) for leaf in leaves)
+[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from feature_store.cluster_config import ClusterConfig
+from feature_store.ids import splitmix64
+from feature_store.state_format import dense_width
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+CATEGORY_DIM = 16
+
+
+def split_leaves(x: F32, cap: int, config: ClusterConfig) -> list[I64]:
+    """Row indices of ``x`` (n, d) grouped into leaves of at most ``cap`` rows, by recursive
+    clamped 2-means. Deterministic."""
+    leaves: list[I64] = []
+    stack: list[I64] = [np.arange(x.shape[0], dtype=np.int64)]
+    while stack:
+        idx = stack.pop()
+        if idx.shape[0] <= cap:
+            if idx.shape[0]:
+                leaves.append(idx)
+            continue
+        left, right = _split(x[idx], config)
+        stack += [idx[right], idx[left]]
+    return leaves
+
+
+def _split(x: F32, config: ClusterConfig) -> tuple[I64, I64]:
+    """Two-way clamped k-means split of the rows of ``x`` (m, d): positions of each side."""
+    m = x.shape[0]
+    c0, c1 = _two_means(x, config.lloyd_iters)
+    direction = c1 - c0  # (d,)
+    proj = x @ direction  # (m,)
+    threshold = 0.5 * float(c1 @ c1 - c0 @ c0)
+    low = math.ceil(config.min_split_fraction * m)
+    k = min(max(int((proj > threshold).sum()), low), m - low)
+    order = np.argsort(proj, kind="stable")
+    return order[: m - k], order[m - k :]
+
+
+def _two_means(x: F32, iters: int) -> tuple[F32, F32]:
+    """Centroids of 2-means with farthest-point initialisation."""
+    first = x[int(np.argmax(((x - x.mean(axis=0)) ** 2).sum(axis=1)))]
+    c0, c1 = first, x[int(np.argmax(((x - first) ** 2).sum(axis=1)))]
+    for _ in range(iters):
+        side = x @ (c1 - c0) > 0.5 * float(c1 @ c1 - c0 @ c0)
+        if side.all() or not side.any():
+            break
+        c0, c1 = x[~side].mean(axis=0), x[side].mean(axis=0)
+    return c0, c1
+
+
+def category_leaves(categories: I64, cap: int, allowance: int) -> list[I64] | None:
+    """One leaf per category (a category over ``cap`` is cut into near-equal runs in time order),
+    or ``None`` when that would give more than ``allowance`` leaves."""
+    n = categories.shape[0]
+    order = np.lexsort((np.arange(n), categories))  # by category, then position
+    cuts = np.flatnonzero(np.diff(categories[order])) + 1
+    groups = np.split(order, cuts) if n else []
+    pieces = sum(-(-g.shape[0] // cap) for g in groups)
+    if pieces > allowance:
+        return None
+    return [run for g in groups for run in _runs(g, cap)]
+
+
+def _runs(group: I64, cap: int) -> list[I64]:
+    """``group`` cut into the fewest near-equal runs of at most ``cap``."""
+    return [group] if group.shape[0] <= cap else np.array_split(group, -(-group.shape[0] // cap))
+
+
+def category_embedding(categories: I64, dim: int = CATEGORY_DIM) -> F32:
+    """A fixed pseudo-random unit vector per category id (splitmix64 bits): (n,) -> (n, dim)."""
+    cat = categories.astype(np.uint64)[:, None]
+    z = splitmix64((cat * np.uint64(dim) + np.arange(dim, dtype=np.uint64)).astype(np.uint64))
+    v = (z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 23) - np.float32(1.0)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), np.float32(1e-12))
+
+
+# ---------------------------------------------------------------- summaries
+
+
+@lru_cache(maxsize=16)
+def cluster_dtype(n_dense: int) -> np.dtype:
+    """One cluster of the sequence: representative item/category, size, mean dense features."""
+    return np.dtype(
+        [("item", "<i8"), ("category", "<i8"), ("size", "<u4"), ("dense", "<f4", (n_dense,))]
+    )
+
+
+def summarize(leaves: list[I64], x: F32 | None, log: np.ndarray) -> np.ndarray:
+    """One cluster record per leaf, ordered by the mean position of the members (oldest first).
+
+    ``log`` is the structured behaviour array the rows of ``x`` belong to (fields item, category,
+    dense). The representative is the member nearest the centroid of ``x`` (ties: the most
+    recent); with ``x = None`` (all members alike) it is the most recent member."""
+    n_dense = dense_width(log)
+    out = np.zeros(len(leaves), dtype=cluster_dtype(n_dense))
+    if not leaves:
+        return out
+    order = np.concatenate(leaves)  # members grouped by leaf
+    sizes = np.array([leaf.shape[0] for leaf in leaves], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    if x is None:
+        nearest = np.maximum.reduceat(order, starts)
+    else:
+        leaf_of = np.repeat(np.arange(len(leaves)), sizes)
+        centroid = np.add.reduceat(x[order], starts, axis=0) / sizes[:, None]  # (k, d)
+        dist = ((x[order] - centroid[leaf_of]) ** 2).sum(axis=1)
+        nearest = order[np.lexsort((-order, dist, leaf_of))[starts]]  # ties -> most recent
+    out["item"], out["category"] = log["item"][nearest], log["category"][nearest]
+    out["size"] = sizes
+    if n_dense:
+        out["dense"] = np.add.reduceat(log["dense"][order], starts, axis=0) / sizes[:, None]
+    mean_pos = np.add.reduceat(order.astype(np.float64), starts) / sizes
+    return out[np.argsort(mean_pos, kind="stable")]

@@ -1,0 +1,197 @@
+"""Negative sampling: items drawn in proportion to their frequency, never from the history.
+
+In implicit mode every positive behaviour gets K negatives: :class:`FrequencySampler` counts the
+items seen in a partition and draws by frequency, excluding the user's whole lifelong log and the
+target. Draws are counter-based hashes of :func:`event_key`, so a replay of an event draws the
+same negatives.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import numpy.typing as npt
+
+from contracts.schema import Event
+from feature_store.ids import hash_draws, hash_id
+
+I64 = npt.NDArray[np.int64]
+
+
+class FrequencySampler:
+    """Items seen in a partition with their counts; draws items in proportion to frequency.
+
+    The multiset of every occurrence so far is split in two: the counts as of the last *fold*
+    (a cumulative array, searched with ``np.searchsorted``) and the occurrences since (a list).
+    A draw is a uniform position in that multiset: below the folded total it lands on an item by
+    its folded count, above it on one recent occurrence, so every draw uses the exact current
+    counts at O(1) per update. The list is folded into the array once it holds ``fold_every``
+    occurrences or a sixteenth of the distinct items (amortised O(1)). Draws are counter-based
+    hashes of a key (:func:`event_key`); the fold schedule depends only on the sequence of
+    observations, and :meth:`encode` keeps both parts, so a replay from persisted state draws
+    exactly the same items.
+
+    >>> s = FrequencySampler()
+    >>> s.observe_many(np.array([1, 1, 1, 2, 3]), np.array([10, 10, 10, 20, 30]))
+    >>> items, cats = s.sample(2, exclude=np.array([1]), key=12345)
+    >>> sorted(set(items.tolist()) - {2, 3}), len(items), s.total
+    ([], 2, 5)
+    """
+
+    MAGIC = b"FSv2"
+
+    def __init__(self, capacity: int = 64, fold_every: int = 1_024) -> None:
+        self._index: dict[int, int] = {}
+        self._items = np.zeros(capacity, np.int64)
+        self._cats = np.zeros(capacity, np.int64)
+        self._folded = np.zeros(capacity, np.int64)  # counts as of the last fold
+        self._cum = np.zeros(0, np.int64)  # cumsum of _folded[:n] at the last fold
+        self._folded_total = 0  # _cum[-1], as a Python int
+        self._recent: list[int] = []  # item indices observed since the last fold
+        self._n = 0
+        self.fold_every = fold_every
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def total(self) -> int:
+        """Occurrences observed."""
+        return self._folded_total + len(self._recent)
+
+    def counts(self) -> I64:
+        """The current count of each item, in the order items were first seen."""
+        recent = np.bincount(np.array(self._recent, np.int64), minlength=self._n)
+        return self._folded[: self._n] + recent
+
+    def observe(self, item: int, category: int) -> None:
+        """Count one occurrence of ``item`` (its latest category is kept)."""
+        i = self._index.get(item)
+        if i is None:
+            i = self._add(item)
+        self._cats[i] = category
+        self._recent.append(i)
+        if len(self._recent) >= max(self.fold_every, self._n >> 4):
+            self._fold()
+
+    def observe_many(self, items: I64, categories: I64) -> None:
+        for item, cat in zip(items.tolist(), categories.tolist(), strict=True):
+            self.observe(item, cat)
+
+    def _fold(self) -> None:
+        self._folded[: self._n] = self.counts()
+        self._cumulate()
+        self._recent = []
+
+    def _cumulate(self) -> None:
+        """``_cum`` and ``_folded_total`` from the folded counts."""
+        self._cum = np.cumsum(self._folded[: self._n])
+        self._folded_total = int(self._cum[-1]) if self._n else 0
+
+    def _add(self, item: int) -> int:
+        if self._n == self._items.shape[0]:
+            self._grow(2 * self._n)
+        i, self._n = self._n, self._n + 1
+        self._index[item] = i
+        self._items[i] = item
+        return i
+
+    def _grow(self, capacity: int) -> None:
+        pad = capacity - self._items.shape[0]
+        self._items, self._cats, self._folded = (
+            np.concatenate([a, np.zeros(pad, np.int64)])
+            for a in (self._items, self._cats, self._folded)
+        )
+
+    def sample(
+        self,
+        k: int,
+        exclude: I64,
+        key: int,
+        max_rounds: int = 8,
+        *,
+        exclude_item: int | None = None,
+    ) -> tuple[I64, I64]:
+        """``k`` items (with their categories) by frequency, none of them in ``exclude`` nor equal
+        to ``exclude_item``; fewer when the candidates run out. Repeats across the k draws are
+        allowed. Only the drawn items are looked up in ``exclude`` (no copy of it is made)."""
+        total = self.total
+        if k <= 0 or total == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        banned = _Membership(exclude, exclude_item)
+        found: list[int] = []
+        for round_ in range(max_rounds):
+            draws = self._find(hash_draws(key, k * round_, k, total))
+            absent = banned.absent([int(self._items[i]) for i in draws])
+            found += [i for i, ok in zip(draws, absent, strict=True) if ok]
+            if len(found) >= k:
+                break
+        idx = found[:k]
+        return self._items[idx], self._cats[idx]
+
+    def _find(self, targets: list[int]) -> list[int]:
+        """The item index at each position ``t`` of the occurrence multiset."""
+        cum, recent, folded = self._cum, self._recent, self._folded_total
+        return [
+            recent[t - folded] if t >= folded else int(cum.searchsorted(t, side="right"))
+            for t in targets
+        ]
+
+    def encode(self) -> bytes:
+        """Magic, counts, then items, categories and folded counts as int64 blocks, then the
+        recent occurrences."""
+        n, recent = self._n, np.array(self._recent, "<i8")
+        arrays = (self._items[:n], self._cats[:n], self._folded[:n], recent)
+        head = self.MAGIC + struct.pack("<qq", n, recent.shape[0])
+        return head + b"".join(a.astype("<i8").tobytes() for a in arrays)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> FrequencySampler:
+        """Inverse of :meth:`encode`; also reads the earlier format (counts only, no magic)."""
+        if blob[:4] == cls.MAGIC:
+            n, n_recent = struct.unpack_from("<qq", blob, 4)
+            cols = np.frombuffer(blob, "<i8", 3 * n + n_recent, 20)
+            recent = cols[3 * n :].tolist()
+        else:
+            (n,) = struct.unpack_from("<q", blob)
+            cols, recent = np.frombuffer(blob, "<i8", 3 * n, 8), []
+        out = cls(capacity=max(64, n))
+        out._items[:n], out._cats[:n], out._folded[:n] = cols[: 3 * n].reshape(3, n)
+        out._index = {item: i for i, item in enumerate(out._items[:n].tolist())}
+        out._n, out._recent = n, recent
+        out._cumulate()
+        return out
+
+
+class _Membership:
+    """``value not in pool and value != item`` for the few values of one draw: only those
+    values are looked up (a list scan in a small pool, a vectorised comparison in a large
+    one), so nothing is copied or hashed per pool element up front."""
+
+    SMALL = 128  # up to this many, a Python list scan beats building arrays
+
+    def __init__(self, pool: I64, item: int | None = None) -> None:
+        self.pool, self.item = pool, item
+
+    def absent(self, values: list[int]) -> list[bool]:
+        if not self.pool.shape[0]:
+            return [v != self.item for v in values]
+        if self.pool.shape[0] <= self.SMALL:
+            pool = self.pool.tolist()
+            return [v != self.item and v not in pool for v in values]
+        hits = _member(np.array(values, np.int64), self.pool).tolist()
+        return [not hit and v != self.item for v, hit in zip(values, hits, strict=True)]
+
+
+def _member(values: I64, pool: I64) -> npt.NDArray[np.bool_]:
+    """``np.isin`` that stays cheap for a few values against a large pool."""
+    if values.shape[0] * pool.shape[0] <= 1 << 22:
+        return (values[:, None] == pool[None, :]).any(axis=1)
+    return np.isin(values, pool)
+
+
+def event_key(seed: int, event: Event) -> int:
+    """The random key of an event's negatives: a replay of the event draws the same ones."""
+    name = event.event_id or f"{event.user_id}|{event.item_id}|{event.ts!r}|{event.type.value}"
+    return hash_id(f"{seed}|{name}")
