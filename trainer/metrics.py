@@ -197,3 +197,31 @@ class SlidingWindowMetrics:
     def logloss(self) -> float:
         y, s, _ = self._view()
         return logloss(y, s)
+
+
+def across_ranks(per_rank: Sequence[Sequence[float]]) -> dict[str, float | None]:
+    """Each rank's (AUC, GAUC, logloss, window rows, loss) as one set of snapshot metrics: the
+    window metrics averaged weighted by each rank's window rows, the loss plainly; None where no
+    rank has a finite value.
+
+    >>> nan = float("nan")
+    >>> merged = across_ranks([[0.75, 0.5, 0.25, 300.0, 0.5], [0.5, nan, 0.5, 100.0, 0.25]])
+    >>> merged["auc"], merged["gauc"], merged["logloss"], merged["loss"], merged["window_rows"]
+    (0.6875, 0.5, 0.3125, 0.375, 400.0)
+    """
+    table = np.array(per_rank, dtype=np.float64)  # (ranks, 5)
+    weights = table[:, 3]
+    out = {
+        name: _weighted(table[:, j], weights) for j, name in enumerate(("auc", "gauc", "logloss"))
+    }
+    out["window_rows"] = float(weights.sum())
+    out["loss"] = _weighted(table[:, 4], np.ones_like(weights))
+    out["ranks"] = float(table.shape[0])
+    return out
+
+
+def _weighted(values: FloatArray, weights: FloatArray) -> float | None:
+    ok = np.isfinite(values) & (weights > 0)
+    if not ok.any():
+        return None
+    return float(np.average(values[ok], weights=weights[ok]))

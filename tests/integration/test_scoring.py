@@ -25,7 +25,7 @@ from streaming.replay import replay
 from streaming.sources import read_events
 from tests.support.data import shared_file
 from tests.support.workers import WorkerProcess, wait_caught_up
-from trainer.online import announce
+from trainer.announce import announce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HTTP_PORT = 28_811

@@ -36,7 +36,8 @@ from streaming.admin import ensure_topics, read_topic
 from streaming.sources import read_events
 from tests.support.data import shared_file
 from tests.support.events import sample_messages, synthetic_events
-from trainer.online import OnlineTrainer, TrainerConfig
+from trainer.config import TrainerConfig
+from trainer.online import OnlineTrainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,8 @@ from streaming.admin import ensure_topics
 from streaming.ingest import Delivery, IngestService, RawMessage
 from streaming.metrics import IngestMetrics
 from streaming.synthetic import GeneratorConfig, generate
-from trainer.online import OnlineTrainer, TrainerConfig
+from trainer.config import TrainerConfig
+from trainer.online import OnlineTrainer
 from trainer.telemetry import TrainerTelemetry
 
 pytestmark = [pytest.mark.integration]

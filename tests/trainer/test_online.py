@@ -1,5 +1,6 @@
-"""The online trainer without Kafka (``learn_arrays`` / ``snapshot``): progressive validation,
-row resets, determinism, and resuming from the newest valid snapshot."""
+"""The online trainer without Kafka (``learn_arrays`` / ``snapshot``, ``run`` over a list of
+messages): progressive validation, row resets, determinism, snapshots with the offsets trained,
+and resuming from the newest valid snapshot."""
 
 from __future__ import annotations
 
@@ -16,23 +17,33 @@ from feature_store import decode_samples
 from feature_store.sample_format import SampleArrays
 from models import ModelConfig
 from serving.features import NewRows, select_rows
-from serving.manifest import MANIFEST_FILE, SnapshotError
+from serving.manifest import MANIFEST_FILE, Manifest, SnapshotError
 from serving.snapshot import list_snapshots
 from tests.support.events import sample_messages, synthetic_events
-from trainer.online import OnlineTrainer, RunReport, TrainerConfig
+from trainer.config import RunReport, TrainerConfig
+from trainer.online import OnlineTrainer
+from trainer.source import MemorySampleSource
 
-SETTINGS = Settings(topics=TopicNames(prefix="unit-"))  # never connects: no run() here
+SETTINGS = Settings(topics=TopicNames(prefix="unit-"))  # never connects: run() over lists only
 CFG = ModelConfig(n_items=2048, n_categories=64, dim=8, seq_len=20, topk=5)
 
 
 @pytest.fixture(scope="module")
-def blobs() -> list[bytes]:
-    per_partition = sample_messages(synthetic_events())
+def per_partition() -> dict[int, list[bytes]]:
+    return sample_messages(synthetic_events())
+
+
+@pytest.fixture(scope="module")
+def blobs(per_partition: dict[int, list[bytes]]) -> list[bytes]:
     return [b for p in sorted(per_partition) for b in per_partition[p]]
 
 
 def batches(blobs: list[bytes], size: int = 64) -> list[SampleArrays]:
     return [decode_samples(blobs[i : i + size], CFG.seq_len) for i in range(0, len(blobs), size)]
+
+
+def manifest(snapshot: Path) -> Manifest:
+    return Manifest.from_json((snapshot / MANIFEST_FILE).read_bytes())
 
 
 def config(tmp_path: Path, **kw: object) -> TrainerConfig:
@@ -198,7 +209,7 @@ def test_a_failed_periodic_snapshot_is_logged_and_training_goes_on(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("trainer.online.write_snapshot", disk_full)
-    trainer._snapshot(None, None, RunReport())  # periodic: logged, not raised
+    trainer._snapshot(RunReport())  # periodic: logged, not raised
     assert trainer.last_snapshot is None
     with pytest.raises(OSError):
         trainer.snapshot()  # final: raised
@@ -215,3 +226,45 @@ def test_a_one_row_step_is_scored_but_not_learnt(tmp_path: Path, blobs: list[byt
     trainer.learn_arrays(one)  # raised "Expected more than 1 value per channel" before
     assert trainer.rows_total == 1 and len(trainer.metrics) == 1
     assert trainer.learner.steps == 0  # no optimizer step on a single row
+
+
+def test_a_run_over_a_list_learns_and_snapshots_the_offsets_it_trained(
+    tmp_path: Path, per_partition: dict[int, list[bytes]]
+) -> None:
+    cfg = config(tmp_path, batch_size=64, max_wait_s=0.01, snapshot_every_steps=5, keep=100)
+    trainer = OnlineTrainer(SETTINGS, cfg)
+    report = trainer.run(
+        idle_timeout_s=0.2, source=MemorySampleSource.from_partitions(per_partition)
+    )
+
+    messages = sum(map(len, per_partition.values()))
+    assert report.stopped_by == "idle" and report.messages == messages
+    assert report.steps == -(-messages // 64) and report.rows == trainer.rows_total
+    assert trainer.metrics.auc > 0.6  # scored before learning each batch
+    every_fifth = list(range(5, report.steps + 1, 5))
+    final = [report.steps] if report.steps % 5 else []
+    assert [manifest(path).step for path in report.snapshots] == every_fifth + final
+    last = manifest(report.snapshots[-1])
+    assert last.topic == SETTINGS.topics.samples and last.samples == report.rows
+    assert last.offsets == {p: len(blobs) - 1 for p, blobs in per_partition.items()}
+
+
+def test_a_run_resumes_after_the_offsets_of_the_last_snapshot(
+    tmp_path: Path, per_partition: dict[int, list[bytes]]
+) -> None:
+    cfg = config(tmp_path, batch_size=64, max_wait_s=0.01, snapshot_every_steps=None)
+    first = OnlineTrainer(SETTINGS, cfg)
+    report = first.run(max_steps=3, source=MemorySampleSource.from_partitions(per_partition))
+    assert report.stopped_by == "max_steps" and report.messages == 3 * 64
+    assert len(report.snapshots) == 1  # the final one
+    ahead = first.offsets.copy()
+
+    second = OnlineTrainer(SETTINGS, cfg)
+    assert second.offsets == ahead and second.step == 3
+    rest = second.run(idle_timeout_s=0.2, source=MemorySampleSource.from_partitions(per_partition))
+    assert rest.messages == sum(map(len, per_partition.values())) - 3 * 64  # none trained twice
+    assert second.rows_total == report.rows + rest.rows
+    assert second.last_snapshot is not None
+    assert second.last_snapshot.manifest.offsets == {
+        p: len(blobs) - 1 for p, blobs in per_partition.items()
+    }
