@@ -19,116 +19,86 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ops.arguments import positive_int, positive_seconds
+from ops.arguments import Flag, add_fields, field_values, positive_int, positive_seconds
 
 if TYPE_CHECKING:
-    from trainer.online import TrainerConfig
+    from trainer.config import TrainerConfig
     from trainer.telemetry import TrainerTelemetry
 
 HELP = "Train a model online from the samples topic; write and announce snapshots"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from models import MODEL_NAMES
+    """The options: one per field of :class:`trainer.config.TrainerConfig` and of the model's
+    sizes (:class:`models.ModelConfig`), with their defaults, plus how long to run."""
+    from models import MODEL_NAMES, ModelConfig
+    from trainer.config import ONLINE_MODEL_SIZES, TrainerConfig
 
-    p.add_argument("--model", choices=MODEL_NAMES, default="dare")
-    p.add_argument("--snapshot-dir", type=Path, required=True)
-    p.add_argument("--batch-size", type=positive_int, default=512, help="sample messages per step")
-    p.add_argument("--snapshot-every-steps", type=positive_int, default=50)
-    p.add_argument("--snapshot-every-s", type=positive_seconds, default=30.0)
-    p.add_argument("--keep", type=positive_int, default=5, help="newest snapshots kept")
+    add_fields(p, TrainerConfig, {
+        "model": Flag(choices=MODEL_NAMES),
+        "snapshot_dir": Flag(),
+        "batch_size": Flag("sample messages per step", positive_int),
+        "snapshot_every_steps": Flag(type=positive_int),
+        "snapshot_every_s": Flag(type=positive_seconds),
+        "keep": Flag("newest snapshots kept", positive_int),
+    })  # fmt: skip
     model = p.add_argument_group("model")
-    model.add_argument("--dim", type=positive_int, default=32, help="embedding width (DARE's d_R)")
-    model.add_argument(
-        "--attn-dim", type=positive_int, default=None, help="DARE's d_A (default dim)"
-    )
-    model.add_argument("--seq-len", type=positive_int, default=200)
-    model.add_argument("--topk", type=positive_int, default=20)
-    model.add_argument("--dense-features", type=int, default=0, help="must match the samples")
-    model.add_argument(
-        "--item-capacity", type=positive_int, default=1 << 20, help="item rows (id-map capacity)"
-    )
-    model.add_argument("--category-capacity", type=positive_int, default=1 << 14)
-    model.add_argument("--max-clusters", type=positive_int, default=None)
-    model.add_argument("--min-count", type=positive_int, default=1, help="sightings before a row")
-    model.add_argument("--ttl", type=positive_int, default=None, help="id expiry (steps)")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=float, default=0.01)
-    opt.add_argument(
-        "--encoder-lr", type=float, default=0.001, help="sequence encoders (BST, DSIN, DIEN)"
-    )
-    opt.add_argument("--l2", type=float, default=1e-6)
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    add_fields(model, ModelConfig, {
+        "dim": Flag("embedding width (DARE's d_R)", positive_int),
+        "attn_dim": Flag("DARE's d_A (default dim)", positive_int),
+        "seq_len": Flag(type=positive_int),
+        "topk": Flag(type=positive_int),
+        "dense_features": Flag("must match the samples"),
+        "n_items": Flag("item rows (id-map capacity)", positive_int, "--item-capacity"),
+        "n_categories": Flag("category rows", positive_int, "--category-capacity"),
+    }, defaults=ONLINE_MODEL_SIZES)  # fmt: skip
+    add_fields(model, TrainerConfig, {
+        "max_clusters": Flag(type=positive_int),
+        "min_count": Flag("sightings before a row", positive_int),
+        "ttl": Flag("id expiry (steps)", positive_int),
+    })  # fmt: skip
+    add_fields(p.add_argument_group("optimisation"), TrainerConfig, {
+        "lr": Flag(),
+        "encoder_lr": Flag("sequence encoders (BST, DSIN, DIEN)"),
+        "l2": Flag(),
+        "seed": Flag(),
+        "device": Flag("auto (CUDA if present), cpu, cuda"),
+    })  # fmt: skip
     run = p.add_argument_group("run")
-    run.add_argument("--metrics-window", type=positive_int, default=10_000, help="rows")
-    run.add_argument("--max-wait-s", type=positive_seconds, default=0.5, help="to fill a batch")
-    run.add_argument("--log-every-s", type=positive_seconds, default=10.0)
+    add_fields(run, TrainerConfig, {
+        "metrics_window": Flag("rows", positive_int),
+        "max_wait_s": Flag("to fill a batch", positive_seconds),
+        "log_every_s": Flag(type=positive_seconds),
+        "audit_log": Flag("offsets trained per step"),
+        "group_id": Flag("default: {prefix}trainer"),
+        "session_timeout_s": Flag(
+            "consumer-group session: how soon a killed trainer's partitions move",
+            positive_seconds,
+        ),
+        "save_optimizer": Flag(
+            "leave optimizer moments out of snapshots (smaller; resume restarts Adam)",
+            name="--no-optimizer-state",
+        ),
+    })  # fmt: skip
     run.add_argument("--max-steps", type=positive_int, default=None)
     run.add_argument("--idle-timeout-s", type=positive_seconds, default=None)
-    run.add_argument("--audit-log", type=Path, default=None, help="offsets trained per step")
     run.add_argument(
         "--metrics-port",
         type=positive_int,
         default=None,
         help="serve Prometheus /metrics on 127.0.0.1:PORT (PORT + RANK under torchrun)",
     )
-    run.add_argument("--group-id", default=None, help="default: {prefix}trainer")
-    run.add_argument(
-        "--session-timeout-s",
-        type=positive_seconds,
-        default=10.0,
-        help="consumer-group session: how soon a killed trainer's partitions move",
-    )
-    run.add_argument(
-        "--no-optimizer-state",
-        dest="save_optimizer",
-        action="store_false",
-        help="leave optimizer moments out of snapshots (smaller; resume restarts Adam)",
-    )
 
 
 def trainer_config(args: argparse.Namespace) -> TrainerConfig:
-    """The :class:`trainer.online.TrainerConfig` the arguments describe."""
+    """The :class:`trainer.config.TrainerConfig` the arguments describe."""
     from models import ModelConfig
-    from trainer.online import TrainerConfig
+    from trainer.config import TrainerConfig
 
-    model_config = ModelConfig(
-        n_items=args.item_capacity,
-        n_categories=args.category_capacity,
-        dim=args.dim,
-        attn_dim=args.attn_dim,
-        dense_features=args.dense_features,
-        seq_len=args.seq_len,
-        topk=args.topk,
-    )
-    return TrainerConfig(
-        model_config=model_config,
-        snapshot_dir=args.snapshot_dir,
-        model=args.model,
-        batch_size=args.batch_size,
-        snapshot_every_steps=args.snapshot_every_steps,
-        snapshot_every_s=args.snapshot_every_s,
-        keep=args.keep,
-        metrics_window=args.metrics_window,
-        device=args.device,
-        lr=args.lr,
-        encoder_lr=args.encoder_lr,
-        l2=args.l2,
-        min_count=args.min_count,
-        ttl=args.ttl,
-        max_clusters=args.max_clusters,
-        max_wait_s=args.max_wait_s,
-        log_every_s=args.log_every_s,
-        save_optimizer=args.save_optimizer,
-        audit_log=args.audit_log,
-        group_id=args.group_id,
-        session_timeout_s=args.session_timeout_s,
-        seed=args.seed,
-    )
+    model_config = ModelConfig(**field_values(args, ModelConfig))
+    return TrainerConfig(model_config=model_config, **field_values(args, TrainerConfig))
 
 
 def run(args: argparse.Namespace) -> int:
