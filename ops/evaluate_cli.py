@@ -14,92 +14,74 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ops.arguments import positive_int
+from ops.arguments import Flag, add_fields, field_values, positive_int
 
 HELP = "Train and compare models offline (DARE protocol): AUC, GAUC, logloss over seeds"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from models import MODEL_NAMES
+    """The options: the log to read, one per field of :class:`trainer.offline.EvalConfig` and of
+    :class:`trainer.dataset.DatasetConfig` with their defaults, the baseline, where to write."""
+    from trainer.comparison import BASELINE
+    from trainer.dataset import DatasetConfig
+    from trainer.offline import EvalConfig
 
     p.add_argument("--data", type=Path, required=True, help="log file (movielens: its folder)")
     p.add_argument(
         "--format", required=True, choices=["taobao", "movielens", "jsonl", "csv", "parquet"]
     )
-    p.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated model names")
-    p.add_argument("--seeds", type=positive_int, default=5)
-    p.add_argument("--epochs", type=positive_int, default=3)
-    p.add_argument("--patience", type=positive_int, default=1, help="epochs without valid gain")
-    p.add_argument("--dim", type=positive_int, default=64)
-    p.add_argument("--topk", type=positive_int, default=20)
-    p.add_argument("--seq-len", type=positive_int, default=200)
-    p.add_argument("--batch-size", type=positive_int, default=2048)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument(
-        "--encoder-lr", type=float, default=0.001, help="sequence encoders (BST, DSIN, DIEN)"
-    )
-    p.add_argument("--negatives", type=int, default=2)
-    p.add_argument("--min-events", type=positive_int, default=3, help="drop shorter users")
-    p.add_argument("--train-stride", type=positive_int, default=1, help="DARE: 5")
-    p.add_argument("--max-train-targets", type=positive_int, default=None, help="DARE: 19")
-    p.add_argument("--behaviour-types", default="click", help="comma-separated event types")
-    p.add_argument("--max-batches", type=positive_int, default=None, help="per epoch (smoke runs)")
-    p.add_argument("--truth", type=Path, default=None, help="planted ground truth (JSON lines)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the negative sampling")
-    p.add_argument(
+    add_fields(p.add_argument_group("evaluation"), EvalConfig, {
+        "models": Flag("comma-separated model names"),
+        "seeds": Flag(type=positive_int),
+        "epochs": Flag(type=positive_int),
+        "patience": Flag("epochs without valid gain", positive_int),
+        "dim": Flag(type=positive_int),
+        "topk": Flag(type=positive_int),
+        "batch_size": Flag(type=positive_int),
+        "lr": Flag(),
+        "encoder_lr": Flag("sequence encoders (BST, DSIN, DIEN)"),
+        "max_batches": Flag("per epoch (smoke runs)", positive_int),
+        "device": Flag("cpu, cuda, cuda:1 (default: CUDA if present)"),
+        "progress": Flag(),
+    })  # fmt: skip
+    dataset = p.add_argument_group("dataset")
+    add_fields(dataset, DatasetConfig, {
+        "seq_len": Flag(type=positive_int),
+        "negatives": Flag(),
+        "min_events": Flag("drop shorter users", positive_int),
+        "train_stride": Flag("DARE: 5", positive_int),
+        "max_train_targets": Flag("DARE: 19", positive_int),
+        "behaviour_types": Flag("comma-separated event types"),
+        "seed": Flag("seed of the negative sampling", name="--data-seed"),
+    })  # fmt: skip
+    dataset.add_argument(
         "--min-ts",
         type=float,
         default=0.0,
         help="oldest event time kept (s); historical logs such as MovieLens start in 1996",
     )
+    p.add_argument("--truth", type=Path, default=None, help="planted ground truth (JSON lines)")
     p.add_argument(
-        "--baseline", default="mean", help="model the others are compared with, seed by seed"
+        "--baseline",
+        default=BASELINE,
+        help=f"model the others are compared with, seed by seed (default: {BASELINE})",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--out", type=Path, required=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from ops.malloc import tune_malloc
     from streaming.sources import load_log
+    from trainer.comparison import compare_to_baseline, summarise
     from trainer.dataset import DatasetConfig, build_dataset
-    from trainer.offline import (
-        EvalConfig,
-        compare_to_baseline,
-        comparison_table,
-        markdown_table,
-        run_evaluation,
-        summarise,
-        write_report,
-    )
+    from trainer.evaluation_report import comparison_table, markdown_table, write_report
+    from trainer.offline import EvalConfig, run_evaluation
     from trainer.retrieval import load_truth
 
     tune_malloc()  # keep freed tensor buffers: a training step re-faults ~100 MB of them otherwise
-    names = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    dcfg = DatasetConfig(
-        seq_len=args.seq_len,
-        negatives=args.negatives,
-        behaviour_types=tuple(t.strip() for t in args.behaviour_types.split(",")),
-        min_events=max(2, args.min_events),
-        train_stride=args.train_stride,
-        max_train_targets=args.max_train_targets,
-        seed=args.data_seed,
-    )
-    ecfg = EvalConfig(
-        models=names,
-        seeds=args.seeds,
-        epochs=args.epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        dim=args.dim,
-        topk=args.topk,
-        lr=args.lr,
-        encoder_lr=args.encoder_lr,
-        device=args.device,
-        max_batches=args.max_batches,
-        progress=args.progress,
-    )
+    dataset_fields = field_values(args, DatasetConfig) | {"min_events": max(2, args.min_events)}
+    dcfg = DatasetConfig(**dataset_fields)
+    ecfg = EvalConfig(**field_values(args, EvalConfig))
     ds = build_dataset(load_log(args.data, args.format, min_ts=args.min_ts), dcfg)
     truth = load_truth(args.truth) if args.truth else None
     sizes = f"{len(ds.users)} users, {ds.n_items - 1} items, {ds.n_categories - 1} categories"
@@ -119,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     )
     paths = write_report(args.out, results, meta, args.baseline)
     print(markdown_table(summarise(results)))
-    if args.baseline in names:
+    if args.baseline in ecfg.models:
         print(comparison_table(compare_to_baseline(results, args.baseline)), end="")
     else:
         print(f"no seed-paired comparison: --baseline {args.baseline} is not among --models")
