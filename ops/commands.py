@@ -209,17 +209,17 @@ def _worker_process(args: argparse.Namespace) -> int:
 
     from ops.malloc import tune_malloc
     from serving.reload import SnapshotWatcher
-    from streaming.app import Worker, build_ingest
+    from streaming.worker import Worker, build_worker
 
     tune_malloc()
     settings = _settings()
     ensure_topics(settings)
     state_dir = Path(args.state_dir or settings.state_dir)
-    app, service = build_ingest(settings, state_dir, http_port=args.http_port)
+    app, scoring = build_worker(settings, state_dir, http_port=args.http_port)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1")
     snapshots = Path(args.snapshot_dir or settings.snapshot_dir)
-    watcher = SnapshotWatcher(settings, service.holder, service.scoring_metrics, snapshots)
+    watcher = SnapshotWatcher(settings, scoring.holder, scoring.metrics, snapshots)
     watcher.start()
     Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from contracts.settings import Settings
-from streaming.app import Worker, create_app
+from streaming.app import create_app
+from streaming.worker import Worker
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from contracts.schema import Event
 from contracts.settings import Settings
 from streaming.admin import ensure_topics
+from streaming.app import APP_NAME
 from streaming.changelog import MARKER_KEY
-from streaming.ingest import APP_NAME
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events

@@ -5,13 +5,9 @@ never a user id, an item id or free text, and each metric has a bounded number o
 
 from __future__ import annotations
 
-import asyncio
 import math
 import zlib
-from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -25,10 +21,16 @@ from feature_store import decode_samples
 from models import ModelConfig
 from serving.attention import STAT_NAMES
 from serving.loading import load_snapshot
+from serving.metrics import ScoringMetrics
+from serving.scorer import ItemCatalog
 from streaming.admin import ensure_topics
-from streaming.ingest import Delivery, IngestService, RawMessage
+from streaming.gauges import WorkerGauges
+from streaming.ingest import IngestService, RawMessage
 from streaming.metrics import IngestMetrics
+from streaming.partitions import OwnedPartitions
+from streaming.scoring import ScoringService
 from streaming.synthetic import GeneratorConfig, generate
+from tests.support.sink import MemorySink
 from trainer.config import TrainerConfig
 from trainer.online import OnlineTrainer
 from trainer.telemetry import TrainerTelemetry
@@ -47,35 +49,6 @@ BOUNDED = {
     "partition": {str(p) for p in range(PARTITIONS)},
     "statistic": set(STAT_NAMES),
 }
-
-
-class MemorySink:
-    """The ingest service's Kafka sink, in memory (send returns the broker's future)."""
-
-    def __init__(self) -> None:
-        self.sent: dict[str, list[bytes]] = defaultdict(list)
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]:
-        self.sent[topic].append(value)
-        future = asyncio.get_running_loop().create_future()
-        future.set_result(SimpleNamespace(offset=len(self.sent[topic]) - 1))
-        return future
-
-    async def send_many(
-        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]
-    ) -> Delivery:
-        futures = [await self.send(topic, key, value, partition) for key, value in records]
-        return Delivery(futures[-1:], 0)
-
-    async def flush(self) -> None:
-        return None
 
 
 def partition_of(user: str) -> int:
@@ -116,28 +89,30 @@ async def test_no_label_takes_ids_or_free_text(settings: Settings, tmp_path: Pat
     torch.set_num_threads(1)
     ensure_topics(settings)
     worker_registry, trainer_registry = CollectorRegistry(), CollectorRegistry()
-    sink = MemorySink()
-    service = IngestService(
-        settings, sink, tmp_path / "state", IngestMetrics.create(worker_registry)
-    )
-    await service.own(range(PARTITIONS))
+    sink, metrics, catalog = MemorySink(), IngestMetrics.create(worker_registry), ItemCatalog()
+    partitions = OwnedPartitions(settings, tmp_path / "state", metrics)
+    ingest = IngestService(settings, sink, partitions, catalog, metrics)
+    scoring = ScoringService(partitions, catalog, ScoringMetrics.create(worker_registry))
+    gauges = WorkerGauges(settings, partitions, metrics)
+    await partitions.own(range(PARTITIONS))
     raw, users, all_items = messages()
     ids, items = set(users) | set(all_items), all_items[:50]
     for i in range(0, len(raw), 500):
-        await service.handle(raw[i : i + 500])
+        await ingest.handle(raw[i : i + 500])
     for user in users[:20]:  # before any model: every answer is coded no_model
-        service.answer(request(user, items), partition_of(user), "kafka")
+        scoring.answer(request(user, items), partition_of(user), "kafka")
     snapshot = train_snapshot(
         sink.sent[settings.topics.samples], tmp_path / "snaps", trainer_registry
     )
-    assert service.holder.swap(snapshot)
+    assert scoring.holder.swap(snapshot)
     for user in users:
-        answer = service.answer(request(user, items), partition_of(user), "http")
+        answer = scoring.answer(request(user, items), partition_of(user), "http")
         assert "error" not in answer
     for bad in (b"{", orjson.dumps({"user_id": "x" * 500, "items": ["1"]})):
-        service.answer(bad, 0, "kafka")
-    await service.sample_gauges()
-    await service.close()
+        scoring.answer(bad, 0, "kafka")
+    await gauges.sample()
+    await partitions.close()
+    gauges.close()
 
     walked = walk(worker_registry, ids) + walk(trainer_registry, ids)
     assert {"twinstream_attention_drift_js", "twinstream_state_users"} <= set(walked)

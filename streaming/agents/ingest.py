@@ -1,0 +1,79 @@
+"""The ``ingest`` agent over ``events``, the timer that closes attribution windows, and the
+rebalance hooks that hand partitions over.
+
+Events arrive in batches of up to ``BATCH_SIZE`` (or what came within ``BATCH_WITHIN_S``) and go
+to :class:`streaming.ingest.IngestService`. On a rebalance the revoked partitions of ``events``
+are paused at once and the new assignment is owned (caught up from the changelog) when it comes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from contracts.settings import Settings
+from streaming.gauges import WorkerGauges
+from streaming.ingest import IngestService, RawMessage
+from streaming.partitions import OwnedPartitions
+
+log = logging.getLogger(__name__)
+BATCH_SIZE = 2_000
+BATCH_WITHIN_S = 0.1
+TICK_INTERVAL_S = 5.0
+
+
+def events_topic(app: faust.App, settings: Settings) -> faust.TopicT:
+    return app.topic(
+        settings.topics.events,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topics.events_partitions,
+    )
+
+
+def add_ingest_agent(
+    app: faust.App, settings: Settings, service: IngestService, gauges: WorkerGauges
+) -> None:
+    """The agent, then the timer: expired windows closed, then the gauges sampled."""
+
+    @app.agent(events_topic(app, settings), name="ingest")
+    async def ingest(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
+        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+            await service.handle([raw_message(e) for e in batch])
+
+    @app.timer(interval=TICK_INTERVAL_S)
+    async def close_attribution_windows() -> None:
+        await service.tick()
+        await gauges.sample()
+
+
+def add_rebalance_hooks(app: faust.App, settings: Settings, partitions: OwnedPartitions) -> None:
+    """Pause what is revoked; own what is assigned (only ``events`` partitions count)."""
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        await partitions.pause(events_partitions(revoked, settings))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        await partitions.own(events_partitions(assigned, settings))
+        log.warning("ingest owns partitions %s", sorted(partitions.workers))
+
+
+def events_partitions(tps: Iterable[TP], settings: Settings) -> set[int]:
+    """The partition numbers of ``events`` among ``tps``.
+
+    >>> s = Settings()
+    >>> sorted(events_partitions([TP(s.topics.events, 2), TP(s.topics.scores, 1)], s))
+    [2]
+    """
+    return {tp.partition for tp in tps if tp.topic == settings.topics.events}
+
+
+def raw_message(event: faust.EventT) -> RawMessage:
+    message = event.message
+    return RawMessage(message.partition, message.offset, message.value, message.timestamp)
