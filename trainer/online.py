@@ -337,7 +337,8 @@ class OnlineTrainer:
     def _metrics(self) -> dict[str, float | None]:
         """Window metrics, averaged over ranks weighted by their window sizes."""
         m = self.metrics
-        return across_ranks(self.comm.gather_floats([m.auc, m.gauc, m.logloss, len(m), self._loss]))
+        mine = [m.auc, m.gauc, m.logloss, float(len(m)), self._loss]
+        return across_ranks(self.comm.gather_floats(mine))
 
     def _log_progress(self, report: RunReport) -> None:
         if not self.comm.is_main:
@@ -364,13 +365,14 @@ class OnlineTrainer:
     ) -> Iterator[tuple[SampleSource, SnapshotAnnouncer | None]]:
         """The source, started from the trainer's offsets; with the default one (the samples
         topic), rank 0 also announces its snapshots on ``model-updates``."""
-        announcer, the_topic = None, source is None
+        announces = source is None and self.comm.is_main
         if source is None:
             comm = self.comm
             source = KafkaSampleSource(self.settings, self.config, comm.rank, comm.world_size)
         source.start(lambda: self.offsets)
+        announcer = None
         try:
-            if the_topic and self.comm.is_main:
+            if announces:
                 announcer = SnapshotAnnouncer(self.settings)
             yield source, announcer
         finally:

@@ -26,6 +26,7 @@ from trainer.source import MemorySampleSource
 
 SETTINGS = Settings(topics=TopicNames(prefix="unit-"))  # never connects: run() over lists only
 CFG = ModelConfig(n_items=2048, n_categories=64, dim=8, seq_len=20, topk=5)
+IDLE_S = 2.0  # run() over a list stops this long after the last step (longer than any step)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +235,7 @@ def test_a_run_over_a_list_learns_and_snapshots_the_offsets_it_trained(
     cfg = config(tmp_path, batch_size=64, max_wait_s=0.01, snapshot_every_steps=5, keep=100)
     trainer = OnlineTrainer(SETTINGS, cfg)
     report = trainer.run(
-        idle_timeout_s=0.2, source=MemorySampleSource.from_partitions(per_partition)
+        idle_timeout_s=IDLE_S, source=MemorySampleSource.from_partitions(per_partition)
     )
 
     messages = sum(map(len, per_partition.values()))
@@ -261,7 +262,9 @@ def test_a_run_resumes_after_the_offsets_of_the_last_snapshot(
 
     second = OnlineTrainer(SETTINGS, cfg)
     assert second.offsets == ahead and second.step == 3
-    rest = second.run(idle_timeout_s=0.2, source=MemorySampleSource.from_partitions(per_partition))
+    rest = second.run(
+        idle_timeout_s=IDLE_S, source=MemorySampleSource.from_partitions(per_partition)
+    )
     assert rest.messages == sum(map(len, per_partition.values())) - 3 * 64  # none trained twice
     assert second.rows_total == report.rows + rest.rows
     assert second.last_snapshot is not None
