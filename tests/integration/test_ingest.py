@@ -1,4 +1,8 @@
-"""The Faust ingest worker on the real broker: sessions, recent sequences, crash, rebalance, DLQ."""
+"""The Faust ingest worker on the real broker: sessions, recent sequences, crash, rebalance, DLQ.
+
+The log is ``taobao_users`` (the real one, or its generated stand-in on a machine without
+../shared/data: the ``taobao_log`` fixture says which).
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,23 @@ from streaming.admin import ensure_topics, read_topic
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
-from tests.support.data import shared_file
-from tests.support.workers import WorkerProcess, read_changelog, wait_caught_up
+from tests.support.data import BehaviourLog
+from tests.support.workers import (
+    WorkerProcess,
+    owned_partitions,
+    read_changelog,
+    wait_caught_up,
+    wait_for_some_progress,
+    wait_until_each_owns_partitions,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 GAP = 1800.0
 
 
-def taobao_events() -> list[Event]:
-    events, _ = read_events(shared_file("taobao_users", "UserBehavior.csv"), "taobao")
+def taobao_events(log: BehaviourLog) -> list[Event]:
+    """The behaviours of the ``taobao_users`` log (real, or its generated stand-in)."""
+    events, _ = read_events(log.path, "taobao")
     return events
 
 
@@ -58,9 +70,9 @@ def assert_states_match(states: dict[str, UserState], events: list[Event]) -> No
 
 
 def test_sessions_and_recent_sequences_match_an_offline_computation(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, taobao_log: BehaviourLog
 ) -> None:
-    events = taobao_events()
+    events = taobao_events(taobao_log)
     ensure_topics(settings)
     send(settings, events)
     with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log"):
@@ -82,15 +94,15 @@ def test_sessions_and_recent_sequences_match_an_offline_computation(
 
 
 def test_kill_9_mid_replay_then_restart_equals_an_uninterrupted_run(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, taobao_log: BehaviourLog
 ) -> None:
-    events = taobao_events()
+    events = taobao_events(taobao_log)
     ensure_topics(settings)
     send(settings, events[: len(events) // 2])
     worker = WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log")
-    _wait_for_some_progress(settings)
+    wait_for_some_progress(settings)
     send(settings, events[len(events) // 2 :])
-    time.sleep(0.5)
+    time.sleep(0.5)  # on purpose: the kill lands at some point of the second half's processing
     worker.kill()  # kill -9 while the second half streams in
     with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log"):
         states = wait_caught_up(settings)
@@ -99,20 +111,22 @@ def test_kill_9_mid_replay_then_restart_equals_an_uninterrupted_run(
 
 
 def test_second_worker_mid_stream_takes_partitions_with_their_state(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, taobao_log: BehaviourLog
 ) -> None:
-    events = taobao_events()
+    events = taobao_events(taobao_log)
     ensure_topics(settings)
     send(settings, events[: len(events) // 3])
     a = WorkerProcess(settings, tmp_path / "a", tmp_path / "a.log")
-    _wait_for_some_progress(settings)
+    wait_for_some_progress(settings)
     b = WorkerProcess(settings, tmp_path / "b", tmp_path / "b.log")
-    time.sleep(8)
+    wait_until_each_owns_partitions(
+        [tmp_path / "a", tmp_path / "b"], settings.topics.events_partitions
+    )
     send(settings, events[len(events) // 3 :])
     with a, b:
         states = wait_caught_up(settings)
         # while both run: each partition's state on exactly one worker
-        owned_a, owned_b = _owned_partitions(tmp_path / "a"), _owned_partitions(tmp_path / "b")
+        owned_a, owned_b = owned_partitions(tmp_path / "a"), owned_partitions(tmp_path / "b")
     assert owned_a and owned_b and not owned_a & owned_b
     assert_states_match(states, events)
     _, _, partitions = read_changelog(settings)
@@ -120,14 +134,14 @@ def test_second_worker_mid_stream_takes_partitions_with_their_state(
 
 
 def test_one_command_runs_several_worker_processes_that_share_the_partitions(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, taobao_log: BehaviourLog
 ) -> None:
-    events = taobao_events()
+    events = taobao_events(taobao_log)
     ensure_topics(settings)
     send(settings, events[: len(events) // 3])
     with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log", "--processes", "2") as w:
         dirs = [tmp_path / "w" / f"w{i}" for i in (0, 1)]
-        owned = _wait_until_each_owns_partitions(dirs, settings.topics.events_partitions)
+        owned = wait_until_each_owns_partitions(dirs, settings.topics.events_partitions)
         send(settings, events[len(events) // 3 :])
         states = wait_caught_up(settings)
     assert w.proc.returncode == 0  # SIGTERM stopped both processes cleanly
@@ -135,29 +149,10 @@ def test_one_command_runs_several_worker_processes_that_share_the_partitions(
     assert_states_match(states, events)
 
 
-def _owned_partitions(state_dir: Path) -> set[str]:
-    """The partitions whose RocksDB state a worker keeps under ``state_dir``."""
-    return {p.name for p in state_dir.glob("*/p*.rocksdb")}
-
-
-def _wait_until_each_owns_partitions(
-    state_dirs: list[Path], partitions: int, timeout_s: float = 120.0
-) -> list[set[str]]:
-    """The partitions each worker process holds, once every one holds some (a process that
-    joins the group after the first has all partitions gets its share at the next rebalance)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        owned = [_owned_partitions(d) for d in state_dirs]
-        if all(owned) and sum(map(len, owned)) == partitions:
-            return owned
-        time.sleep(0.5)
-    raise TimeoutError(f"not every worker process owns partitions: {owned}")
-
-
 def test_bad_input_goes_to_the_dlq_and_valid_state_is_unaffected(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, taobao_log: BehaviourLog
 ) -> None:
-    events = taobao_events()[:3000]
+    events = taobao_events(taobao_log)[:3000]
     ensure_topics(settings)
     bad = [
         b"{not json",
@@ -210,13 +205,3 @@ def test_pending_impressions_move_with_their_partition(
     samples = decode_samples([r.value for r in records], recent_length=8)
     assert samples.size == len(users) and (samples.label == 1.0).all()
     assert sorted(samples.target_item.tolist()) == [stable_id("i0")] * len(users)
-
-
-def _wait_for_some_progress(settings: Settings, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _, markers, _ = read_changelog(settings)
-        if markers:
-            return
-        time.sleep(0.5)
-    raise TimeoutError("the worker made no progress")

@@ -1,4 +1,8 @@
-"""Replay onto the real broker and read back: once each, in event-time order per user."""
+"""Replay onto the real broker and read back: once each, in event-time order per user.
+
+The log is ``taobao_users`` (the real one, or its generated stand-in on a machine without
+../shared/data: the ``taobao_log`` fixture says which).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from streaming.admin import ensure_topics, read_topic
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
-from tests.support.data import shared_file
+from tests.support.data import BehaviourLog
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +31,11 @@ def _replay_file(settings: Settings, path: Path) -> tuple[list, list]:
     return events, read_topic(settings, settings.topics.events, expected=len(events))
 
 
-def test_taobao_users_arrive_once_in_event_time_order_per_user(settings: Settings) -> None:
-    events, records = _replay_file(settings, shared_file("taobao_users", "UserBehavior.csv"))
-    assert len(events) == 14_316
+def test_taobao_users_arrive_once_in_event_time_order_per_user(
+    settings: Settings, taobao_log: BehaviourLog
+) -> None:
+    events, records = _replay_file(settings, taobao_log.path)
+    assert len(events) == taobao_log.rows  # 14,316 in the real log
     decoded = [orjson.loads(r.value) for r in records]
     ids = [d["event_id"] for d in decoded]
     assert len(ids) == len(set(ids)) == len(events)

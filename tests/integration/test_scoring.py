@@ -1,5 +1,9 @@
 """Scoring end to end against the real broker: Kafka and HTTP answers, explanations, bad input,
-and 100 hot reloads (one of them corrupt) under continuous requests without a failed request."""
+and 100 hot reloads (one of them corrupt) under continuous requests without a failed request.
+
+The worker holds the state of the ``taobao_users`` log (the real one, or its generated stand-in
+on a machine without ../shared/data: the ``taobao_log`` fixture says which).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from streaming.client import ScoreClient
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
-from tests.support.data import shared_file
+from tests.support.data import BehaviourLog
+from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess, wait_caught_up
 from trainer.announce import announce
 
@@ -49,8 +54,8 @@ def write_version(folder: Path, version: int, items: np.ndarray, cats: np.ndarra
 
 
 @pytest.fixture()
-def serving(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
-    events, _ = read_events(shared_file("taobao_users", "UserBehavior.csv"), "taobao")
+def serving(settings: Settings, tmp_path: Path, taobao_log: BehaviourLog):  # type: ignore[no-untyped-def]
+    events, _ = read_events(taobao_log.path, "taobao")
     ensure_topics(settings)
     with EventProducer(settings) as producer:
         replay(events, producer, progress=False)
@@ -133,8 +138,14 @@ def test_100_reloads_under_load_with_a_corrupt_one_lose_no_request(settings, ser
             weights.write_bytes(bytes(data))
         announce(producer, settings.topics.model_updates, written)
         producer.flush()
-        time.sleep(0.05)
-    time.sleep(3)
+        time.sleep(0.05)  # on purpose: the reloads are spread over the requests, not one burst
+
+    def served_the_last() -> bool:
+        if failures or not thread.is_alive():
+            return True  # the assertions below say what went wrong
+        return bool(answers) and answers[-1].get("model_version") == 101
+
+    wait_until(served_the_last, timeout_s=60, what="an answer from the last version, 101")
     stop.set()
     thread.join(timeout=60)
     producer.close()
@@ -146,11 +157,11 @@ def test_100_reloads_under_load_with_a_corrupt_one_lose_no_request(settings, ser
 
 
 def _await_model(client: ScoreClient, user: str, items: list[str]) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def loaded() -> dict | None:  # type: ignore[type-arg]
         answer = client.score(user, items, explain=True)
         if "error" not in answer:
             return answer
         assert answer["error"]["code"] == "no_model"
-        time.sleep(0.5)
-    raise TimeoutError("the worker never loaded the snapshot")
+        return None
+
+    return wait_until(loaded, timeout_s=60, what="the worker to load the first snapshot")

@@ -3,7 +3,8 @@
 SIGTERM writes a final snapshot; two ranks split the partitions and stay bit-identical.
 
 Samples are made the way the ingest worker makes them (``PartitionWorker`` over a
-``MemoryStore``) from the real Taobao log or the synthetic generator, and sent to a fresh
+``MemoryStore``) from the ``taobao_users`` log (the real one, or its generated stand-in on a
+machine without ../shared/data) or the synthetic generator, and sent to a fresh
 ``samples`` topic with 4 partitions. The trainers run as real processes (``python -m
 ops.train_cli``, ``torchrun``) with an audit log of the offsets they consumed per step.
 """
@@ -16,9 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,9 @@ from serving.manifest import MANIFEST_FILE
 from serving.snapshot import latest_snapshot, list_snapshots
 from streaming.admin import ensure_topics, read_topic
 from streaming.sources import read_events
-from tests.support.data import shared_file
+from tests.support.data import BehaviourLog
 from tests.support.events import sample_messages, synthetic_events
+from tests.support.waiting import wait_until
 from trainer.config import TrainerConfig
 from trainer.online import OnlineTrainer
 
@@ -117,18 +117,6 @@ def start_trainer(settings: Settings, tmp: Path, name: str, *extra: str) -> subp
         )
 
 
-def wait_for(
-    what: str, check: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer exited ({proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def audit(path: Path) -> list[dict]:
     """The audit lines (a line cut by kill -9 is dropped)."""
     if not path.exists():
@@ -164,15 +152,15 @@ def expected_range(start_after: dict[str, int] | dict[int, int], p: int, end: in
 # ---------------------------------------------------------------- it learns, snapshots, announces
 
 
-def taobao_samples(n_events: int = 6000) -> dict[int, list[bytes]]:
-    events, _ = read_events(shared_file("taobao_users", "UserBehavior.csv"), "taobao")
+def taobao_samples(log: BehaviourLog, n_events: int = 6000) -> dict[int, list[bytes]]:
+    events, _ = read_events(log.path, "taobao")
     return sample_messages(events[:n_events], PARTITIONS)
 
 
 def test_trainer_learns_and_announces_verified_snapshots(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, taobao_log: BehaviourLog
 ) -> None:
-    per_partition = taobao_samples()
+    per_partition = taobao_samples(taobao_log)
     ends = produce(settings, per_partition)
     cfg = TrainerConfig(
         model_config=ModelConfig(n_items=1 << 15, n_categories=1 << 11, dim=8, seq_len=50, topk=10),
@@ -227,10 +215,15 @@ def test_kill_9_mid_stream_resumes_from_the_checkpoint_and_never_retrains_before
     # A: kill -9 once a checkpoint exists and A has consumed past it (mid-interval).
     a = start_trainer(settings, tmp_path, "a")
     try:
-        wait_for("checkpoint v2", lambda: (snaps / "v00000002" / MANIFEST_FILE).exists(), a, 120)
-        step_a = json.loads((snaps / "v00000002" / MANIFEST_FILE).read_bytes())["step"]
-        wait_for(
-            "steps past v2", lambda: audit(tmp_path / "a.audit")[-1]["step"] > step_a + 3, a, 60
+        v2 = snaps / "v00000002" / MANIFEST_FILE
+        wait_until(v2.exists, timeout_s=120, what="checkpoint v2", interval_s=0.05, process=a)
+        step_a = json.loads(v2.read_bytes())["step"]
+        wait_until(
+            lambda: audit(tmp_path / "a.audit")[-1]["step"] > step_a + 3,
+            timeout_s=60,
+            what="steps past v2",
+            interval_s=0.05,  # kill -9 before the next checkpoint
+            process=a,
         )
     finally:
         a.send_signal(signal.SIGKILL)
@@ -247,7 +240,13 @@ def test_kill_9_mid_stream_resumes_from_the_checkpoint_and_never_retrains_before
     # B: resumes exactly after the checkpoint; stopped by SIGTERM mid-stream (final snapshot).
     b = start_trainer(settings, tmp_path, "b")
     try:
-        wait_for("B training", lambda: len(audit(tmp_path / "b.audit")) >= 20, b, 120)
+        wait_until(
+            lambda: len(audit(tmp_path / "b.audit")) >= 20,
+            timeout_s=120,
+            what="B training",
+            interval_s=0.05,
+            process=b,
+        )
         b.send_signal(signal.SIGTERM)
         assert b.wait(60) == 0
     finally:

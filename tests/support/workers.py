@@ -1,4 +1,5 @@
-"""Real worker processes for integration tests, and readers of what they leave on Kafka."""
+"""Real worker processes for integration tests, readers of what they leave on Kafka, and waits
+for them: caught up with ``events``, some progress, partitions shared out."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -16,6 +16,7 @@ from contracts.settings import Settings
 from feature_store import UserState
 from streaming.admin import end_offsets
 from streaming.changelog import MARKER_KEY, META_PREFIX
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,11 +100,50 @@ def wait_caught_up(settings: Settings, timeout_s: float = 120.0) -> dict[str, Us
     want = {
         p: end - 1 for p, end in end_offsets(settings, settings.topics.events, n).items() if end
     }
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states, markers, _ = read_changelog(settings)
-        if all(markers.get(p, -1) >= off for p, off in want.items()):
-            return states
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"workers did not catch up: markers {markers}, want {want}")
-        time.sleep(1.0)
+    markers: dict[int, int] = {}
+
+    def caught_up() -> dict[str, UserState] | None:
+        states, seen, _ = read_changelog(settings)
+        markers.clear()
+        markers.update(seen)
+        return states if all(markers.get(p, -1) >= off for p, off in want.items()) else None
+
+    return wait_until(
+        caught_up,
+        timeout_s=timeout_s,
+        what=f"the workers to catch up (markers at {want})",
+        interval_s=1.0,
+        detail=lambda: f"markers {markers}",
+    )
+
+
+def wait_for_some_progress(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Wait until a worker has written its first marker (it processes ``events``)."""
+    wait_until(
+        lambda: read_changelog(settings)[1], timeout_s=timeout_s, what="the worker's first marker"
+    )
+
+
+def owned_partitions(state_dir: Path) -> set[str]:
+    """The partitions whose RocksDB state a worker keeps under ``state_dir``."""
+    return {p.name for p in state_dir.glob("*/p*.rocksdb")}
+
+
+def wait_until_each_owns_partitions(
+    state_dirs: list[Path], partitions: int, timeout_s: float = 120.0
+) -> list[set[str]]:
+    """The partitions each worker process holds, once every one holds some and together they
+    hold all (a process that joins the group after the first has all partitions gets its share
+    at the next rebalance)."""
+    owned: list[set[str]] = []
+
+    def shared_out() -> list[set[str]] | None:
+        owned[:] = [owned_partitions(d) for d in state_dirs]
+        return owned if all(owned) and sum(map(len, owned)) == partitions else None
+
+    return wait_until(
+        shared_out,
+        timeout_s=timeout_s,
+        what=f"every worker process to own some of the {partitions} partitions",
+        detail=lambda: f"owned {owned}",
+    )
