@@ -1,4 +1,4 @@
-"""The event schema of topic ``events`` (DESIGN.md section 2) and its validator.
+"""The event schema of topic ``events`` (ARCHITECTURE.md section 2) and its validator.
 
 Every rejection carries a :class:`Reason` (a small closed set, safe as a metric label) and a
 human-readable detail.

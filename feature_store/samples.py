@@ -44,7 +44,7 @@ from feature_store.state_format import TYPE_CODES
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How samples are made (DESIGN.md section 4)."""
+    """How samples are made (ARCHITECTURE.md section 4)."""
 
     mode: Literal["implicit", "explicit"] = "implicit"
     negatives: int = 2  # K

@@ -87,7 +87,7 @@ class LateEvent(InvalidEvent):
 
 @dataclass(frozen=True)
 class StateConfig:
-    """Per-user state knobs (defaults: DESIGN.md section 3)."""
+    """Per-user state knobs (defaults: ARCHITECTURE.md section 3)."""
 
     recent_length: int = RECENT_LENGTH
     lifelong_cap: int = LIFELONG_CAP

@@ -1,4 +1,4 @@
-"""The one batch format every model reads (DESIGN.md section 5).
+"""The one batch format every model reads (ARCHITECTURE.md section 5).
 
 Ids are embedding *rows* (int64), already mapped from raw ids by :class:`models.embedding.IdMap`;
 row 0 is the shared padding / unknown row. Sequences are right-aligned: the most recent behaviour

@@ -2,8 +2,9 @@
 
 By default glibc returns freed blocks over 128 KiB to the kernel at once and re-faults them on the
 next request; with tensors of a few MB per score and a whole model freed at each hot reload, that
-churn shows up as tail latency (DESIGN.md section 5 measured it on the DARE reference). Raising the
-mmap and trim thresholds keeps that memory in the process. A no-op off glibc.
+churn shows up as tail latency (on the public DARE reference, raising these thresholds cut its
+scoring p50/p99 from 30/67 ms to 14/18 ms). Raising the mmap and trim thresholds keeps that memory
+in the process. A no-op off glibc.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The worker's sampled gauges: consumer lag of both agents on the owned partitions, and the
-users and bytes of the local state (DESIGN.md section 8).
+users and bytes of the local state (ARCHITECTURE.md section 8).
 
 Sampled after each attribution tick; monitoring failures are logged, never raised.
 """

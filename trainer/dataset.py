@@ -1,4 +1,4 @@
-"""DARE's offline protocol (DESIGN.md section 9): an event log -> per-user samples -> model batches.
+"""DARE's offline protocol (ARCHITECTURE.md section 9): an event log -> per-user samples -> model batches.
 
 From a time-ordered event log (``streaming.sources.EventLog`` or anything with the same arrays):
 
@@ -19,7 +19,7 @@ DSIN's 30 minutes) and, per sample, ``hist_age`` (0 = most recent) and the TWIN-
 Offline clusters: the history window grouped by category, each group represented by its most recent
 item (and that item's category), size = number of members, clusters ordered by their most recent
 member and right-aligned, the newest ``max_clusters`` kept. The online feature store replaces this
-with the hierarchical k-means clusters of DESIGN.md section 3.
+with the hierarchical k-means clusters of ARCHITECTURE.md section 3.
 
 Histories are gathered per mini-batch from flat per-user arrays (no (samples x L) copy in memory).
 """

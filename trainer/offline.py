@@ -1,4 +1,4 @@
-"""Offline evaluation (DARE protocol, DESIGN.md section 9): every model x seed, the same loop.
+"""Offline evaluation (DARE protocol, ARCHITECTURE.md section 9): every model x seed, the same loop.
 
 For each model and seed: train on the train split, keep the weights of the epoch with the best
 valid AUC (stop after ``patience`` epochs without a gain), report test AUC, GAUC and logloss,

@@ -1,6 +1,6 @@
 """The online trainer: sample messages → progressive validation → learn → snapshots.
 
-Per step (DESIGN.md section 6): take up to ``batch_size`` sample messages from the source
+Per step (ARCHITECTURE.md section 6): take up to ``batch_size`` sample messages from the source
 (:mod:`trainer.source`: the ``samples`` topic, or a list), decode them, score them with the current
 model (eval mode, lookup-only id mapping, exactly as the scorer would see them), update the
 sliding-window AUC / GAUC / logloss and the attention reference window, then observe the ids (new

@@ -1,5 +1,5 @@
 """Prometheus metrics of the online trainer, declared in one typed place with an injectable
-registry (DESIGN.md section 8; the worker's are in :mod:`streaming.metrics`).
+registry (ARCHITECTURE.md section 8; the worker's are in :mod:`streaming.metrics`).
 
 :class:`TrainerTelemetry` is what :class:`trainer.online.OnlineTrainer` calls: messages consumed,
 rows trained, snapshots written, consumer lag. Sample-to-model freshness is the time from a

@@ -1,8 +1,8 @@
 """Training throughput and scoring latency per model, each beside a plain PyTorch reference.
 
-Setting (DESIGN.md section 5): a Taobao-sized vocabulary (4,068,791 items, 9,408 categories),
-history 200 (every position real), batch 2048, dim 64, top-k 20; ids drawn uniformly, so a batch
-touches ~400k distinct item rows (the worst case for sparse updates).
+Setting (the DARE reference's Taobao setup): a Taobao-sized vocabulary (4,068,791 items, 9,408
+categories), history 200 (every position real), batch 2048, dim 64, top-k 20; ids drawn
+uniformly, so a batch touches ~400k distinct item rows (the worst case for sparse updates).
 
 - **ours**: ``sparse_embeddings=True`` tables updated by lazy ``SparseAdam``, dense weights by Adam
   (:class:`trainer.loop.Learner`).

@@ -1,4 +1,4 @@
-"""The event schema: every rule of DESIGN.md section 2 gives its reason; valid events pass."""
+"""The event schema: every rule of ARCHITECTURE.md section 2 gives its reason; valid events pass."""
 
 from __future__ import annotations
 
