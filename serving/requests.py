@@ -1,4 +1,4 @@
-"""Scoring requests: their schema, the serving model holder, and the scorer itself.
+"""Score requests: their schema, their limits and their error answers (scoring: serving.scorer).
 
 A request (topic ``score-requests``, key = user id, or ``POST /score``)::
 

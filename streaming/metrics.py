@@ -1,5 +1,6 @@
-"""Prometheus metrics of the worker (ingest + scorer), declared in one typed place with an
-injectable registry (ARCHITECTURE.md section 8; the trainer's are in :mod:`trainer.telemetry`).
+"""Prometheus metrics of the worker's ingest, declared in one typed place with an injectable
+registry (ARCHITECTURE.md section 8; the scorer's are in :mod:`serving.metrics`, the trainer's in
+:mod:`trainer.telemetry`).
 
 Labels take closed sets only (outcome, reason, transport, agent, partition number, statistic):
 never a user id, an item id or free text, so the number of series stays bounded.
