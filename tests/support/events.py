@@ -62,21 +62,19 @@ def synthetic_log(
 
 def synthetic_events(users: int = 60, seed: int = 3) -> list[Event]:
     """A small generated log (users with a few drifting interest categories) as events."""
-    log = generate(
-        GeneratorConfig(
-            users=users,
-            long_users=0,
-            categories=30,
-            items_per_category=20,
-            mean_sessions=8,
-            seed=seed,
-        )
+    cfg = GeneratorConfig(
+        users=users, long_users=0, categories=30, items_per_category=20, mean_sessions=8, seed=seed
     )
+    return generated_events(cfg)
+
+
+def generated_events(cfg: GeneratorConfig, *, event_ids: bool = False) -> list[Event]:
+    """The log ``cfg`` generates, as events in its order (with ids ``e0``, ``e1``, ... or none)."""
+    log = generate(cfg)
+    rows = zip(log.user, log.item, log.category, log.behaviour, log.ts, strict=True)
     return [
-        Event(str(u), str(i), TYPES[str(b)], float(t), str(c))
-        for u, i, c, b, t in zip(
-            log.user, log.item, log.category, log.behaviour, log.ts, strict=True
-        )
+        Event(str(u), str(i), TYPES[str(b)], float(t), str(c), f"e{n}" if event_ids else None)
+        for n, (u, i, c, b, t) in enumerate(rows)
     ]
 
 
