@@ -1,4 +1,4 @@
-"""Per-user feature state for twinstream (DESIGN.md sections 3 and 4).
+"""Per-user feature state for twinstream (ARCHITECTURE.md sections 3 and 4).
 
 - :mod:`feature_store.ids`: raw string ids -> stable int64 keys.
 - :mod:`feature_store.state`: :class:`UserState` (recent sequence, lifelong log, sessions, dedupe,
@@ -10,6 +10,7 @@
 - :mod:`feature_store.samples`: point-in-time training samples and scoring requests;
   :mod:`feature_store.sample_format`: the sample message and its vectorised batch decoder;
   :mod:`feature_store.negatives`: frequency-proportional negatives;
+  :mod:`feature_store.sampler_journal`: the sampler's checkpoint and per-batch deltas in the store;
   :mod:`feature_store.delayed_labels`: impressions waiting for a click (explicit feedback).
 - :mod:`feature_store.ingest`: the per-partition worker the ingest agent drives.
 """

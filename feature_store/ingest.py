@@ -5,12 +5,14 @@ The Faust agent owns one :class:`PartitionWorker` per assigned partition and, fo
 
     result = worker.process(records)        # reads states, makes samples, applies events
     send result.samples to `samples`, result.rejected to `events-dlq` (reason `late`)
-    worker.commit(result)                   # states + offset + pending impressions, one batch
+    worker.commit(result)                   # states + offset + pending impressions + sampler
 
 Records at or below the partition's stored offset are skipped (a replay after a crash changes
-nothing). If sending fails, drop the worker and build a new one from the store: ``process`` has
-already advanced the in-memory sampler and pending impressions. A timer calls :meth:`tick` to close
-expired attribution windows (explicit mode).
+nothing). The negative sampler is restored with the partition, before any event: its checkpoint
+and the deltas since (:mod:`feature_store.sampler_journal`) are committed in each batch, so after
+a kill -9 it is the sampler of the stored offset. If sending fails, drop the worker and build a
+new one from the store: ``process`` has already advanced the in-memory sampler and pending
+impressions. A timer calls :meth:`tick` to close expired attribution windows (explicit mode).
 
 >>> from feature_store.store import MemoryStore
 >>> from contracts.schema import Event, EventType
@@ -32,7 +34,7 @@ from contracts.settings import Settings
 from feature_store.cluster_config import ClusterConfig
 from feature_store.clustering import ItemEmbedder
 from feature_store.delayed_labels import PendingImpressions
-from feature_store.negatives import FrequencySampler
+from feature_store.sampler_journal import SamplerJournal
 from feature_store.samples import SampleBuilder, SampleConfig
 from feature_store.state import Admission, LateEvent, StateConfig, UserState
 from feature_store.store import StateStore
@@ -45,7 +47,7 @@ class FeatureConfig:
     state: StateConfig = field(default_factory=StateConfig)
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     samples: SampleConfig = field(default_factory=SampleConfig)
-    sampler_checkpoint_every: int = 100  # batches between sampler checkpoints
+    sampler_checkpoint_every: int = 100  # batches that observe items, per sampler checkpoint
 
     def __post_init__(self) -> None:
         if self.clusters.lifelong_cap != self.state.lifelong_cap:
@@ -108,18 +110,13 @@ class PartitionWorker:
         self.config = config or FeatureConfig()
         self.embedder = embedder
         self.watermark: float | None = None
-        self._batches = 0
-        blob = store.get_meta(self._sampler_key)
-        sampler = FrequencySampler() if blob is None else FrequencySampler.decode(blob)
+        self.sampler_journal = SamplerJournal(partition, self.config.sampler_checkpoint_every)
+        sampler = self.sampler_journal.restore(store)
         pending = PendingImpressions(
             self.config.samples.attribution_window_s, prefix=f"pending/{partition}/"
         )
         pending.restore(value for _, value in store.meta_items(pending.prefix))
         self.builder = SampleBuilder(self.config.samples, self.config.state, sampler, pending)
-
-    @property
-    def _sampler_key(self) -> str:
-        return f"sampler/{self.partition}"
 
     def process(self, records: Sequence[tuple[int, Event]]) -> BatchResult:
         """Apply a chunk of ``(offset, event)`` records in offset order (nothing is written)."""
@@ -134,17 +131,15 @@ class PartitionWorker:
         for offset, event in fresh:
             self._one(offset, event, result.states[event.user_id], result)
         result.offset = max((o for o, _ in fresh), default=None)
-        result.meta = self._meta_changes()
+        result.meta = self._meta_changes(result.offset)
         return result
 
-    def _meta_changes(self) -> MetaChanges:
-        """Pending impressions written or closed since the last batch, and every
-        ``sampler_checkpoint_every`` batches the sampler's counts."""
+    def _meta_changes(self, offset: int | None) -> MetaChanges:
+        """Pending impressions written or closed since the last batch, and the sampler's
+        observations in this batch (a delta, or every ``sampler_checkpoint_every``-th time a
+        checkpoint): committed with the batch, they keep the stored sampler at its offset."""
         meta = self.builder.pending.drain_changes()
-        self._batches += 1
-        if self._batches % self.config.sampler_checkpoint_every == 0:
-            meta[self._sampler_key] = self.builder.sampler.encode()
-        return meta
+        return meta | self.sampler_journal.changes(self.builder.sampler, offset)
 
     def _one(self, offset: int, event: Event, state: UserState, result: BatchResult) -> None:
         try:

@@ -30,7 +30,9 @@ class FrequencySampler:
     occurrences or a sixteenth of the distinct items (amortised O(1)). Draws are counter-based
     hashes of a key (:func:`event_key`); the fold schedule depends only on the sequence of
     observations, and :meth:`encode` keeps both parts, so a replay from persisted state draws
-    exactly the same items.
+    exactly the same items. With :attr:`journal` set to a list, each observation is recorded
+    there as it is made (item, then category): replaying those pairs with :meth:`observe_many`
+    rebuilds the same sampler (:mod:`feature_store.sampler_journal` persists them per batch).
 
     >>> s = FrequencySampler()
     >>> s.observe_many(np.array([1, 1, 1, 2, 3]), np.array([10, 10, 10, 20, 30]))
@@ -51,6 +53,7 @@ class FrequencySampler:
         self._recent: list[int] = []  # item indices observed since the last fold
         self._n = 0
         self.fold_every = fold_every
+        self.journal: list[int] | None = None  # a list: item, category of each observation
 
     def __len__(self) -> int:
         return self._n
@@ -72,6 +75,8 @@ class FrequencySampler:
             i = self._add(item)
         self._cats[i] = category
         self._recent.append(i)
+        if self.journal is not None:
+            self.journal += (item, category)
         if len(self._recent) >= max(self.fold_every, self._n >> 4):
             self._fold()
 

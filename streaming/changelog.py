@@ -4,11 +4,12 @@ Topic ``user-state-changelog`` is compacted and co-partitioned with ``events``. 
 batch the owner writes every touched user's full state (key = user id) and one offset marker
 (key = empty bytes, value = the last applied ``events`` offset) to the same partition number, with
 the partition's metadata changes (pending explicit-mode impressions, the negative sampler's
-checkpoint; key = ``META_PREFIX`` + name, a tombstone when deleted), and waits for the broker
-before committing its local RocksDB. The changelog is therefore never behind
-the local store; a worker that is assigned a partition replays the changelog from where its local
-store left off (or from the start on a new machine) and then resumes from the committed consumer
-offset, skipping events at or below the marker.
+per-batch delta or checkpoint parts, :mod:`feature_store.sampler_journal`; key = ``META_PREFIX`` +
+name, a tombstone when deleted), and waits for the broker before committing its local RocksDB.
+The changelog is therefore never behind the local store; a worker that is assigned a partition
+replays the changelog from where its local store left off (or from the start on a new machine),
+sampler included, and then resumes from the committed consumer offset, skipping events at or
+below the marker.
 """
 
 from __future__ import annotations
