@@ -1,10 +1,11 @@
 """The ingest service behind the ``ingest`` agent: validate, dead-letter, apply, emit, commit.
 
-Each batch of ``events`` is validated (bad messages go to the DLQ with their reason), applied per
-owned partition by its :class:`feature_store.PartitionWorker`, and its training samples and state
-changelog records are sent through the :class:`streaming.sink.Sink`; once the broker has them,
-the local RocksDB stores commit (:mod:`streaming.changelog`). The stores themselves belong to
-:class:`streaming.partitions.OwnedPartitions`.
+Each batch of ``events`` is validated (bad messages go to the DLQ with their reason), an event
+whose body's user another partition owns is sent to that partition (:mod:`streaming.routing`),
+the rest is applied per owned partition by its :class:`feature_store.PartitionWorker`, and its
+training samples and state changelog records are sent through the :class:`streaming.sink.Sink`;
+once the broker has them, the local RocksDB stores commit (:mod:`streaming.changelog`). The
+stores themselves belong to :class:`streaming.partitions.OwnedPartitions`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from streaming.changelog import (
 )
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
+from streaming.routing import Copy, Routed, Router, Split
 from streaming.sink import Delivery, Sink
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,12 @@ class IngestService:
         partitions: OwnedPartitions,
         catalog: ItemCatalog,
         metrics: IngestMetrics,
+        router: Router | None = None,
     ) -> None:
+        """``router``: sends the events whose body's user another partition owns to that
+        partition (the worker has one); without one every event is applied where it arrived."""
         self.settings, self.sink, self.partitions = settings, sink, partitions
-        self.catalog, self.metrics = catalog, metrics
+        self.catalog, self.metrics, self.router = catalog, metrics, router
 
     # --- the batch path --------------------------------------------------------------------------
 
@@ -81,22 +86,43 @@ class IngestService:
     async def _partition_batch(
         self, worker: PartitionWorker, messages: list[RawMessage]
     ) -> tuple[PartitionWorker, BatchResult, Delivery | None, list[RawMessage]]:
-        """Validate, apply in memory, send samples, dead letters and changelog records (not
-        flushed); the changelog marker's delivery is returned for the commit to wait on."""
-        records: list[tuple[int, Event]] = []
+        """Validate, route what another partition owns, apply the rest in memory, send samples,
+        dead letters and changelog records (not flushed); the changelog marker's delivery is
+        returned for the commit to wait on, with the messages not routed."""
+        records: list[tuple[RawMessage, Event]] = []
         for m in messages:
             try:
-                event = self._parse(m)
+                records.append((m, self._parse(m)))
             except InvalidEvent as err:
                 await self._dead_letter(m, err)
-                continue
-            records.append((m.offset, event))
+        split = self._split(worker, records)
+        routed = await self._route(split.copies)
+        for _, event in split.own:
             self.catalog.learn(event.item_id, event.category_id)
-        result = worker.process(records)
+        result = worker.process([(m.offset, event) for m, event in split.own])
         for offset, late in result.rejected:
             await self._dead_letter(_find(messages, offset), late)
         await self._emit(worker.partition, result)
-        return worker, result, await self._changelog(worker.partition, result), messages
+        await routed.acknowledged()  # on their owners' partitions before a marker covers them
+        _cover(result, split)
+        elsewhere = {m.offset for m in split.elsewhere}
+        kept = [m for m in messages if m.offset not in elsewhere]
+        return worker, result, await self._changelog(worker.partition, result), kept
+
+    # --- events another partition owns -----------------------------------------------------------
+
+    def _split(
+        self, worker: PartitionWorker, records: list[tuple[RawMessage, Event]]
+    ) -> Split[RawMessage]:
+        if self.router is None:
+            return Split(own=records)
+        stored = worker.store.last_offset(worker.partition)
+        return self.router.split(self.settings.topics.events, worker.partition, records, stored)
+
+    async def _route(self, copies: list[Copy]) -> Routed:
+        if self.router is None or not copies:
+            return Routed([])
+        return await self.router.send(self.settings.topics.events, copies)
 
     async def tick(self) -> None:
         """Close expired attribution windows (explicit mode) and send their label-0 samples."""
@@ -183,3 +209,12 @@ class IngestService:
 
 def _find(messages: list[RawMessage], offset: int) -> RawMessage:
     return next(m for m in messages if m.offset == offset)
+
+
+def _cover(result: BatchResult, split: Split[RawMessage]) -> None:
+    """The batch's offset (and so its marker) covers the events routed now and counts those
+    routed before a restart as skipped."""
+    if split.through is not None:
+        through = split.through
+        result.offset = through if result.offset is None else max(result.offset, through)
+    result.skipped += split.stale

@@ -47,6 +47,7 @@ class IngestMetrics:
     users: Gauge
     state_bytes: Gauge
     consumer_lag: Gauge  # by agent (ingest, score) and partition
+    routed: Counter  # by agent (ingest, score): records sent on to their owner's partition
     user_sessions: Histogram  # sessions of a touched user
     session_events: Histogram  # behaviours in a touched user's current session
     recent_length: Histogram  # recent-sequence length of a touched user
@@ -97,6 +98,12 @@ class IngestMetrics:
                 "twinstream_consumer_lag_messages",
                 "End offset minus the consumer group's committed offset, per owned partition",
                 ["agent", "partition"],
+                registry=r,
+            ),
+            routed=Counter(
+                "twinstream_routed_records_total",
+                "Records whose body's user another partition owns, sent on to that partition",
+                ["agent"],
                 registry=r,
             ),
             user_sessions=Histogram(

@@ -3,7 +3,9 @@ and :class:`Worker` runs it.
 
 One :class:`streaming.partitions.OwnedPartitions` holds the per-partition stores; the ingest
 service writes them, the scoring service reads them, and the item catalog learnt from events
-serves both. Every metric goes to one registry (the default one unless ``metrics`` says).
+serves both. Each agent has a :class:`streaming.routing.Router` for the records that arrive
+outside their user's partition. Every metric goes to one registry (the default one unless
+``metrics`` says).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from streaming.gauges import WorkerGauges
 from streaming.ingest import IngestService
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
+from streaming.routing import Router
 from streaming.scoring import ScoringService
 from streaming.sink import FaustSink
 from streaming.views import add_views
@@ -45,11 +48,15 @@ def build_worker(
     sink = FaustSink(app)
     partitions = OwnedPartitions(settings, state_dir, metrics)
     catalog = ItemCatalog()
-    ingest = IngestService(settings, sink, partitions, catalog, metrics)
+
+    def router(agent: str) -> Router:
+        return Router(sink, settings.topics.events_partitions, metrics.routed.labels(agent=agent))
+
+    ingest = IngestService(settings, sink, partitions, catalog, metrics, router("ingest"))
     scoring = ScoringService(partitions, catalog, ScoringMetrics.create(metrics.registry))
     add_ingest_agent(app, settings, ingest, WorkerGauges(settings, partitions, metrics))
     requests = requests_topic(app, settings)
-    add_score_agent(app, requests, settings, scoring, sink)
+    add_score_agent(app, requests, settings, scoring, sink, router("score"))
     if http_port is not None:
         add_views(app, requests, scoring, partitions)
     add_rebalance_hooks(app, settings, partitions)

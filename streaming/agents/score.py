@@ -1,6 +1,11 @@
-"""The ``score`` agent over ``score-requests``: each request is answered from this worker's
-state (it owns the request's partition, the same number as the user's ``events`` partition) and
-the answer sent to ``scores`` on that partition, with the request's key."""
+"""The ``score`` agent over ``score-requests``: each request is answered from the state of its
+body's user and the answer sent to ``scores`` on the request's partition, with the request's key.
+
+The user's state lives on the partition that owns the user (:mod:`streaming.routing`), the same
+number in ``events`` and ``score-requests``. A request that arrives elsewhere (a producer with
+another partitioner or key) is answered from the owner's state when this worker holds it, else
+sent on to the owner's partition of ``score-requests``, whose worker answers it: once either way.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import faust
 import orjson
 
 from contracts.settings import Settings
+from streaming.routing import Copy, Router, request_user
 from streaming.scoring import ScoringService
 from streaming.sink import Sink
 
@@ -25,13 +31,32 @@ def requests_topic(app: faust.App, settings: Settings) -> faust.TopicT:
 
 
 def add_score_agent(
-    app: faust.App, requests: faust.TopicT, settings: Settings, service: ScoringService, sink: Sink
+    app: faust.App,
+    requests: faust.TopicT,
+    settings: Settings,
+    service: ScoringService,
+    sink: Sink,
+    router: Router | None = None,
 ) -> None:
+    """``router``: finds the owner of each request's user (the worker has one); without one
+    every request is answered from the partition it arrived on."""
+    topic = requests.get_topic_name()
+
     @app.agent(requests, name="score")
     async def score(stream: Any) -> None:
         async for event in stream.events():
-            partition = event.message.partition
-            answer = service.answer(event.message.value, partition, "kafka")
-            await sink.send(
-                settings.topics.scores, event.message.key, orjson.dumps(answer), partition
-            )
+            message = event.message
+            here, user = message.partition, request_user(message.value)
+            owner = here if router is None or user is None else router.owner(user)
+            if router is not None and user is not None and not answerable(owner, here, service):
+                copy = Copy(owner, user.encode(), message.value, message.timestamp)
+                await (await router.send(topic, [copy])).acknowledged()  # then the source is acked
+                continue
+            answer = orjson.dumps(service.answer(message.value, owner, "kafka"))
+            await sink.send(settings.topics.scores, message.key, answer, here)
+
+
+def answerable(owner: int, here: int, service: ScoringService) -> bool:
+    """Whether this worker answers a request that arrived on partition ``here``: the owner's
+    partition is that one, or another one this worker holds."""
+    return owner == here or owner in service.partitions.workers

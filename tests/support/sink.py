@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +19,7 @@ class Record:
     value: bytes | None  # None: a tombstone
     partition: int | None
     headers: dict[str, bytes]
+    timestamp: float | None = None  # seconds; None: the time it was sent
 
 
 class MemorySink:
@@ -36,18 +37,30 @@ class MemorySink:
         value: bytes | None,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        timestamp: float | None = None,
     ) -> asyncio.Future[Any]:
         self.sent[topic].append(value)
-        self.records[topic].append(Record(key, value, partition, dict(headers or [])))
+        self.records[topic].append(Record(key, value, partition, dict(headers or []), timestamp))
         future = asyncio.get_running_loop().create_future()
         future.set_result(SimpleNamespace(offset=len(self.sent[topic]) - 1))
         return future
 
     async def send_many(
-        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        partition: int,
+        records: Iterable[tuple[bytes | None, bytes | None]],
+        timestamps: Sequence[float] | None = None,
     ) -> Delivery:
-        futures = [await self.send(topic, key, value, partition) for key, value in records]
+        futures = [
+            await self.send(topic, key, value, partition, None, stamp(timestamps, i))
+            for i, (key, value) in enumerate(records)
+        ]
         return Delivery(futures[-1:], 0)
 
     async def flush(self) -> None:
         self.flushes += 1
+
+
+def stamp(timestamps: Sequence[float] | None, i: int) -> float | None:
+    return None if timestamps is None else timestamps[i]
