@@ -4,8 +4,10 @@ The write path is one atomic batch: the states of the users a batch of events to
 applied Kafka offset of each partition in it, and optional partition metadata (pending impressions,
 sampler counts) land together or not at all. After a crash the agent replays from Kafka and skips
 every record at or below :meth:`StateStore.last_offset`, so the replay changes nothing;
-``write_batch`` refuses offsets that do not move forward (:class:`StaleOffset`) as a safety net.
-One writer per partition (the Faust worker that owns it).
+``write_batch`` refuses offsets that do not move forward (:class:`StaleOffset`) as a safety net,
+and raises :class:`StoreWriteError` when RocksDB cannot write a batch (no space left on the
+device, an I/O error): then none of it was written. One writer per partition (the Faust worker
+that owns it).
 
 >>> store = MemoryStore()
 >>> from feature_store.state import StateConfig, UserState
@@ -41,6 +43,11 @@ Compression = Literal["none", "snappy", "lz4", "zstd"]
 
 class StaleOffset(ValueError):
     """A batch whose offset for some partition is not beyond the stored one (a replay)."""
+
+
+class StoreWriteError(RuntimeError):
+    """RocksDB refused a batch (no space left on the device, an I/O error): none of it was
+    written. rocksdict raises a plain ``Exception`` that only its text tells apart."""
 
 
 class StateStore(Protocol):
@@ -215,7 +222,10 @@ class RocksDBStore:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        self._db.write(batch)
+        try:
+            self._db.write(batch)
+        except Exception as err:  # e.g. "IO error: No space left on device: While appending ..."
+            raise StoreWriteError(f"RocksDB write failed: {err}") from err
 
     def last_offset(self, partition: int) -> int | None:
         blob = self._db.get(offset_key(partition))

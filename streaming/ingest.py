@@ -67,7 +67,7 @@ class IngestService:
         """Apply one batch: every owned partition's part is processed and its samples and
         changelog records sent, then one flush covers them all before the local commits."""
         started = time.perf_counter()
-        async with self.partitions.lock:
+        async with self.partitions.writing():  # a failure here stops every later batch
             by_partition: dict[int, list[RawMessage]] = defaultdict(list)
             for m in messages:
                 # events of a partition in hand-over are left to its next owner (not acked by us)
@@ -126,7 +126,7 @@ class IngestService:
 
     async def tick(self) -> None:
         """Close expired attribution windows (explicit mode) and send their label-0 samples."""
-        async with self.partitions.lock:
+        async with self.partitions.writing():
             for partition, worker in self.partitions.active().items():
                 expired, meta = worker.close_windows()
                 samples = ((None, sample) for sample in expired)

@@ -52,6 +52,8 @@ class IngestMetrics:
     session_events: Histogram  # behaviours in a touched user's current session
     recent_length: Histogram  # recent-sequence length of a touched user
     cluster_count: Histogram  # TWIN-V2 clusters of a touched user
+    healthy: Gauge  # 1, or 0 once a fault stopped the worker (streaming.failstop)
+    fatal_errors: Counter  # by kind (streaming.failstop.FAULT_KINDS)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> IngestMetrics:
@@ -128,6 +130,17 @@ class IngestMetrics:
                 "twinstream_cluster_sequence_length",
                 "TWIN-V2 clusters of a touched user (sampled per batch)",
                 buckets=SEQUENCE_BUCKETS,
+                registry=r,
+            ),
+            healthy=Gauge(
+                "twinstream_worker_healthy",
+                "1 while the worker applies events; 0 once a fault stopped it (it exits soon)",
+                registry=r,
+            ),
+            fatal_errors=Counter(
+                "twinstream_worker_fatal_errors_total",
+                "Faults that stopped the worker, by kind: state_write, kafka, other",
+                ["kind"],
                 registry=r,
             ),
         )

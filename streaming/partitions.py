@@ -5,19 +5,28 @@ The ingest service writes these stores and the scoring service reads them; both 
 through one :class:`OwnedPartitions`. Revoked partitions are closed and deleted, so a user's
 state lives on exactly one worker, and assigned ones are caught up from the state changelog first
 (:mod:`streaming.changelog`).
+
+Whoever writes the stores does so under :meth:`OwnedPartitions.writing`. Once a write under it
+has failed, every later one is refused (:class:`StoresStopped`): the partition workers' memory
+may then be ahead of their stores, and the worker is stopping (:mod:`streaming.failstop`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from contracts.settings import Settings
 from feature_store import FeatureConfig, PartitionWorker, RocksDBStore, UserState
 from streaming.changelog import restore_partition
 from streaming.metrics import IngestMetrics
+
+
+class StoresStopped(RuntimeError):
+    """A write refused because an earlier one failed (that failure is its cause)."""
 
 
 class OwnedPartitions:
@@ -37,6 +46,7 @@ class OwnedPartitions:
         self.workers: dict[int, PartitionWorker] = {}
         self.paused: set[int] = set()
         self.lock = asyncio.Lock()
+        self.failed: Exception | None = None  # the write that failed, once one did
 
     def path(self, partition: int) -> Path:
         """Per events topic: offsets stored for one topic must never gate another's events."""
@@ -55,6 +65,19 @@ class OwnedPartitions:
         worker = self.workers.get(partition) if partition is not None else None
         return None if worker is None else worker.store.get(user_id)
 
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Hold :attr:`lock` to write the stores; raise :class:`StoresStopped` once a write
+        failed, and remember the exception of one that fails now."""
+        async with self.lock:
+            if self.failed is not None:
+                raise StoresStopped("the stores take no write after a failed one") from self.failed
+            try:
+                yield
+            except Exception as exc:
+                self.failed = exc
+                raise
+
     async def pause(self, partitions: Iterable[int]) -> None:
         """Stop applying these partitions (a rebalance began); waits for the batch in flight."""
         async with self.lock:
@@ -63,7 +86,7 @@ class OwnedPartitions:
     async def own(self, partitions: Iterable[int]) -> None:
         """The new assignment: drop what we lost (state deleted), catch up what we gained."""
         wanted = set(partitions)
-        async with self.lock:
+        async with self.writing():
             for p in set(self.workers) - wanted:
                 self.workers.pop(p).store.close()
                 shutil.rmtree(self.path(p), ignore_errors=True)

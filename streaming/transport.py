@@ -8,16 +8,25 @@ arrive meanwhile wait with it. Measured at 2,000 events/s: stalls of 1.0-1.5 s s
 minute, each followed by ~3,200 events at once. With a 100 ms wait a request of idle partitions
 returns within 100 ms, and the next one carries the events; an idle worker sends ten small fetch
 requests a second instead of one.
+
+Its consumer commits no offset once told to refuse (:meth:`Consumer.refuse_commits`): a worker
+that could not write a batch's state stops (:mod:`streaming.failstop`), and every commit Faust
+would still make on its way out (the periodic one, the one on stop, the one on a rebalance) is
+refused, so the group resumes before that batch.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import aiokafka
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
+log = logging.getLogger(__name__)
 SCHEME = "twinstream"
 FETCH_MAX_WAIT_MS = 100
 
@@ -32,8 +41,21 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    commits_refused: str | None = None  # why, once refused
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def refuse_commits(self, reason: str) -> None:
+        """From now on commit no offset of any partition (for the life of this process)."""
+        self.commits_refused = reason
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Every commit of Faust's ends here: refused once :meth:`refuse_commits` was called."""
+        if self.commits_refused is not None:
+            log.warning("offsets not committed (%s): %s", self.commits_refused, dict(offsets))
+            return False
+        return bool(await super()._commit(offsets))
 
 
 class Transport(faust_aiokafka.Transport):

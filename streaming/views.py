@@ -3,7 +3,8 @@
 ``/score`` is answered here when this worker owns the user's partition (or the owner is unknown,
 or the request was already forwarded once), else forwarded to the owner's canonical URL with the
 ``X-Twinstream-Forwarded`` header; bodies over ``MAX_REQUEST_BYTES`` are refused with 413.
-``/healthz`` names the owned partitions and the serving model version.
+``/healthz`` names the owned partitions and the serving model version; once the worker has
+fail-stopped (:mod:`streaming.failstop`) it answers 503 with the fault's kind and detail.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import faust.web
 import orjson
 
 from serving.requests import MAX_REQUEST_BYTES, error_response
+from streaming.failstop import FailStop
 from streaming.partitions import OwnedPartitions
 from streaming.scoring import ScoringService
 
@@ -22,7 +24,11 @@ FORWARDED = "X-Twinstream-Forwarded"
 
 
 def add_views(
-    app: faust.App, requests: faust.TopicT, service: ScoringService, partitions: OwnedPartitions
+    app: faust.App,
+    requests: faust.TopicT,
+    service: ScoringService,
+    partitions: OwnedPartitions,
+    fail_stop: FailStop,
 ) -> None:
     @app.page("/score")
     class ScoreView(faust.web.View):
@@ -40,12 +46,15 @@ def add_views(
     class Health(faust.web.View):
         async def get(self, request: Any) -> Any:
             model = service.holder.model
-            return self.json(
-                {
-                    "partitions": sorted(partitions.workers),
-                    "model_version": None if model is None else model.version,
-                }
-            )
+            health = {
+                "partitions": sorted(partitions.workers),
+                "model_version": None if model is None else model.version,
+            }
+            fault = fail_stop.fault
+            if fault is None:
+                return self.json(health)
+            fault_json = {"kind": fault.kind, "detail": fault.detail}
+            return self.json(health | {"fault": fault_json}, status=503)
 
 
 def user_key(body: bytes) -> bytes | None:

@@ -5,13 +5,17 @@ One :class:`streaming.partitions.OwnedPartitions` holds the per-partition stores
 service writes them, the scoring service reads them, and the item catalog learnt from events
 serves both. Each agent has a :class:`streaming.routing.Router` for the records that arrive
 outside their user's partition. Every metric goes to one registry (the default one unless
-``metrics`` says).
+``metrics`` says). One :class:`streaming.failstop.FailStop` stops the worker when a batch's
+state cannot be written, and :class:`Worker` then exits with ``EXIT_STATUS``.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,6 +27,7 @@ from serving.scorer import ItemCatalog
 from streaming.agents.ingest import add_ingest_agent, add_rebalance_hooks
 from streaming.agents.score import add_score_agent, requests_topic
 from streaming.app import create_app
+from streaming.failstop import EXIT_STATUS, FailStop, FailStopped
 from streaming.gauges import WorkerGauges
 from streaming.ingest import IngestService
 from streaming.metrics import IngestMetrics
@@ -33,6 +38,7 @@ from streaming.sink import FaustSink
 from streaming.views import add_views
 
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
+STOP_DEADLINE_S = 30.0  # a fail-stopped worker that has not stopped by then exits at once
 
 
 def build_worker(
@@ -54,12 +60,13 @@ def build_worker(
 
     ingest = IngestService(settings, sink, partitions, catalog, metrics, router("ingest"))
     scoring = ScoringService(partitions, catalog, ScoringMetrics.create(metrics.registry))
-    add_ingest_agent(app, settings, ingest, WorkerGauges(settings, partitions, metrics))
+    fail_stop = FailStop(app, metrics)
+    add_ingest_agent(app, settings, ingest, WorkerGauges(settings, partitions, metrics), fail_stop)
     requests = requests_topic(app, settings)
     add_score_agent(app, requests, settings, scoring, sink, router("score"))
     if http_port is not None:
-        add_views(app, requests, scoring, partitions)
-    add_rebalance_hooks(app, settings, partitions)
+        add_views(app, requests, scoring, partitions, fail_stop)
+    add_rebalance_hooks(app, settings, partitions, fail_stop)
     return app, scoring
 
 
@@ -76,13 +83,31 @@ class Worker(faust.Worker):
     Faust): pauses of 150-200 ms in the ingest worker at 2,000 events/s. The objects that exist
     when the worker starts are frozen out of collections and young collections run every
     ``GC_YOUNG_THRESHOLD`` allocations: no pause over 50 ms in a run of the same load.
+
+    A worker that fail-stopped (the app crashed with :class:`streaming.failstop.FailStopped`)
+    exits with ``EXIT_STATUS`` and says why on stderr; if its shutdown has not ended within
+    ``STOP_DEADLINE_S``, the process exits with that status at once.
     """
 
     def execute_from_commandline(self) -> NoReturn:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
-        super().execute_from_commandline()
+        try:
+            super().execute_from_commandline()
+        except SystemExit:
+            fault = self.crash_reason
+            if not isinstance(fault, FailStopped):
+                raise
+            print(f"twinstream worker: fail-stop ({fault}), exit {EXIT_STATUS}", file=sys.stderr)
+            raise SystemExit(EXIT_STATUS) from None
+
+    def on_worker_shutdown(self) -> None:
+        super().on_worker_shutdown()
+        if isinstance(self.crash_reason, FailStopped):
+            deadline = threading.Timer(STOP_DEADLINE_S, os._exit, args=(EXIT_STATUS,))
+            deadline.daemon = True
+            deadline.start()
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None

@@ -4,6 +4,9 @@ rebalance hooks that hand partitions over.
 Events arrive in batches of up to ``BATCH_SIZE`` (or what came within ``BATCH_WITHIN_S``) and go
 to :class:`streaming.ingest.IngestService`. On a rebalance the revoked partitions of ``events``
 are paused at once and the new assignment is owned (caught up from the changelog) when it comes.
+
+A batch, tick or catch-up that fails stops the worker (:mod:`streaming.failstop`): the agent takes
+no further batch and the failed one is never committed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import faust
 from faust.types import TP
 
 from contracts.settings import Settings
+from streaming.failstop import FailStop
 from streaming.gauges import WorkerGauges
 from streaming.ingest import IngestService, RawMessage
 from streaming.partitions import OwnedPartitions
@@ -36,23 +40,36 @@ def events_topic(app: faust.App, settings: Settings) -> faust.TopicT:
 
 
 def add_ingest_agent(
-    app: faust.App, settings: Settings, service: IngestService, gauges: WorkerGauges
+    app: faust.App,
+    settings: Settings,
+    service: IngestService,
+    gauges: WorkerGauges,
+    fail_stop: FailStop,
 ) -> None:
     """The agent, then the timer: expired windows closed, then the gauges sampled."""
 
     @app.agent(events_topic(app, settings), name="ingest")
     async def ingest(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-            await service.handle([raw_message(e) for e in batch])
+            try:
+                await service.handle([raw_message(e) for e in batch])
+            except Exception as exc:  # here, not in Faust: it would ack the batch and go on
+                await fail_stop.halt(exc)
 
     @app.timer(interval=TICK_INTERVAL_S)
     async def close_attribution_windows() -> None:
-        await service.tick()
+        try:
+            await service.tick()
+        except Exception as exc:
+            await fail_stop.halt(exc)
         await gauges.sample()
 
 
-def add_rebalance_hooks(app: faust.App, settings: Settings, partitions: OwnedPartitions) -> None:
-    """Pause what is revoked; own what is assigned (only ``events`` partitions count)."""
+def add_rebalance_hooks(
+    app: faust.App, settings: Settings, partitions: OwnedPartitions, fail_stop: FailStop
+) -> None:
+    """Pause what is revoked; own what is assigned (only ``events`` partitions count). A
+    catch-up that fails crashes the app with the fail-stop's reason."""
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: faust.App, revoked: set[TP], **kwargs: Any) -> None:
@@ -60,7 +77,10 @@ def add_rebalance_hooks(app: faust.App, settings: Settings, partitions: OwnedPar
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: faust.App, assigned: set[TP], **kwargs: Any) -> None:
-        await partitions.own(events_partitions(assigned, settings))
+        try:
+            await partitions.own(events_partitions(assigned, settings))
+        except Exception as exc:
+            raise fail_stop.trip(exc) from exc
         log.warning("ingest owns partitions %s", sorted(partitions.workers))
 
 

@@ -20,6 +20,7 @@ from streaming.agents.ingest import add_ingest_agent, add_rebalance_hooks
 from streaming.agents.score import add_score_agent, requests_topic
 from streaming.app import create_app
 from streaming.changelog import MARKER_KEY, encode_marker
+from streaming.failstop import FailStop
 from streaming.ingest import IngestService
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
@@ -53,7 +54,8 @@ async def test_the_ingest_agent_applies_what_arrives(
 ) -> None:
     sink = MemorySink()
     service = IngestService(SETTINGS, sink, partitions, ItemCatalog(), metrics)
-    add_ingest_agent(app, SETTINGS, service, NoGauges())  # type: ignore[arg-type]
+    gauges = NoGauges()
+    add_ingest_agent(app, SETTINGS, service, gauges, FailStop(app, metrics))  # type: ignore[arg-type]
     await partitions.own([2])
     event = {"user_id": "u1", "item_id": "i1", "category_id": "c1", "type": "click"}
     async with app.agents["ingest"].test_context() as agent:
@@ -92,9 +94,9 @@ async def test_the_score_agent_answers_on_the_request_partition(
 
 
 async def test_rebalance_hooks_pause_then_own_only_events_partitions(
-    app: faust.App, partitions: OwnedPartitions, restored: list[int]
+    app: faust.App, partitions: OwnedPartitions, restored: list[int], metrics: IngestMetrics
 ) -> None:
-    add_rebalance_hooks(app, SETTINGS, partitions)
+    add_rebalance_hooks(app, SETTINGS, partitions, FailStop(app, metrics))
     await app.on_partitions_assigned.send({TP(TOPICS.events, 0), TP(TOPICS.events, 1)})
     assert sorted(partitions.workers) == [0, 1] and restored == [0, 1]
     await app.on_partitions_revoked.send({TP(TOPICS.events, 1), TP(TOPICS.score_requests, 0)})

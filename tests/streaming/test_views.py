@@ -14,11 +14,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from faust.types import TP
+from prometheus_client import CollectorRegistry
 
 from contracts.settings import Settings
 from serving.requests import MAX_REQUEST_BYTES
 from streaming.agents.score import requests_topic
 from streaming.app import create_app
+from streaming.failstop import FailStop
+from streaming.metrics import IngestMetrics
 from streaming.views import FORWARDED, add_views
 
 SETTINGS = Settings()
@@ -42,7 +45,8 @@ class Answers:
 async def worker(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[faust.App, Answers]]:
     app = create_app(SETTINGS, http_port=28_999)
     answers = Answers()
-    add_views(app, requests_topic(app, SETTINGS), answers, OWNED)  # type: ignore[arg-type]
+    fail_stop = FailStop(app, IngestMetrics.create(CollectorRegistry()))
+    add_views(app, requests_topic(app, SETTINGS), answers, OWNED, fail_stop)  # type: ignore[arg-type]
     monkeypatch.setattr(app.producer, "key_partition", lambda topic, key: TP(topic, 3))
     yield app, answers
     await app.http_client.close()
