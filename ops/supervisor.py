@@ -5,8 +5,9 @@ Faust recommends). They join the same consumer group and share the partitions of
 exactly as workers on different machines do, handing state over through the changelog. Process
 ``i`` keeps its RocksDB state in ``STATE_DIR/w{i}`` and serves HTTP and metrics on the given
 ports plus ``i``. SIGTERM or SIGINT stops them all; when one exits on its own, the others are
-stopped and the command exits with its code (1 if that was 0), so a process manager restarts
-the whole set.
+stopped and the command exits with its status (1 if that was 0; 128 + N for signal N), so a
+process manager restarts the whole set. A worker that fail-stopped exits with
+``streaming.failstop.EXIT_STATUS`` (74), and so does the command; stderr names the process.
 """
 
 from __future__ import annotations
@@ -46,15 +47,36 @@ def run_worker_processes(args: argparse.Namespace, state_dir: Path) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         while not stopping:
-            exited = [c for c in children if c.poll() is not None]
-            if exited:
-                code = exited[0].returncode
-                print(f"worker process {exited[0].pid} exited ({code}); stopping the others")
-                return code if code else 1
+            for index, child in enumerate(children):
+                if child.poll() is not None:
+                    _say_exited(index, child, "stopping the others")
+                    return exit_status(child.returncode) or 1
             time.sleep(0.5)
-        return 0
     finally:
         _stop_all(children)
+    for index, child in enumerate(children):  # stopped on a signal: did each stop cleanly?
+        if child.returncode:
+            _say_exited(index, child, "while stopping")
+            return exit_status(child.returncode)
+    return 0
+
+
+def exit_status(returncode: int) -> int:
+    """The shell's exit status of a child: its code, or 128 + N when signal N ended it.
+
+    >>> exit_status(74), exit_status(-9), exit_status(0)
+    (74, 137, 0)
+    """
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _say_exited(index: int, child: subprocess.Popen[bytes], then: str) -> None:
+    status = exit_status(child.returncode)
+    print(
+        f"twinstream worker: process {index} (pid {child.pid}) exited with status {status}; {then}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
