@@ -45,6 +45,10 @@ class Settings:
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
     snapshot_dir: str = "./twinstream-snapshots"
     http_host: str = "127.0.0.1"  # the worker's HTTP binds here; other hosts only when told
+    # a connection without a whole request head this long after opening or its last response is
+    # closed (idle or half-sent); a request body not whole this long after its head gets 408
+    http_idle_timeout_s: float = 15.0
+    http_body_timeout_s: float = 10.0
     security: KafkaSecurity = field(default_factory=KafkaSecurity)  # TLS and SASL
 
     def __post_init__(self) -> None:
@@ -56,6 +60,8 @@ class Settings:
             raise ValueError("need 0 < recent_length <= lifelong_cap")
         if self.sample_mode not in ("implicit", "explicit"):
             raise ValueError("sample_mode must be 'implicit' or 'explicit'")
+        if self.http_idle_timeout_s <= 0 or self.http_body_timeout_s <= 0:
+            raise ValueError("http_idle_timeout_s and http_body_timeout_s must be positive")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

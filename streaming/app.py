@@ -4,7 +4,8 @@ producer and consumer tuning every worker shares.
 ``twinstream worker`` runs it (:mod:`streaming.worker` wires the agents and views onto it);
 several workers (processes or machines) with the same topic prefix share the partitions of
 ``events`` through Kafka's consumer group protocol, and hand state over through the state
-changelog (see :mod:`streaming.changelog`).
+changelog (see :mod:`streaming.changelog`). Its web server closes idle and slow clients
+(:mod:`streaming.http_timeouts`).
 
 >>> from contracts.settings import Settings
 >>> create_app(Settings.from_env({"TWINSTREAM_TOPIC_PREFIX": "demo-"})).conf.id
@@ -19,6 +20,7 @@ from typing import Any
 import faust
 
 from contracts.settings import Settings
+from streaming.http_timeouts import web_options
 from streaming.transport import SCHEME
 
 APP_NAME = "twinstream-ingest"  # with the topic prefix: the app id and Faust consumer group
@@ -43,6 +45,7 @@ def create_app(
             "web_bind": settings.http_host,
             "web_port": http_port,
             "canonical_url": url,
+            "web_application_options": web_options(settings),
         }
     if datadir is not None:
         datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
