@@ -178,8 +178,9 @@ class IngestService:
         return await self.sink.send_many(self.settings.topics.state_changelog, partition, records)
 
     def _meta_records(self, meta: MetaChanges) -> list[tuple[bytes | None, bytes | None]]:
-        """Metadata changes as changelog records; one too large for a Kafka message (a sampler
-        over millions of items) stays local and is logged: a new owner rebuilds it."""
+        """Metadata changes as changelog records. The sampler's come in parts of at most 1 MiB
+        (:mod:`feature_store.sampler_journal`); any record still too large for a Kafka message
+        stays local and is logged with its size."""
         out: list[tuple[bytes | None, bytes | None]] = []
         for key, value in meta.items():
             if value is not None and len(value) > MAX_CHANGELOG_VALUE:
