@@ -13,6 +13,8 @@ import orjson
 from contracts.schema import InvalidEvent, parse_event
 from contracts.settings import Settings
 from ops import broker as broker_mod
+from ops.arguments import positive_int
+from ops.kafka_jars import BrokerError
 from streaming.admin import ensure_topics
 from streaming.producer import EventProducer
 from streaming.replay import replay as replay_events
@@ -37,22 +39,42 @@ def _settings() -> Settings:
 
 
 def broker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("action", choices=["start", "stop", "status", "kill", "restart"])
+    p.add_argument(
+        "--brokers",
+        type=positive_int,
+        help="start: N nodes on 127.0.0.1, each broker and controller, topics replicated up to 3 "
+        "ways (default 1); stop, status, kill, restart: the cluster found in TWINSTREAM_BROKER_DIR",
+    )
+    p.add_argument("--node", type=positive_int, help="kill (-9) or restart: this node of a cluster")
 
 
 def broker(args: argparse.Namespace) -> int:
-    cfg = broker_mod.BrokerConfig.from_env()
+    cfg = broker_mod.BrokerConfig.from_env(args.brokers or 1)
+    if args.brokers is None:
+        cfg = broker_mod.discover(cfg)
     try:
         if args.action == "start":
-            pid = broker_mod.start(cfg)
-            print(f"broker running (pid {pid}) on {cfg.bootstrap}; log {cfg.log_file}")
+            pids = ", ".join(map(str, broker_mod.start(cfg)))
+            logs = " ".join(str(node.log_file) for node in cfg.nodes)
+            print(f"broker running (pid {pids}) on {cfg.bootstrap}; log {logs}")
         elif args.action == "stop":
             print("broker stopped" if broker_mod.stop(cfg) else "no broker was running")
-        else:
+        elif args.action == "status":
             print(broker_mod.status(cfg))
-    except broker_mod.BrokerError as err:
+        else:
+            print(_kill_or_restart(cfg, args.action, args.node))
+    except BrokerError as err:
         raise UserError(str(err)) from None
     return 0
+
+
+def _kill_or_restart(cfg: broker_mod.BrokerConfig, action: str, node: int | None) -> str:
+    if node is None:
+        raise UserError(f"broker {action} needs --node N")
+    if action == "kill":
+        return f"node {node} killed (pid {broker_mod.kill_node(cfg, node)})"
+    return f"node {node} running (pid {broker_mod.restart_node(cfg, node)})"
 
 
 # --- topics -------------------------------------------------------------------------------------

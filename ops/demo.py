@@ -48,8 +48,8 @@ def settings_for_demo() -> Settings:
     env = dict(os.environ)
     if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
         cfg = broker_mod.BrokerConfig.from_env()
-        pid = broker_mod.start(cfg)
-        print(f"[1/6] Kafka broker running (pid {pid}) on {cfg.bootstrap}")
+        pids = ", ".join(map(str, broker_mod.start(cfg)))
+        print(f"[1/6] Kafka broker running (pid {pids}) on {cfg.bootstrap}")
         env["TWINSTREAM_BOOTSTRAP_SERVERS"] = cfg.bootstrap
     env["TWINSTREAM_TOPIC_PREFIX"] = f"demo-{int(time.time())}-"
     return Settings.from_env(env)

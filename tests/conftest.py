@@ -40,7 +40,7 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     cfg = local_broker.BrokerConfig.from_env()
-    was_running = local_broker.read_pid(cfg) is not None
+    was_running = bool(local_broker.running(cfg))
     local_broker.start(cfg)
     yield cfg.bootstrap
     if not was_running:

@@ -22,17 +22,18 @@ def cfg(tmp_path: Path) -> broker.BrokerConfig:
 
 def test_start_twice_stop_twice_and_stale_pid(cfg: broker.BrokerConfig) -> None:
     assert broker.stop(cfg) is False  # nothing running: fine
-    pid = broker.start(cfg)
+    pids = broker.start(cfg)
     try:
-        assert broker.start(cfg) == pid  # already running: same broker
+        assert broker.start(cfg) == pids  # already running: same broker
         assert "accepting connections" in broker.status(cfg)
     finally:
         assert broker.stop(cfg) is True
     assert broker.stop(cfg) is False
     assert not broker.port_open(cfg.host, cfg.port)
-    cfg.pid_file.write_text("999999")  # stale pid file from a crashed run
-    assert broker.status(cfg) == "stopped" and not cfg.pid_file.exists()
-    pid = broker.start(cfg)  # restart on the same formatted storage
+    node = cfg.nodes[0]
+    node.pid_file.write_text("999999")  # stale pid file from a crashed run
+    assert broker.status(cfg) == "stopped" and not node.pid_file.exists()
+    broker.start(cfg)  # restart on the same formatted storage
     try:
         assert broker.port_open(cfg.host, cfg.port)
     finally:
@@ -41,6 +42,7 @@ def test_start_twice_stop_twice_and_stale_pid(cfg: broker.BrokerConfig) -> None:
 
 def test_pid_file_of_a_foreign_process_is_not_ours(cfg: broker.BrokerConfig) -> None:
     cfg.run_dir.mkdir(parents=True)
-    cfg.pid_file.write_text(str(os.getpid()))  # a live process that is not Kafka
-    assert broker.read_pid(cfg) is None
+    node = cfg.nodes[0]
+    node.pid_file.write_text(str(os.getpid()))  # a live process that is not Kafka
+    assert broker.read_pid(node) is None
     assert broker.stop(cfg) is False
