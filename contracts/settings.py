@@ -71,6 +71,7 @@ class Settings:
             prefix=env.get(f"{ENV_PREFIX}TOPIC_PREFIX", ""),
             events_partitions=int(env.get(f"{ENV_PREFIX}EVENTS_PARTITIONS", "4")),
             replication_factor=int(env.get(f"{ENV_PREFIX}REPLICATION_FACTOR", "1")),
+            min_insync_replicas=int(env.get(f"{ENV_PREFIX}MIN_INSYNC_REPLICAS", "1")),
         )
         values: dict[str, object] = {"topics": topics, "security": KafkaSecurity.from_env(env)}
         bootstrap = env.get(f"{ENV_PREFIX}BOOTSTRAP_SERVERS") or env.get("KAFKA_BOOTSTRAP_SERVERS")

@@ -1,7 +1,12 @@
-"""The deployment's Kafka topics: names (with the deployment prefix) and partition counts.
+"""The deployment's Kafka topics: names (with the deployment prefix), partition counts, replicas
+and the in-sync replicas a write needs.
 
 >>> TopicNames(prefix="dev-").score_requests
 'dev-score-requests'
+>>> TopicNames(replication_factor=1, min_insync_replicas=2)
+Traceback (most recent call last):
+...
+ValueError: need 1 <= min_insync_replicas <= replication_factor
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ class TopicNames:
     prefix: str = ""
     events_partitions: int = 4
     replication_factor: int = 1
+    min_insync_replicas: int = 1  # replicas that must have a write before acks=all returns
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise ValueError("need 1 <= min_insync_replicas <= replication_factor")
 
     def _name(self, base: str) -> str:
         return f"{self.prefix}{base}"

@@ -1,4 +1,5 @@
-"""Topic administration: create the deployment's topics with their partition counts."""
+"""Topic administration: create the deployment's topics with their partition counts, replicas
+and in-sync replicas, wait for their leaders, read them back."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
                 name,
                 num_partitions=n,
                 replication_factor=settings.topics.replication_factor,
-                topic_configs=COMPACTED if name.endswith("changelog") else {},
+                topic_configs=topic_configs(settings, name),
             )
             for name, n in wanted.items()
             if name not in existing
@@ -50,6 +51,17 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
         return [t.name for t in new]
     finally:
         client.close()
+
+
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """A topic's settings: the in-sync replicas an ``acks=all`` write needs (all of the
+    deployment's topics), compaction (the state changelog).
+
+    >>> topic_configs(Settings(), "events")
+    {'min.insync.replicas': '1'}
+    """
+    configs = {"min.insync.replicas": str(settings.topics.min_insync_replicas)}
+    return configs | COMPACTED if name.endswith("changelog") else configs
 
 
 def wait_for_leaders(settings: Settings, topics: dict[str, int], timeout_s: float = 30.0) -> None:

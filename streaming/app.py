@@ -60,8 +60,10 @@ def create_app(
         broker_commit_interval=1.0,
         stream_buffer_maxsize=20_000,
         stream_wait_empty=False,
+        producer_acks=-1,  # all in-sync replicas (Faust's default, stated): none lost to failover
         producer_max_request_size=MAX_MESSAGE_BYTES,
         producer_max_batch_size=BATCH_BYTES,
         consumer_max_fetch_size=MAX_MESSAGE_BYTES,
         table_standby_replicas=0,
+        topic_replication_factor=settings.topics.replication_factor,  # Faust's own topics
     )

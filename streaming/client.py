@@ -25,7 +25,9 @@ from serving.requests import ScoreRequest, new_request_id
 class ScoreClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=0)
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0
+        )
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
         )
