@@ -9,6 +9,11 @@ minute, each followed by ~3,200 events at once. With a 100 ms wait a request of 
 returns within 100 ms, and the next one carries the events; an idle worker sends ten small fetch
 requests a second instead of one.
 
+Its producer is idempotent. When a broker dies, a record batch it had already copied to its
+followers may never be acknowledged; the producer sends it again to the new leader, which without
+idempotence writes it a second time (a sample trained twice). With it, the new leader recognises
+the batch by its producer id and sequence number and keeps one copy.
+
 Its consumer commits no offset once told to refuse (:meth:`Consumer.refuse_commits`): a worker
 that could not write a batch's state stops (:mod:`streaming.failstop`), and every commit Faust
 would still make on its way out (the periodic one, the one on stop, the one on a rebalance) is
@@ -58,8 +63,14 @@ class Consumer(faust_aiokafka.Consumer):
         return bool(await super()._commit(offsets))
 
 
+class Producer(faust_aiokafka.Producer):
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {"enable_idempotence": True, **super()._settings_extra()}  # needs acks=all
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
 
 
 drivers.TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:Transport")
