@@ -6,8 +6,8 @@ sampler counts) land together or not at all. After a crash the agent replays fro
 every record at or below :meth:`StateStore.last_offset`, so the replay changes nothing;
 ``write_batch`` refuses offsets that do not move forward (:class:`StaleOffset`) as a safety net,
 and raises :class:`StoreWriteError` when RocksDB cannot write a batch (no space left on the
-device, an I/O error): then none of it was written. One writer per partition (the Faust worker
-that owns it).
+device, an I/O error): then none of it was written. Opening a store that cannot create its files
+raises it too. One writer per partition (the Faust worker that owns it).
 
 >>> store = MemoryStore()
 >>> from feature_store.state import StateConfig, UserState
@@ -46,8 +46,9 @@ class StaleOffset(ValueError):
 
 
 class StoreWriteError(RuntimeError):
-    """RocksDB refused a batch (no space left on the device, an I/O error): none of it was
-    written. rocksdict raises a plain ``Exception`` that only its text tells apart."""
+    """RocksDB could not write a batch (none of it was written) or open a store (create its
+    files): no space left on the device, an I/O error. rocksdict raises a plain ``Exception``
+    that only its text tells apart."""
 
 
 class StateStore(Protocol):
@@ -195,8 +196,11 @@ class RocksDBStore:
 
     def __init__(self, path: str | Path, options: RocksDBOptions | None = None) -> None:
         self.options = options or RocksDBOptions()
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self._db = rocksdict.Rdict(str(path), options=self.options.to_options())
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self._db = rocksdict.Rdict(str(path), options=self.options.to_options())
+        except Exception as err:  # e.g. "No space left on device (os error 28)"
+            raise StoreWriteError(f"RocksDB could not open {path}: {err}") from err
         self._db.set_write_options(self.options.to_write_options())
 
     def get(self, user: str) -> UserState | None:

@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 from feature_store.state import StateConfig, UserState
-from feature_store.store import RocksDBOptions, RocksDBStore, StaleOffset, StateStore
+from feature_store.store import (
+    RocksDBOptions,
+    RocksDBStore,
+    StaleOffset,
+    StateStore,
+    StoreWriteError,
+)
 from tests.support.events import event
+from tests.support.stores import filling_store
 
 CFG = StateConfig()
 
@@ -83,6 +90,19 @@ def test_rocksdb_survives_reopen(tmp_path: Path) -> None:
     assert got is not None and got.log["item"].tolist() == [4, 5]
     assert second.last_offset(2) == 99 and second.get_meta("m") == b"x"
     second.close()
+
+
+def test_rocksdb_that_cannot_write_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    store = filling_store(tmp_path / "db", room=1)
+    store.write_batch({"u1": state_with("4")}, {0: 1})
+    with pytest.raises(StoreWriteError, match="No space left on device"):
+        store.write_batch({"u1": state_with("4", "5")}, {0: 2})
+    got = store.get("u1")
+    assert got is not None and got.log["item"].tolist() == [4] and store.last_offset(0) == 1
+    store.close()
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(StoreWriteError, match="could not open"):
+        RocksDBStore(tmp_path / "file" / "db")
 
 
 def test_rocksdb_options_convert() -> None:

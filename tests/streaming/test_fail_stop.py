@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import orjson
 import pytest
@@ -32,30 +31,10 @@ from streaming.transport import Consumer
 from streaming.views import add_views
 from tests.support.events import T0
 from tests.support.sink import MemorySink
+from tests.support.stores import ENOSPC, filling_store
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.topics
-ENOSPC = (  # what rocksdict says when RocksDB cannot append to its write-ahead log
-    "IO error: No space left on device: While appending to file: 000004.log: "
-    "No space left on device"
-)
-
-
-class DiskFillsUp:
-    """A rocksdict ``Rdict`` whose disk has room for ``room`` more write batches; every write
-    after those raises the plain ``Exception`` rocksdict raises on ENOSPC."""
-
-    def __init__(self, db: Any, room: int) -> None:
-        self.db, self.room = db, room
-
-    def write(self, batch: Any) -> None:
-        if self.room == 0:
-            raise Exception(ENOSPC)  # rocksdict's type: a plain Exception
-        self.room -= 1
-        self.db.write(batch)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.db, name)
 
 
 @pytest.fixture()
@@ -64,9 +43,7 @@ def disk_room(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 
     def fill_after(room: int) -> None:
         def open_store(path: Path) -> RocksDBStore:
-            store = RocksDBStore(path)
-            store._db = DiskFillsUp(store._db, room)  # type: ignore[assignment]
-            return store
+            return filling_store(path, room)
 
         monkeypatch.setattr("streaming.partitions.RocksDBStore", open_store)
 
