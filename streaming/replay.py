@@ -3,6 +3,9 @@
 Pacing with ``speed=N`` sends an event when ``(ts - first_ts) / N`` seconds of wall time have
 passed since the start. The same list of events always produces the same messages in the same
 order per partition (keys are user ids, the partitioner is deterministic).
+
+The progress bar counts the events the broker has acknowledged, not those handed to the producer:
+while the broker is away it stands still (the producer says why, above it).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from tqdm import tqdm
 
 from contracts.schema import Event
 from streaming.producer import EventProducer
+
+PROGRESS_EVERY = 256  # events between two looks at the acknowledged count
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,11 @@ def replay(
     progress: bool = True,
     topic: str | None = None,
 ) -> ReplayStats:
-    """Send ``events`` (already in event-time order) and flush; returns count and duration."""
+    """Send ``events`` (already in event-time order) and flush; returns count and duration.
+
+    Raises :class:`~streaming.outage.BrokerAway` when the broker stays away longer than the
+    producer's wait, :class:`~streaming.producer.DeliveryError` when it refuses an event.
+    """
     if speed is not None and speed <= 0:
         raise ValueError("speed must be positive")
     chosen = events[:limit] if limit is not None else events
@@ -57,10 +66,10 @@ def replay(
             if speed is not None:
                 _pace(start, (event.ts - first_ts) / speed)
             producer.send(event, topic)
-            if i % 1024 == 1023:
-                bar.update(1024)
-        bar.update(len(chosen) % 1024)
+            if i % PROGRESS_EVERY == 0:
+                bar.update(producer.acknowledged - bar.n)
         producer.flush()
+        bar.update(producer.acknowledged - bar.n)
     return ReplayStats(sent=len(chosen), seconds=time.perf_counter() - start)
 
 
