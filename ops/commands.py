@@ -13,10 +13,11 @@ import orjson
 from contracts.schema import InvalidEvent, parse_event
 from contracts.settings import Settings
 from ops import broker as broker_mod
-from ops.arguments import positive_int
+from ops.arguments import positive_int, positive_seconds
 from ops.kafka_jars import BrokerError
 from streaming.admin import ensure_topics
-from streaming.producer import EventProducer
+from streaming.outage import DEFAULT_BROKER_WAIT_S, BrokerAway, BrokerWait
+from streaming.producer import RETRIABLE, DeliveryError, EventProducer
 from streaming.replay import replay as replay_events
 from streaming.sources import ColumnMapping, LogFormat, MovieLensOptions, read_events
 from streaming.synthetic import GeneratorConfig
@@ -98,26 +99,60 @@ def topics(args: argparse.Namespace) -> int:
 def publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", default="-", help="JSON-lines file, or - for stdin")
     p.add_argument("--topic", help="target topic (default: the events topic)")
+    _broker_wait_args(p)
 
 
 def publish(args: argparse.Namespace) -> int:
     settings = _settings()
     stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     bad: Counter[str] = Counter()
-    with stream, EventProducer(settings) as producer:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                event = parse_event(line.rstrip(b"\r\n"), min_ts=settings.min_event_ts)
-            except InvalidEvent as err:
-                bad[err.reason.value] += 1
-                print(f"line {number}: {err}", file=sys.stderr)
-                continue
-            producer.send(event, args.topic)
-        sent = producer.sent
+    producer: EventProducer | None = None
+    number = 0
+    try:
+        with stream, EventProducer(settings, _broker_wait(settings, args)) as producer:
+            for number, line in enumerate(stream, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    event = parse_event(line.rstrip(b"\r\n"), min_ts=settings.min_event_ts)
+                except InvalidEvent as err:
+                    bad[err.reason.value] += 1
+                    print(f"line {number}: {err}", file=sys.stderr)
+                    continue
+                producer.send(event, args.topic)
+            sent = producer.sent
+    except (BrokerAway, DeliveryError) as err:
+        acked, sent = (producer.acknowledged, producer.sent) if producer else (0, 0)
+        read = f"input read to line {number:,}" if number else "input not read"
+        counts = f"{acked:,} events acknowledged, {sent - acked:,} sent but not, {read}"
+        rerun = (
+            "rerun with the same input once the broker is back (the worker drops repeats of "
+            "events that carry an event_id)"
+        )
+        raise _undelivered(err, counts, rerun) from None
     print(f"published {sent} events; rejected {sum(bad.values())} {dict(bad) or ''}".rstrip())
     return 1 if bad and not sent else 0
+
+
+def _broker_wait_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--broker-wait-s",
+        type=positive_seconds,
+        default=DEFAULT_BROKER_WAIT_S,
+        help="while the broker is unreachable, keep retrying this long, then fail "
+        "(default %(default)g)",
+    )
+
+
+def _broker_wait(settings: Settings, args: argparse.Namespace) -> BrokerWait:
+    return BrokerWait(settings.bootstrap_servers, args.broker_wait_s, limit_name="--broker-wait-s")
+
+
+def _undelivered(err: BrokerAway | DeliveryError, counts: str, rerun: str) -> UserError:
+    """One line: what went wrong, what was delivered, what to do."""
+    if isinstance(err, DeliveryError):
+        rerun = "not retried: the broker would refuse the same again"
+    return UserError(f"{err}: {counts}; {rerun}")
 
 
 # --- replay -------------------------------------------------------------------------------------
@@ -132,6 +167,7 @@ def replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", help="target topic (default: the events topic)")
     p.add_argument("--min-click-rating", type=float, default=4.0, help="MovieLens: click at ≥ this")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    _broker_wait_args(p)
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -148,16 +184,28 @@ def replay(args: argparse.Namespace) -> int:
     print(f"read {args.path}: {report.summary()}", file=sys.stderr)
     for example in report.examples[:5]:
         print(f"  line {example.line}: {example.reason}: {example.detail}", file=sys.stderr)
-    ensure_topics(settings)
-    with EventProducer(settings) as producer:
-        stats = replay_events(
-            events,
-            producer,
-            speed=args.speed,
-            limit=args.limit,
-            progress=args.progress,
-            topic=args.topic,
+    total = len(events[: args.limit])
+    wait = _broker_wait(settings, args)
+    producer: EventProducer | None = None
+    try:
+        with EventProducer(settings, wait) as producer:
+            wait.retry(lambda: ensure_topics(settings), RETRIABLE)
+            stats = replay_events(
+                events,
+                producer,
+                speed=args.speed,
+                limit=args.limit,
+                progress=args.progress,
+                topic=args.topic,
+            )
+    except (BrokerAway, DeliveryError) as err:
+        acked = producer.acknowledged if producer else 0
+        counts = f"{acked:,} of {total:,} events acknowledged, {total - acked:,} not"
+        rerun = (
+            "rerun the same command once the broker is back (each event keeps its id, "
+            f"{Path(args.path).stem}:LINE unless the log gives one, so the worker drops repeats)"
         )
+        raise _undelivered(err, counts, rerun) from None
     print(f"replayed {stats.sent} events in {stats.seconds:.2f}s ({stats.rate:,.0f} events/s)")
     return 0
 
