@@ -12,45 +12,25 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 from kafka import KafkaProducer
 
 from contracts.settings import Settings
 from feature_store import stable_ids
-from models import ModelConfig, build_model
-from serving.features import FeatureMapper, MapperConfig, RawIds
-from serving.snapshot import SnapshotContent, write_snapshot
 from streaming.admin import ensure_topics, read_topic
 from streaming.client import ScoreClient
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from tests.support.data import BehaviourLog
+from tests.support.snapshots import write_scoring_snapshot
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess, wait_caught_up
 from trainer.announce import announce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HTTP_PORT = 28_811
-CONFIG = ModelConfig(n_items=50_000, n_categories=5_000, dim=8, seq_len=50, topk=5)
-
-
-def write_version(folder: Path, version: int, items: np.ndarray, cats: np.ndarray):  # type: ignore[no-untyped-def]
-    mapper = FeatureMapper(MapperConfig.for_model(CONFIG))
-    mapper.observe(RawIds(items=items, categories=cats))
-    model = build_model("dare", CONFIG)
-    content = SnapshotContent(
-        model_name="dare",
-        model=model,
-        mapper=mapper,
-        topic=None,
-        offsets={},
-        step=version,
-        samples=0,
-    )
-    return write_snapshot(folder, version, content)
 
 
 @pytest.fixture()
@@ -62,7 +42,7 @@ def serving(settings: Settings, tmp_path: Path, taobao_log: BehaviourLog):  # ty
     items = stable_ids([e.item_id for e in events])
     cats = stable_ids([e.category_id for e in events])
     snaps = tmp_path / "snapshots"
-    write_version(snaps, 1, items, cats)
+    write_scoring_snapshot(snaps, 1, items, cats)
     extra = ("--snapshot-dir", str(snaps), "--http-port", str(HTTP_PORT))
     with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log", *extra):
         wait_caught_up(settings)
@@ -130,7 +110,7 @@ def test_100_reloads_under_load_with_a_corrupt_one_lose_no_request(settings, ser
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     corrupt_version = 50
     for version in range(2, 102):
-        written = write_version(snaps, version, items, cats)
+        written = write_scoring_snapshot(snaps, version, items, cats)
         if version == corrupt_version:
             weights = written.path / "model.safetensors"
             data = bytearray(weights.read_bytes())

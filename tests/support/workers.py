@@ -32,6 +32,7 @@ class WorkerProcess:
             TWINSTREAM_EVENTS_PARTITIONS=str(settings.topics.events_partitions),
             PYTHONUNBUFFERED="1",
         )
+        env.update(settings.security.environment())  # TLS and SASL, as the tests' own clients
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -70,7 +71,7 @@ def read_changelog(
     n = settings.topics.events_partitions
     topic = settings.topics.state_changelog
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_config(),
         enable_auto_commit=False,
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
@@ -95,25 +96,28 @@ def read_changelog(
 
 
 def wait_caught_up(settings: Settings, timeout_s: float = 120.0) -> dict[str, UserState]:
-    """Wait until every partition's marker reaches the last offset of ``events``."""
+    """Wait until every partition's marker reaches the last offset of ``events``, read after the
+    markers: an event routed to its owner's partition (:mod:`streaming.routing`) is there before
+    the marker that covers its source, so the copies are covered too."""
     n = settings.topics.events_partitions
-    want = {
-        p: end - 1 for p, end in end_offsets(settings, settings.topics.events, n).items() if end
-    }
     markers: dict[int, int] = {}
+    want: dict[int, int] = {}
 
     def caught_up() -> dict[str, UserState] | None:
         states, seen, _ = read_changelog(settings)
         markers.clear()
         markers.update(seen)
+        ends = end_offsets(settings, settings.topics.events, n)
+        want.clear()
+        want.update({p: end - 1 for p, end in ends.items() if end})
         return states if all(markers.get(p, -1) >= off for p, off in want.items()) else None
 
     return wait_until(
         caught_up,
         timeout_s=timeout_s,
-        what=f"the workers to catch up (markers at {want})",
+        what="the workers to catch up (every marker at the last offset of events)",
         interval_s=1.0,
-        detail=lambda: f"markers {markers}",
+        detail=lambda: f"markers {markers}, last offsets {want}",
     )
 
 
