@@ -13,6 +13,7 @@ Labels take closed sets only (agent name, partition number): never a user or ite
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import Gauge
@@ -24,10 +25,13 @@ COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000, 20_000, 100_0
 class GroupLag:
     """Lag of a consumer group (e.g. a Faust app's): per partition, the end offset minus the
     group's committed offset (its beginning offset while nothing is committed). Blocking
-    kafka-python calls: run it off the event loop. The group is only read, never joined."""
+    kafka-python calls: run it off the event loop. The group is only read, never joined.
 
-    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
-        self.bootstrap_servers, self.group_id = bootstrap_servers, group_id
+    ``kafka_config``: where and how to connect (``Settings.kafka_config()``: bootstrap servers,
+    TLS and SASL)."""
+
+    def __init__(self, kafka_config: Mapping[str, Any], group_id: str) -> None:
+        self.kafka_config, self.group_id = dict(kafka_config), group_id
         self._consumer: KafkaConsumer | None = None
 
     def sample(
@@ -51,7 +55,7 @@ class GroupLag:
     def _client(self) -> KafkaConsumer:
         if self._consumer is None:
             self._consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
+                **self.kafka_config,
                 group_id=self.group_id,
                 enable_auto_commit=False,
             )

@@ -3,7 +3,9 @@
 Most teams run Kafka behind ``SASL_SSL``. One :class:`KafkaSecurity` is read from the environment
 with the other settings and turned into the keyword arguments kafka-python and aiokafka share
 (:meth:`KafkaSecurity.client_config`), so a producer, a consumer, an admin client, the trainer
-and the Faust worker all connect the same way.
+and the Faust worker all connect the same way; librdkafka clients take
+:meth:`KafkaSecurity.librdkafka_config`, and a child process is handed the same settings as
+environment variables (:meth:`KafkaSecurity.environment`).
 
 =========================================  =================================================
 ``TWINSTREAM_SECURITY_PROTOCOL``           ``PLAINTEXT`` (default), ``SSL``, ``SASL_PLAINTEXT``
@@ -24,6 +26,8 @@ and the Faust worker all connect the same way.
 ['sasl_mechanism', 'sasl_plain_password', 'sasl_plain_username', 'security_protocol']
 >>> "secret" in repr(s)
 False
+>>> KafkaSecurity.from_env(s.environment()) == s
+True
 """
 
 from __future__ import annotations
@@ -111,6 +115,45 @@ class KafkaSecurity:
             config["sasl_plain_username"] = self.username
             config["sasl_plain_password"] = self.password
         return config
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same settings for a librdkafka client (confluent-kafka), in its property names.
+
+        >>> c = KafkaSecurity("SSL", ca_file="ca.pem", check_hostname=False).librdkafka_config()
+        >>> c["security.protocol"], c["ssl.ca.location"], c["ssl.endpoint.identification.algorithm"]
+        ('SSL', 'ca.pem', 'none')
+        """
+        config = {"security.protocol": self.protocol}
+        if self.uses_tls:
+            files = {
+                "ssl.ca.location": self.ca_file,
+                "ssl.certificate.location": self.cert_file,
+                "ssl.key.location": self.key_file,
+            }
+            config |= {name: path for name, path in files.items() if path is not None}
+            config["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.check_hostname else "none"
+            )
+        if self.uses_sasl:
+            config["sasl.mechanism"] = str(self.sasl_mechanism)
+            config["sasl.username"] = str(self.username)
+            config["sasl.password"] = str(self.password)
+        return config
+
+    def environment(self) -> dict[str, str]:
+        """The environment variables that give a child process these settings (the password too:
+        hand them only to processes of the same deployment)."""
+        values = {
+            "protocol": self.protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "username": self.username,
+            "password": self.password,
+            "ca_file": self.ca_file,
+            "cert_file": self.cert_file,
+            "key_file": self.key_file,
+            "check_hostname": "true" if self.check_hostname else "false",
+        }
+        return {ENV[name]: value for name, value in values.items() if value is not None}
 
 
 def _flag(raw: str, name: str) -> bool:

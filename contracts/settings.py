@@ -88,6 +88,10 @@ class Settings:
         """Where and how every Kafka client connects: bootstrap servers, TLS and SASL."""
         return {"bootstrap_servers": self.bootstrap_servers, **self.security.client_config()}
 
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same for a librdkafka client (confluent-kafka): its property names."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.security.librdkafka_config()}
+
 
 def _coerce(raw: str, annotation: object) -> object:
     kind = str(annotation)

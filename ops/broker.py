@@ -26,7 +26,9 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from contracts.security import KafkaSecurity
 from ops.kafka_jars import KAFKA_VERSION, BrokerError, fetch_jars, find_java
 
 CLUSTER_ID = "twinstreamKRaftCluster"[:22]
@@ -162,6 +164,15 @@ class BrokerConfig:
     @property
     def bootstrap(self) -> str:
         return ",".join(n.address for n in self.nodes)
+
+    @property
+    def security(self) -> KafkaSecurity:
+        """How a client connects."""
+        return KafkaSecurity()
+
+    def kafka_config(self) -> dict[str, Any]:
+        """Client keyword arguments (kafka-python) for this deployment."""
+        return {"bootstrap_servers": self.bootstrap, **self.security.client_config()}
 
     @property
     def replication(self) -> int:
@@ -316,7 +327,7 @@ def _wait_registered(cfg: BrokerConfig) -> None:
     from kafka.admin import KafkaAdminClient
 
     deadline = time.monotonic() + cfg.start_timeout_s
-    admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap)
+    admin = KafkaAdminClient(**cfg.kafka_config())
     try:
         while len(admin.describe_cluster()["brokers"]) < cfg.brokers:
             if time.monotonic() > deadline:

@@ -125,9 +125,7 @@ class SnapshotWatcher:
 
     def _consumer(self) -> KafkaConsumer:
         topic = self.settings.topics.model_updates
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False
-        )
+        consumer = KafkaConsumer(**self.settings.kafka_config(), enable_auto_commit=False)
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         consumer.seek_to_end(tp)

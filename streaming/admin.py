@@ -21,7 +21,7 @@ def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClien
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+            return KafkaAdminClient(**settings.kafka_config())
         except (KafkaConnectionError, KafkaTimeoutError):
             if time.monotonic() > deadline:
                 raise
@@ -66,7 +66,7 @@ def topic_configs(settings: Settings, name: str) -> dict[str, str]:
 
 def wait_for_leaders(settings: Settings, topics: dict[str, int], timeout_s: float = 30.0) -> None:
     """Block until every partition of ``topics`` has a leader (fresh topics take a moment)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConsumer(**settings.kafka_config())
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -109,7 +109,7 @@ def read_topic(
     Stops after ``expected`` records, or when nothing new arrived for ``idle_timeout_s``.
     """
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_config(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=16 * 1024 * 1024,
@@ -149,7 +149,7 @@ def _partitions(
 
 def end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
     """The next offset of each partition of ``topic`` (0 for an empty partition)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConsumer(**settings.kafka_config())
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}

@@ -5,7 +5,8 @@ producer and consumer tuning every worker shares.
 several workers (processes or machines) with the same topic prefix share the partitions of
 ``events`` through Kafka's consumer group protocol, and hand state over through the state
 changelog (see :mod:`streaming.changelog`). Its web server closes idle and slow clients
-(:mod:`streaming.http_timeouts`).
+(:mod:`streaming.http_timeouts`). Its Kafka clients connect with the deployment's TLS and SASL
+settings (:func:`broker_credentials`).
 
 >>> from contracts.settings import Settings
 >>> create_app(Settings.from_env({"TWINSTREAM_TOPIC_PREFIX": "demo-"})).conf.id
@@ -19,6 +20,7 @@ from typing import Any
 
 import faust
 
+from contracts.security import KafkaSecurity
 from contracts.settings import Settings
 from streaming.http_timeouts import web_options
 from streaming.transport import SCHEME
@@ -53,6 +55,7 @@ def create_app(
     return faust.App(
         f"{settings.topics.prefix}{name}",
         broker=servers,
+        broker_credentials=broker_credentials(settings.security),
         **web,
         topic_partitions=settings.topics.events_partitions,
         consumer_auto_offset_reset="earliest",
@@ -67,3 +70,23 @@ def create_app(
         table_standby_replicas=0,
         topic_replication_factor=settings.topics.replication_factor,  # Faust's own topics
     )
+
+
+def broker_credentials(security: KafkaSecurity) -> faust.types.auth.CredentialsT | None:
+    """Faust's form of the TLS and SASL settings (its aiokafka driver hands them to every
+    consumer, producer and admin client it makes); None for ``PLAINTEXT``.
+
+    >>> broker_credentials(KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", "twin", "pw")).protocol.value
+    'SASL_SSL'
+    """
+    context = security.ssl_context()
+    if security.uses_sasl:
+        return faust.SASLCredentials(
+            username=security.username,
+            password=security.password,
+            mechanism=security.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None

@@ -50,7 +50,7 @@ def restore_partition(
     """Apply changelog records past the store's position; returns how many were read."""
     tp = TopicPartition(settings.topics.state_changelog, partition)
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_config(),
         enable_auto_commit=False,
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )

@@ -25,12 +25,8 @@ from serving.requests import ScoreRequest, new_request_id
 class ScoreClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0
-        )
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-        )
+        self._producer = KafkaProducer(**settings.kafka_config(), acks="all", linger_ms=0)
+        self._consumer = KafkaConsumer(**settings.kafka_config(), enable_auto_commit=False)
         topic = settings.topics.scores
         tps = [TopicPartition(topic, p) for p in range(settings.topics.events_partitions)]
         self._consumer.assign(tps)

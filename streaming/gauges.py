@@ -25,7 +25,7 @@ class WorkerGauges:
         self, settings: Settings, partitions: OwnedPartitions, metrics: IngestMetrics
     ) -> None:
         self.settings, self.partitions, self.metrics = settings, partitions, metrics
-        self.lag = GroupLag(settings.bootstrap_servers, f"{settings.topics.prefix}{APP_NAME}")
+        self.lag = GroupLag(settings.kafka_config(), f"{settings.topics.prefix}{APP_NAME}")
         self._state_sampled = -STATE_SIZE_EVERY_S  # monotonic time of the last users count
 
     async def sample(self) -> None:

@@ -90,7 +90,7 @@ class EventProducer:
         self._abandoned = False
         config = PRODUCER_DEFAULTS | waiting_config(self.wait) | overrides
         self._producer = self.wait.retry(
-            lambda: KafkaProducer(bootstrap_servers=settings.bootstrap_servers, **config),
+            lambda: KafkaProducer(**settings.kafka_config(), **config),
             RETRIABLE,
         )
 

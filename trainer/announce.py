@@ -24,7 +24,7 @@ class SnapshotAnnouncer:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topics.model_updates
-        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+        self.producer = KafkaProducer(**settings.kafka_config(), acks="all")
 
     def announce(self, written: WrittenSnapshot) -> None:
         announce(self.producer, self.topic, written)

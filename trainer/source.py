@@ -217,7 +217,6 @@ class KafkaSampleSource:
     def _connect(self) -> KafkaConsumer:
         cfg, s = self.config, self.settings
         common: dict[str, Any] = {
-            "bootstrap_servers": s.bootstrap_servers,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "max_partition_fetch_bytes": PARTITION_FETCH_BYTES,
@@ -225,11 +224,12 @@ class KafkaSampleSource:
             "check_crcs": FAST_CRC,
         }
         if self.world_size > 1:
-            self._consumer = KafkaConsumer(**common)
+            self._consumer = KafkaConsumer(**s.kafka_config(), **common)
             self._assign()
             return self._consumer
         session_ms = int(cfg.session_timeout_s * 1000)
         self._consumer = KafkaConsumer(
+            **s.kafka_config(),
             group_id=cfg.group_id or f"{s.topics.prefix}trainer",
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(1000, session_ms // 3),

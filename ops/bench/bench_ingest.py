@@ -10,6 +10,14 @@
    local state commit), from the broker's own records; once per ``--processes`` count (one
    ``twinstream worker --processes N`` command). Needs a broker (KAFKA_BOOTSTRAP_SERVERS or
    ``twinstream broker start``).
+
+With ``--partitioners murmur2,crc32`` it measures instead what routing costs
+(:mod:`streaming.routing`): the same log published by a librdkafka producer (confluent-kafka)
+with each partitioner, murmur2 (the project's: every event on its owner's partition) and CRC32
+(librdkafka's default: about three in four events elsewhere, each sent on to its owner), then
+worker throughput and event-to-state latency at ``--rate`` for each, and their ratio. An event
+routed to its owner keeps its Kafka timestamp, so its latency runs to the marker that covers it
+on the owner's partition.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from contracts.schema import Event
@@ -34,9 +43,11 @@ from streaming.app import APP_NAME
 from streaming.changelog import MARKER_KEY
 from streaming.producer import EventProducer
 from streaming.replay import replay
+from streaming.routing import owner_partition
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
 
+LIBRDKAFKA_PARTITIONERS = {"murmur2": "murmur2_random", "crc32": "consistent_random"}
 SHARED = Path(__file__).resolve().parents[3] / "shared/data/taobao_stream/UserBehavior.csv"
 
 
@@ -77,9 +88,7 @@ class MarkerReader:
 
     def __init__(self, settings: Settings) -> None:
         n = settings.topics.events_partitions
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-        )
+        self.consumer = KafkaConsumer(**settings.kafka_config(), enable_auto_commit=False)
         tps = [TopicPartition(settings.topics.state_changelog, p) for p in range(n)]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
@@ -102,7 +111,7 @@ class MarkerReader:
 
 def read_all(settings: Settings, topic: str) -> list[tuple[int, int, bytes, bytes, float]]:
     n = settings.topics.events_partitions
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(**settings.kafka_config(), enable_auto_commit=False)
     tps = [TopicPartition(topic, p) for p in range(n)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
@@ -126,12 +135,14 @@ def start_worker(settings: Settings, state: Path, processes: int = 1) -> subproc
 def wait_for(
     settings: Settings, n_events: int, timeout_s: float = 600
 ) -> list[tuple[int, int, float]]:
-    ends = {p: e - 1 for p, e in end_offsets(settings).items() if e}
+    """The markers, once they cover the last offset of each partition of ``events`` as read
+    after them (events routed to their owner are there before their source's marker)."""
     deadline = time.monotonic() + timeout_s
     reader = MarkerReader(settings)
     try:
         while time.monotonic() < deadline:
             got = reader.poll()
+            ends = {p: e - 1 for p, e in end_offsets(settings).items() if e}
             best = {p: max((o for q, o, _ in got if q == p), default=-1) for p in ends}
             if all(best[p] >= ends[p] for p in ends):
                 return got
@@ -142,7 +153,7 @@ def wait_for(
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConsumer(**settings.kafka_config())
     tps = [
         TopicPartition(settings.topics.events, p) for p in range(settings.topics.events_partitions)
     ]
@@ -164,13 +175,23 @@ def worker_rate(settings: Settings, n: int) -> float:
     return (n - first_batch) / max(times[-1] - times[0], 1e-9)
 
 
-def latency(settings: Settings, events: list[Event], rate: float, processes: int) -> np.ndarray:
+def latency(
+    settings: Settings,
+    events: list[Event],
+    rate: float,
+    processes: int,
+    partitioner: str | None = None,
+) -> np.ndarray:
+    """Per event, at ``rate``: the project's producer, or librdkafka's with ``partitioner``."""
     with tempfile.TemporaryDirectory() as state:
         proc = start_worker(settings, Path(state), processes)
         try:
             wait_for_group(settings, processes)
-            with EventProducer(settings, linger_ms=5) as producer:
-                _paced(producer, events, rate)
+            if partitioner is None:
+                with EventProducer(settings, linger_ms=5) as producer:
+                    _paced(producer, events, rate)
+            else:
+                _paced(LibrdkafkaProducer(settings, partitioner), events, rate)
             got = wait_for(settings, len(events))
         finally:
             proc.terminate()
@@ -182,7 +203,7 @@ def wait_for_group(settings: Settings, members: int, timeout_s: float = 180.0) -
     """Until the workers' consumer group is stable with ``members`` members (then a moment
     for the assignment hooks), so no rebalance falls into the measured window."""
     group = f"{settings.topics.prefix}{APP_NAME}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaAdminClient(**settings.kafka_config())
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -196,7 +217,7 @@ def wait_for_group(settings: Settings, members: int, timeout_s: float = 180.0) -
     raise TimeoutError(f"group {group} did not settle with {members} members")
 
 
-def _paced(producer: EventProducer, events: list[Event], rate: float) -> None:
+def _paced(producer: EventProducer | LibrdkafkaProducer, events: list[Event], rate: float) -> None:
     start = time.perf_counter()
     for i, event in enumerate(events):
         due = start + i / rate
@@ -207,18 +228,82 @@ def _paced(producer: EventProducer, events: list[Event], rate: float) -> None:
 
 
 def per_event_latency(settings: Settings, got: list[tuple[int, int, float]]) -> np.ndarray:
-    """Per event: time of the first marker covering its offset minus its Kafka timestamp."""
+    """Per event: time of the first marker covering its offset minus its Kafka timestamp, on
+    its owner's partition (an event elsewhere is counted as its copy there)."""
     covering: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for p in {p for p, _, _ in got}:
         marks = sorted((o, t) for q, o, t in got if q == p)
         covering[p] = (np.array([o for o, _ in marks]), np.array([t for _, t in marks]))
     out = []
-    for p, offset, _, _, created in read_all(settings, settings.topics.events):
+    n = settings.topics.events_partitions
+    for p, offset, _, value, created in read_all(settings, settings.topics.events):
+        if owner_partition(str(orjson.loads(value)["user_id"]), n) != p:
+            continue
         offsets, times = covering[p]
         i = int(np.searchsorted(offsets, offset))
         if i < offsets.size:
             out.append(times[i] - created)
     return np.array(out)
+
+
+class LibrdkafkaProducer:
+    """confluent-kafka (librdkafka) with a partitioner of its own: ``murmur2`` (Java's and the
+    project's) or ``crc32`` (librdkafka's default); idempotent, as the project's producer."""
+
+    def __init__(self, settings: Settings, partitioner: str) -> None:
+        from confluent_kafka import Producer  # the dev extra
+
+        self.topic = settings.topics.events
+        self.producer = Producer(
+            {
+                **settings.librdkafka_config(),
+                "partitioner": LIBRDKAFKA_PARTITIONERS[partitioner],
+                "enable.idempotence": True,
+                "linger.ms": 5,
+            }
+        )
+
+    def send(self, event: Event) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, event.to_json(), event.key)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        if self.producer.flush(60):
+            raise RuntimeError("librdkafka could not deliver every event")
+
+
+def compare_partitioners(
+    events: list[Event], names: list[str], rate: float, seconds: float
+) -> None:
+    """Throughput and latency with each partitioner, the same log; ratios to the first."""
+    rows = []
+    for name in names:
+        settings = fresh_settings()
+        ensure_topics(settings)
+        producer = LibrdkafkaProducer(settings, name)
+        for event in events:
+            producer.send(event)
+        producer.flush()
+        rate_s = worker_rate(settings, len(events))
+        copies = sum(end_offsets(settings).values()) - len(events)
+        paced = fresh_settings()
+        ensure_topics(paced)
+        lat = latency(paced, events[: int(rate * seconds)], rate, 1, name)
+        rows.append((name, rate_s, copies, *np.percentile(lat, [50, 99])))
+        print(f"{name}: {rate_s:,.0f} events/s, {copies:,} routed", flush=True)
+    print(f"events: {len(events)}; latency at {rate:,.0f} events/s over {int(rate * seconds)}")
+    base = rows[0]
+    for name, rate_s, copies, p50, p99 in rows:
+        print(
+            f"{name:8} worker {rate_s:8,.0f} events/s (ratio {rate_s / base[1]:.2f}), "
+            f"routed {copies / len(events):4.0%}, event-to-state p50 {p50 * 1000:,.0f} ms, "
+            f"p99 {p99 * 1000:,.0f} ms (ratio {p99 / base[4]:.2f})"
+        )
 
 
 def main() -> None:
@@ -229,8 +314,15 @@ def main() -> None:
     parser.add_argument(
         "--processes", default="1,2", help="worker processes of the latency runs, comma-separated"
     )
+    parser.add_argument(
+        "--partitioners",
+        help="instead: the cost of routing, e.g. murmur2,crc32 (librdkafka's, comma-separated)",
+    )
     args = parser.parse_args()
     events = load(args.data)
+    if args.partitioners:
+        compare_partitioners(events, args.partitioners.split(","), args.rate, args.seconds)
+        return
     settings = fresh_settings()
     ensure_topics(settings)
     with EventProducer(settings) as producer:

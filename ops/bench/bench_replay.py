@@ -32,7 +32,7 @@ SHARED = Path(__file__).resolve().parents[3] / "shared/data/taobao_stream/UserBe
 def raw_producer_seconds(
     settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]
 ) -> float:
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, **PRODUCER_DEFAULTS)
+    producer = KafkaProducer(**settings.kafka_config(), **PRODUCER_DEFAULTS)
     start = time.perf_counter()
     for key, value in messages:
         producer.send(topic, key=key, value=value)
