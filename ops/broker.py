@@ -10,6 +10,9 @@ quorum), node ``i`` on ``PORT + 2(i-1)`` and ``CONTROLLER_PORT + 2(i-1)`` with i
 ``RUN_DIR/node{i}``; topics get 3 replicas and writes need 2 in sync, so any one node can die.
 :func:`kill_node` and :func:`restart_node` take one node down (``kill -9``) and bring it back.
 
+``--sasl-ssl`` starts the single broker with a ``SASL_SSL`` client listener only (certificates,
+users and the settings for clients: :mod:`ops.broker_security`).
+
 >>> cfg = BrokerConfig(brokers=3)
 >>> cfg.bootstrap
 '127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096'
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.security import KafkaSecurity
+from ops import broker_security
 from ops.kafka_jars import KAFKA_VERSION, BrokerError, fetch_jars, find_java
 
 CLUSTER_ID = "twinstreamKRaftCluster"[:22]
@@ -116,10 +120,13 @@ class BrokerConfig:
     heap: str | None = None  # per JVM; default SINGLE_HEAP, or NODE_HEAP in a cluster
     start_timeout_s: float = 90.0
     brokers: int = 1
+    sasl_ssl: bool = False  # the single broker's only client listener is SASL_SSL
 
     def __post_init__(self) -> None:
         if self.brokers < 1:
             raise BrokerError("--brokers must be at least 1")
+        if self.sasl_ssl and self.brokers > 1:
+            raise BrokerError("--sasl-ssl starts a single broker; leave out --brokers")
         ports = [p for n in self.nodes for p in (n.port, n.controller_port)]
         if len(set(ports)) != len(ports):
             raise BrokerError(
@@ -129,7 +136,7 @@ class BrokerConfig:
             )
 
     @classmethod
-    def from_env(cls, brokers: int = 1) -> BrokerConfig:
+    def from_env(cls, brokers: int = 1, sasl_ssl: bool = False) -> BrokerConfig:
         env = os.environ
         run_dir = Path(env.get("TWINSTREAM_BROKER_DIR", str(cls.run_dir)))
         return cls(
@@ -137,6 +144,7 @@ class BrokerConfig:
             controller_port=int(env.get("TWINSTREAM_BROKER_CONTROLLER_PORT", cls.controller_port)),
             run_dir=run_dir,
             brokers=brokers,
+            sasl_ssl=sasl_ssl or env.get("TWINSTREAM_BROKER_SASL_SSL", "") in ("1", "true"),
         )
 
     @property
@@ -167,7 +175,9 @@ class BrokerConfig:
 
     @property
     def security(self) -> KafkaSecurity:
-        """How a client connects."""
+        """How a client connects: PLAINTEXT, or as the SASL_SSL broker's user."""
+        if self.sasl_ssl:
+            return broker_security.client_security(self.run_dir)
         return KafkaSecurity()
 
     def kafka_config(self) -> dict[str, Any]:
@@ -209,7 +219,7 @@ def server_properties(cfg: BrokerConfig, node: Node) -> str:
     text = SERVER_PROPERTIES
     if cfg.brokers > 1:
         text += REPLICATED_TOPICS
-    return text.format(
+    properties = text.format(
         node_id=node.node_id,
         voters=voters,
         host=node.host,
@@ -219,6 +229,9 @@ def server_properties(cfg: BrokerConfig, node: Node) -> str:
         replication=cfg.replication,
         min_insync=cfg.min_insync,
     )
+    if not cfg.sasl_ssl:
+        return properties
+    return broker_security.secured(properties, node.run_dir, node.port, node.controller_port)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -251,6 +264,10 @@ def running(cfg: BrokerConfig) -> dict[int, int]:
 
 def _write_configs(cfg: BrokerConfig, node: Node) -> None:
     node.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.sasl_ssl:
+        broker_security.prepare(node.run_dir, node.run_dir / "data")
+        node.properties.touch()
+        node.properties.chmod(0o600)  # before it holds the passwords of the users and stores
     node.properties.write_text(server_properties(cfg, node))
     (node.run_dir / "log4j.properties").write_text(LOG4J.format(log=node.log_file))
 
@@ -258,6 +275,8 @@ def _write_configs(cfg: BrokerConfig, node: Node) -> None:
 def _format_storage(cfg: BrokerConfig, java: str, node: Node) -> None:
     cmd = [java, "-cp", f"{cfg.libs}/*", "kafka.tools.StorageTool", "format"]
     cmd += ["-t", CLUSTER_ID, "-c", str(node.properties), "--ignore-formatted"]
+    if cfg.sasl_ssl:
+        cmd += broker_security.format_args(node.run_dir)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise BrokerError(f"kafka storage format failed:\n{done.stdout}{done.stderr}")

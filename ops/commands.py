@@ -13,6 +13,7 @@ import orjson
 from contracts.schema import InvalidEvent, parse_event
 from contracts.settings import Settings
 from ops import broker as broker_mod
+from ops import broker_security
 from ops.arguments import positive_int, positive_seconds
 from ops.kafka_jars import BrokerError
 from streaming.admin import ensure_topics
@@ -48,17 +49,26 @@ def broker_args(p: argparse.ArgumentParser) -> None:
         "ways (default 1); stop, status, kill, restart: the cluster found in TWINSTREAM_BROKER_DIR",
     )
     p.add_argument("--node", type=positive_int, help="kill (-9) or restart: this node of a cluster")
+    p.add_argument(
+        "--sasl-ssl",
+        action="store_true",
+        help="start: the single broker with a SASL_SSL client listener only; the settings "
+        "clients need are written to TWINSTREAM_BROKER_DIR/client.env",
+    )
 
 
 def broker(args: argparse.Namespace) -> int:
-    cfg = broker_mod.BrokerConfig.from_env(args.brokers or 1)
-    if args.brokers is None:
-        cfg = broker_mod.discover(cfg)
     try:
+        cfg = broker_mod.BrokerConfig.from_env(args.brokers or 1, args.sasl_ssl)
+        if args.brokers is None:
+            cfg = broker_mod.discover(cfg)
         if args.action == "start":
             pids = ", ".join(map(str, broker_mod.start(cfg)))
             logs = " ".join(str(node.log_file) for node in cfg.nodes)
             print(f"broker running (pid {pids}) on {cfg.bootstrap}; log {logs}")
+            if cfg.sasl_ssl:
+                env = broker_security.client_env_file(cfg.run_dir)
+                print(f"SASL_SSL only; client settings: set -a; . {env}; set +a")
         elif args.action == "stop":
             print("broker stopped" if broker_mod.stop(cfg) else "no broker was running")
         elif args.action == "status":
