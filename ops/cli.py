@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from contracts.settings import Settings
 from ops import commands, evaluate_cli, report_cli, train_cli
+from ops.kafka_login import login_refused
 
 Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
@@ -82,6 +84,10 @@ COMMANDS: list[Command] = [
 ]
 
 
+# these talk to Kafka: a login the broker refuses stops them at once (ops.kafka_login)
+KAFKA_COMMANDS = frozenset({"topics", "publish", "replay", "worker", "train", "score"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinstream",
@@ -98,12 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in KAFKA_COMMANDS:
+            _check_login()
         return int(args.run(args))
     except KeyboardInterrupt:
         return 130
     except commands.UserError as err:
         print(f"twinstream {args.command}: {err}", file=sys.stderr)
         return 2
+
+
+def _check_login() -> None:
+    try:
+        settings = Settings.from_env()
+    except ValueError as err:  # incomplete security settings: the message names the variable
+        raise commands.UserError(str(err)) from None
+    refused = login_refused(settings)
+    if refused is not None:
+        raise commands.UserError(refused)
 
 
 if __name__ == "__main__":
