@@ -1,19 +1,21 @@
 """Fail-stop without a broker: a RocksDB store whose disk fills up after some batches (its writes
 then raise as rocksdict's do on ENOSPC) stops the ingest service at the failed batch (nothing of
-it committed locally, no later batch or tick applied), and stops the ingest agent: unhealthy
-gauge, the fault counted by kind, no further batch taken, every offset commit refused, /healthz
-503 with the reason, the app crashed with it."""
+it committed locally, no later batch or tick applied), as does a changelog the broker does not
+acknowledge or a flush that fails; and it stops the ingest agent: unhealthy gauge, the fault
+counted by kind, no further batch taken, every offset commit refused, /healthz 503 with the
+reason, the app crashed with it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.types import TP
 
 from contracts.settings import Settings
@@ -27,6 +29,7 @@ from streaming.failstop import FailStop, FailStopped, fault_kind
 from streaming.ingest import IngestService, RawMessage
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions, StoresStopped
+from streaming.sink import Delivery
 from streaming.transport import Consumer
 from streaming.views import add_views
 from tests.support.events import T0
@@ -91,6 +94,49 @@ async def test_a_failed_state_write_commits_nothing_and_stops_every_later_write(
         assert refused.value.__cause__ is failed.value
     assert {topic: len(records) for topic, records in sink.records.items()} == sent
     assert store.last_offset(0) == 0 and fault_kind(refused.value) == "state_write"
+
+
+class BrokerFails(MemorySink):
+    """A sink whose broker never acknowledges the changelog (``at="changelog"``) or whose flush
+    fails (``at="flush"``), as aiokafka reports it."""
+
+    def __init__(self, at: str) -> None:
+        super().__init__()
+        self.at = at
+
+    async def send_many(
+        self,
+        topic: str,
+        partition: int,
+        records: Iterable[tuple[bytes | None, bytes | None]],
+        timestamps: Sequence[float] | None = None,
+    ) -> Delivery:
+        delivery = await super().send_many(topic, partition, records, timestamps)
+        if self.at != "changelog" or topic != TOPICS.state_changelog:
+            return delivery
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaTimeoutError("batch expired: not acknowledged"))
+        return Delivery([failed], 0)
+
+    async def flush(self) -> None:
+        await super().flush()
+        if self.at == "flush":
+            raise KafkaConnectionError("connection to the broker lost")
+
+
+@pytest.mark.parametrize("at", ["changelog", "flush"])
+async def test_a_changelog_or_flush_failure_commits_nothing_and_is_a_kafka_fault(
+    partitions: OwnedPartitions, metrics: IngestMetrics, at: str
+) -> None:
+    service = IngestService(SETTINGS, BrokerFails(at), partitions, ItemCatalog(), metrics)
+    await partitions.own([0])
+    with pytest.raises(KafkaError) as failed:
+        await service.handle([click(0, 0)])
+    assert (
+        partitions.workers[0].store.last_offset(0) is None and fault_kind(failed.value) == "kafka"
+    )
+    with pytest.raises(StoresStopped):
+        await service.handle([click(0, 1)])
 
 
 async def test_the_agent_stops_at_the_failed_batch(
