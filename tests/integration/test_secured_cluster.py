@@ -3,11 +3,11 @@
 The test starts a broker of its own (``ops.broker`` with ``sasl_ssl``: ports and folder of its
 own, certificates made by keytool at start, SCRAM-SHA-512 users), puts its client settings
 (``TWINSTREAM_SECURITY_PROTOCOL=SASL_SSL``, the SASL user, the CA file) in the environment, and
-runs as real processes ``twinstream topics``, a ``twinstream worker``, a ``twinstream train`` and
-a ``twinstream replay`` of a generated Taobao-format log. It checks that the worker's state holds
-every behaviour of the log once, that the trainer trained every sample message and wrote and
-announced a snapshot the worker loaded, and that a score request is answered over Kafka
-(``ScoreClient``) and over HTTP by that model.
+runs as real processes ``twinstream topics`` (with SCRAM-SHA-512, and with PLAIN), a
+``twinstream worker``, a ``twinstream train`` and a ``twinstream replay`` of a generated
+Taobao-format log. It checks that the worker's state holds every behaviour of the log once, that
+the trainer trained every sample message and wrote and announced a snapshot the worker loaded,
+and that a score request is answered over Kafka (``ScoreClient``) and over HTTP by that model.
 
 So that nothing can pass over an unsecured path, it checks too that the broker refuses a
 PLAINTEXT client, and that a wrong password stops ``twinstream topics`` at once with one line
@@ -221,6 +221,8 @@ def test_worker_trainer_and_replay_run_against_a_sasl_ssl_only_broker(
     topics = twinstream("topics")
     assert topics.returncode == 0, topics.stdout + topics.stderr
     assert f"{settings.topics.events}: 4 partitions (created)" in topics.stdout
+    plain = twinstream("topics", env={**secured_env, "TWINSTREAM_SASL_MECHANISM": "PLAIN"})
+    assert plain.returncode == 0, plain.stdout + plain.stderr  # the same user logs in with PLAIN
 
     path = tmp_path / "UserBehavior.csv"
     generate(LOG).write(path)
