@@ -11,7 +11,10 @@ record on its owner's partition takes no extra hop.
 
 An event's copy carries an event id (:func:`event_copy`): its own, or its source coordinates
 ``topic/partition/offset``. A crash between sending the copy and committing the source sends it
-again with the same id, and the owner's dedupe drops it.
+again with the same id, and the owner's dedupe drops it, as long as fewer than
+``dedupe_window`` (1,024) event ids of that user reached it between the two copies.
+A score request sent again that way is answered again, as any request after a crash, with the
+same request id.
 
 >>> owner_partition("u2", 4), owner_partition("42", 4)
 (2, 0)
