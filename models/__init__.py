@@ -1,4 +1,4 @@
-"""CTR models over long behaviour sequences (ARCHITECTURE.md section 5): one batch format, one output."""
+"""CTR models over long behaviour sequences (ARCHITECTURE.md section 5): one batch, one output."""
 
 from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch

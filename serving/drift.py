@@ -1,4 +1,4 @@
-"""Attention drift of live scoring against the serving snapshot's reference (ARCHITECTURE.md section 8).
+"""Live attention drift against the serving snapshot's reference (ARCHITECTURE.md section 8).
 
 The scorer hands every answered request's attention to :meth:`AttentionDrift.observe`, which
 keeps the statistics of the last ``window`` scored rows (at most ``rows_per_request`` candidates of

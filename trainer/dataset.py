@@ -1,4 +1,4 @@
-"""DARE's offline protocol (ARCHITECTURE.md section 9): an event log -> per-user samples -> model batches.
+"""DARE's offline protocol (ARCHITECTURE.md section 9): an event log -> per-user samples -> batches.
 
 From a time-ordered event log (``streaming.sources.EventLog`` or anything with the same arrays):
 
