@@ -3,9 +3,14 @@
 Each batch of ``events`` is validated (bad messages go to the DLQ with their reason), an event
 whose body's user another partition owns is sent to that partition (:mod:`streaming.routing`),
 the rest is applied per owned partition by its :class:`feature_store.PartitionWorker`, and its
-training samples and state changelog records are sent through the :class:`streaming.sink.Sink`;
-once the broker has them, the local RocksDB stores commit (:mod:`streaming.changelog`). The
-stores themselves belong to :class:`streaming.partitions.OwnedPartitions`.
+training samples are sent through the :class:`streaming.sink.Sink`. Once the broker has
+acknowledged all of these (one flush of the sink), the state changelog records and offset markers
+are sent; once it has those (a second flush), the local RocksDB stores commit
+(:mod:`streaming.changelog`) and :meth:`IngestService.handle` returns, after which the agent lets
+Faust commit the batch's offsets. A marker therefore never covers an event whose sample, dead
+letter or copy the broker refused: the flush raises (:class:`streaming.sink.DeliveryFailed`), the
+worker fail-stops (:mod:`streaming.failstop`), and a restart applies the batch again. The stores
+themselves belong to :class:`streaming.partitions.OwnedPartitions`.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from streaming.changelog import (
 )
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
-from streaming.routing import Copy, Routed, Router, Split
+from streaming.routing import Copy, Router, Split
 from streaming.sink import Delivery, Sink
 
 log = logging.getLogger(__name__)
 MAX_CHANGELOG_VALUE = 8 * 1024 * 1024  # under the changelog's max.message.bytes (16 MiB)
+Records = list[tuple[bytes | None, bytes | None]]  # (key, value) pairs for one partition
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,16 @@ class RawMessage:
     offset: int
     value: bytes | None
     timestamp: float  # Kafka record time, seconds
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One partition's part of a batch, applied in memory: its worker, the result to commit and
+    the messages it covers (those not routed elsewhere)."""
+
+    worker: PartitionWorker
+    result: BatchResult
+    kept: list[RawMessage]
 
 
 class IngestService:
@@ -64,8 +80,9 @@ class IngestService:
     # --- the batch path --------------------------------------------------------------------------
 
     async def handle(self, messages: Sequence[RawMessage]) -> None:
-        """Apply one batch: every owned partition's part is processed and its samples and
-        changelog records sent, then one flush covers them all before the local commits."""
+        """Apply one batch: every owned partition's part is processed and its samples, dead
+        letters and copies sent, one flush covers them all; then the changelog records of every
+        part are sent, a second flush covers those, and the local stores commit."""
         started = time.perf_counter()
         async with self.partitions.writing():  # a failure here stops every later batch
             by_partition: dict[int, list[RawMessage]] = defaultdict(list)
@@ -73,22 +90,21 @@ class IngestService:
                 # events of a partition in hand-over are left to its next owner (not acked by us)
                 if self.partitions.applying(m.partition):
                     by_partition[m.partition].append(m)
-            sent = [
-                await self._partition_batch(self.partitions.workers[partition], part)
+            applied = [
+                await self._apply(self.partitions.workers[partition], part)
                 for partition, part in by_partition.items()
             ]
+            await self.sink.flush()  # acknowledged before a marker covers their events
+            markers = [await self._changelog(a.worker.partition, a.result) for a in applied]
             await self.sink.flush()
-            for worker, result, marker, part in sent:
-                worker.commit(result, await self._position(worker.partition, marker))
-                self._count(result, part)
+            for a, marker in zip(applied, markers, strict=True):
+                a.worker.commit(a.result, await self._position(a.worker.partition, marker))
+                self._count(a.result, a.kept)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _partition_batch(
-        self, worker: PartitionWorker, messages: list[RawMessage]
-    ) -> tuple[PartitionWorker, BatchResult, Delivery | None, list[RawMessage]]:
+    async def _apply(self, worker: PartitionWorker, messages: list[RawMessage]) -> Applied:
         """Validate, route what another partition owns, apply the rest in memory, send samples,
-        dead letters and changelog records (not flushed); the changelog marker's delivery is
-        returned for the commit to wait on, with the messages not routed."""
+        dead letters and copies (not flushed); the result, with the messages not routed."""
         records: list[tuple[RawMessage, Event]] = []
         for m in messages:
             try:
@@ -96,18 +112,16 @@ class IngestService:
             except InvalidEvent as err:
                 await self._dead_letter(m, err)
         split = self._split(worker, records)
-        routed = await self._route(split.copies)
+        await self._route(split.copies)
         for _, event in split.own:
             self.catalog.learn(event.item_id, event.category_id)
         result = worker.process([(m.offset, event) for m, event in split.own])
         for offset, late in result.rejected:
             await self._dead_letter(_find(messages, offset), late)
         await self._emit(worker.partition, result)
-        await routed.acknowledged()  # on their owners' partitions before a marker covers them
         _cover(result, split)
         elsewhere = {m.offset for m in split.elsewhere}
-        kept = [m for m in messages if m.offset not in elsewhere]
-        return worker, result, await self._changelog(worker.partition, result), kept
+        return Applied(worker, result, [m for m in messages if m.offset not in elsewhere])
 
     # --- events another partition owns -----------------------------------------------------------
 
@@ -119,26 +133,35 @@ class IngestService:
         stored = worker.store.last_offset(worker.partition)
         return self.router.split(self.settings.topics.events, worker.partition, records, stored)
 
-    async def _route(self, copies: list[Copy]) -> Routed:
-        if self.router is None or not copies:
-            return Routed([])
-        return await self.router.send(self.settings.topics.events, copies)
+    async def _route(self, copies: list[Copy]) -> None:
+        """Send the copies through the sink: the batch's first flush covers them."""
+        if self.router is not None and copies:
+            await self.router.send(self.settings.topics.events, copies)
 
     async def tick(self) -> None:
-        """Close expired attribution windows (explicit mode) and send their label-0 samples."""
+        """Close expired attribution windows (explicit mode) and send their label-0 samples;
+        once the broker has them, the closed windows' changelog records; once it has those, the
+        local stores forget the windows."""
         async with self.partitions.writing():
-            for partition, worker in self.partitions.active().items():
-                expired, meta = worker.close_windows()
-                samples = ((None, sample) for sample in expired)
-                await self.sink.send_many(self.settings.topics.samples, partition, samples)
-                self.metrics.samples.inc(len(expired))
-                records = self._meta_records(meta)
-                if records:  # the closed windows reach the changelog before the local store
-                    topic = self.settings.topics.state_changelog
-                    delivery = await self.sink.send_many(topic, partition, records)
-                    await self.sink.flush()
-                    await delivery.last_offset()
-                worker.commit_meta(meta)
+            active = self.partitions.active()
+            closed = {p: worker.close_windows() for p, worker in active.items()}
+            samples: dict[int, Records] = {
+                p: [(None, s) for s in expired] for p, (expired, _) in closed.items()
+            }
+            await self._send_and_flush(self.settings.topics.samples, samples)
+            self.metrics.samples.inc(sum(map(len, samples.values())))
+            changes = {p: self._meta_records(meta) for p, (_, meta) in closed.items()}
+            await self._send_and_flush(self.settings.topics.state_changelog, changes)
+            for partition, (_, meta) in closed.items():
+                active[partition].commit_meta(meta)
+
+    async def _send_and_flush(self, topic: str, records: dict[int, Records]) -> None:
+        """Send each partition's records, then flush once (nothing to send: no flush)."""
+        parts = {partition: part for partition, part in records.items() if part}
+        for partition, part in parts.items():
+            await self.sink.send_many(topic, partition, part)
+        if parts:
+            await self.sink.flush()
 
     # --- validation and dead letters -------------------------------------------------------------
 
@@ -170,18 +193,16 @@ class IngestService:
         """Send the touched states, then the offset marker; their delivery."""
         if result.offset is None:
             return None
-        records: list[tuple[bytes | None, bytes | None]] = [
-            (user.encode(), blob) for user, blob in result.encoded_states().items()
-        ]
+        records: Records = [(user.encode(), blob) for user, blob in result.encoded_states().items()]
         records += self._meta_records(result.meta)
         records.append((MARKER_KEY, encode_marker(result.offset)))
         return await self.sink.send_many(self.settings.topics.state_changelog, partition, records)
 
-    def _meta_records(self, meta: MetaChanges) -> list[tuple[bytes | None, bytes | None]]:
+    def _meta_records(self, meta: MetaChanges) -> Records:
         """Metadata changes as changelog records. The sampler's come in parts of at most 1 MiB
         (:mod:`feature_store.sampler_journal`); any record still too large for a Kafka message
         stays local and is logged with its size."""
-        out: list[tuple[bytes | None, bytes | None]] = []
+        out: Records = []
         for key, value in meta.items():
             if value is not None and len(value) > MAX_CHANGELOG_VALUE:
                 log.warning("%s (%d bytes) is not in the changelog: too large", key, len(value))

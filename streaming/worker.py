@@ -3,10 +3,13 @@ and :class:`Worker` runs it.
 
 One :class:`streaming.partitions.OwnedPartitions` holds the per-partition stores; the ingest
 service writes them, the scoring service reads them, and the item catalog learnt from events
-serves both. Each agent has a :class:`streaming.routing.Router` for the records that arrive
-outside their user's partition. Every metric goes to one registry (the default one unless
-``metrics`` says). One :class:`streaming.failstop.FailStop` stops the worker when a batch's
-state cannot be written, and :class:`Worker` then exits with ``EXIT_STATUS``.
+serves both. Each agent has a sink of its own (:mod:`streaming.sink`): the ingest service's
+flushes wait for every record it sent and fail on one the broker refused; the score agent's
+answers are best effort and never hold up or fail an ingest flush. Each agent has a
+:class:`streaming.routing.Router` over its sink for the records that arrive outside their user's
+partition. Every metric goes to one registry (the default one unless ``metrics`` says). One
+:class:`streaming.failstop.FailStop` stops the worker when a batch's state cannot be written or
+its records cannot be delivered, and :class:`Worker` then exits with ``EXIT_STATUS``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
 from streaming.routing import Router
 from streaming.scoring import ScoringService
-from streaming.sink import FaustSink
+from streaming.sink import BestEffortSink, FaustSink, Sink
 from streaming.views import add_views
 
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
@@ -51,19 +54,21 @@ def build_worker(
     views; and the scoring service, whose model holder the snapshot watcher swaps."""
     metrics = metrics or IngestMetrics.create()
     app = create_app(settings, http_port=http_port, datadir=Path(state_dir) / "faust")
-    sink = FaustSink(app)
+    ingest_sink, score_sink = FaustSink(app), BestEffortSink(app)
     partitions = OwnedPartitions(settings, state_dir, metrics)
     catalog = ItemCatalog()
 
-    def router(agent: str) -> Router:
+    def router(agent: str, sink: Sink) -> Router:
         return Router(sink, settings.topics.events_partitions, metrics.routed.labels(agent=agent))
 
-    ingest = IngestService(settings, sink, partitions, catalog, metrics, router("ingest"))
+    ingest = IngestService(
+        settings, ingest_sink, partitions, catalog, metrics, router("ingest", ingest_sink)
+    )
     scoring = ScoringService(partitions, catalog, ScoringMetrics.create(metrics.registry))
     fail_stop = FailStop(app, metrics)
     add_ingest_agent(app, settings, ingest, WorkerGauges(settings, partitions, metrics), fail_stop)
     requests = requests_topic(app, settings)
-    add_score_agent(app, requests, settings, scoring, sink, router("score"))
+    add_score_agent(app, requests, settings, scoring, score_sink, router("score", score_sink))
     if http_port is not None:
         add_views(app, requests, scoring, partitions, fail_stop)
     add_rebalance_hooks(app, settings, partitions, fail_stop)

@@ -5,8 +5,12 @@ Events arrive in batches of up to ``BATCH_SIZE`` (or what came within ``BATCH_WI
 to :class:`streaming.ingest.IngestService`. On a rebalance the revoked partitions of ``events``
 are paused at once and the new assignment is owned (caught up from the changelog) when it comes.
 
-A batch, tick or catch-up that fails stops the worker (:mod:`streaming.failstop`): the agent takes
-no further batch and the failed one is never committed.
+``take_events`` acknowledges a batch's events to Faust, which commits their offsets, only once
+:meth:`IngestService.handle` has returned: once the broker has acknowledged every record the batch
+made (samples, dead letters, copies, changelog) and the local stores hold it. A batch, tick or
+catch-up that fails (a state write, or a record the broker refused) stops the worker
+(:mod:`streaming.failstop`): the agent takes no further batch and the failed one is never
+committed.
 """
 
 from __future__ import annotations

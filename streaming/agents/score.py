@@ -5,6 +5,13 @@ The user's state lives on the partition that owns the user (:mod:`streaming.rout
 number in ``events`` and ``score-requests``. A request that arrives elsewhere (a producer with
 another partitioner or key) is answered from the owner's state when this worker holds it, else
 sent on to the owner's partition of ``score-requests``, whose worker answers it: once either way.
+
+Answers are best effort: the request is acknowledged once its answer is queued, not delivered (an
+answer waited for one by one would hold each request up by a broker round trip), and an answer the
+broker refuses is logged, not retried; a client that got none asks again. The worker gives the
+agent a sink of its own (:class:`streaming.sink.BestEffortSink`), so answers never hold up, nor
+fail, the ingest service's flushes. A request sent on to its owner is acknowledged only once the
+broker has the copy.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """IngestService over an in-memory sink: what one batch sends (samples, dead letters, changelog
-states and markers), what the stores commit, and the attribution tick of explicit mode."""
+states and markers, the changelog only once the rest is acknowledged), what the stores commit,
+and the attribution tick of explicit mode."""
 
 from __future__ import annotations
 
@@ -41,13 +42,15 @@ def count(metrics: IngestMetrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-async def test_a_batch_sends_states_then_markers_and_commits_after_one_flush(
+async def test_a_batch_sends_states_then_markers_once_its_samples_are_flushed(
     service: IngestService, sink: MemorySink, partitions: OwnedPartitions
 ) -> None:
     await partitions.own([0, 1])
     await service.handle([raw(0, 0, 0.0), raw(1, 0, 5.0, user="u2"), raw(0, 1, 10.0)])
-    assert sink.flushes == 1
+    assert sink.flushes == 2  # the samples', then the changelog's
     changelog = sink.records[TOPICS.state_changelog]
+    assert {r.flushes_before for r in changelog} == {1}
+    assert {r.flushes_before for r in sink.records[TOPICS.samples]} == {0}
     for partition, user, last in ((0, "u1", 1), (1, "u2", 0)):
         mine = [r for r in changelog if r.partition == partition]
         assert mine[-1].key == MARKER_KEY and mine[-1].value == encode_marker(last)
@@ -99,7 +102,7 @@ async def test_events_of_paused_or_foreign_partitions_are_left_alone(
     await partitions.own([0])
     await partitions.pause([0])
     await service.handle([raw(0, 0, 0.0), raw(1, 0, 0.0)])
-    assert not sink.records and sink.flushes == 1
+    assert not sink.records and sink.flushes == 2
     assert partitions.workers[0].store.last_offset(0) is None
 
 
@@ -129,9 +132,11 @@ async def test_the_tick_closes_expired_windows_changelog_first(
     assert sink.records[TOPICS.samples][-1].partition == 0
     closed = sink.records[TOPICS.state_changelog][changelog_before:]
     assert closed and all(r.partition == 0 and r.key.startswith(META_PREFIX) for r in closed)
-    assert sink.flushes == flushes + 1
+    assert sink.flushes == flushes + 2  # the label-0 sample is acknowledged before the changelog
+    assert sink.records[TOPICS.samples][-1].flushes_before == flushes
+    assert {r.flushes_before for r in closed} == {flushes + 1}
     assert count(metrics, "twinstream_samples_emitted_total") == len(sink.records[TOPICS.samples])
     await service.tick()  # nothing left to close: no changelog record, no flush
     assert len(sink.records[TOPICS.state_changelog]) == changelog_before + len(closed)
-    assert sink.flushes == flushes + 1
+    assert sink.flushes == flushes + 2
     await partitions.close()

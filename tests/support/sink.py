@@ -1,16 +1,18 @@
 """An in-memory :class:`streaming.sink.Sink`: what the worker's services would have sent to
-Kafka, by topic, with futures that resolve at once to the record's offset."""
+Kafka, by topic, with futures that resolve at once to the record's offset, or fail as a broker's
+refusal would (:meth:`MemorySink.refuse`); its flush settles them as
+:class:`streaming.sink.FaustSink`'s does."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from streaming.sink import Delivery
+from streaming.sink import Acknowledgements, Delivery
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class Record:
     partition: int | None
     headers: dict[str, bytes]
     timestamp: float | None = None  # seconds; None: the time it was sent
+    flushes_before: int = 0  # the sink's flushes before this record was sent
 
 
 class MemorySink:
@@ -29,6 +32,13 @@ class MemorySink:
         self.sent: dict[str, list[bytes | None]] = defaultdict(list)
         self.records: dict[str, list[Record]] = defaultdict(list)
         self.flushes = 0
+        self.owed = Acknowledgements()
+        self.refusals: dict[str, list[BaseException]] = defaultdict(list)
+
+    def refuse(self, topic: str, error: BaseException, count: int = 1) -> None:
+        """The next ``count`` records sent to ``topic`` are refused with ``error`` (they are
+        still recorded: the sink did send them)."""
+        self.refusals[topic] += [error] * count
 
     async def send(
         self,
@@ -40,9 +50,14 @@ class MemorySink:
         timestamp: float | None = None,
     ) -> asyncio.Future[Any]:
         self.sent[topic].append(value)
-        self.records[topic].append(Record(key, value, partition, dict(headers or []), timestamp))
+        record = Record(key, value, partition, dict(headers or []), timestamp, self.flushes)
+        self.records[topic].append(record)
         future = asyncio.get_running_loop().create_future()
-        future.set_result(SimpleNamespace(offset=len(self.sent[topic]) - 1))
+        if self.refusals[topic]:
+            future.set_exception(self.refusals[topic].pop(0))
+        else:
+            future.set_result(SimpleNamespace(offset=len(self.sent[topic]) - 1))
+        self.owed.owe(topic, partition, future)
         return future
 
     async def send_many(
@@ -52,7 +67,7 @@ class MemorySink:
         records: Iterable[tuple[bytes | None, bytes | None]],
         timestamps: Sequence[float] | None = None,
     ) -> Delivery:
-        futures = [
+        futures: list[Awaitable[Any]] = [
             await self.send(topic, key, value, partition, None, stamp(timestamps, i))
             for i, (key, value) in enumerate(records)
         ]
@@ -60,6 +75,7 @@ class MemorySink:
 
     async def flush(self) -> None:
         self.flushes += 1
+        await self.owed.settle()
 
 
 def stamp(timestamps: Sequence[float] | None, i: int) -> float | None:
