@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport with a short broker fetch wait (URL scheme ``twinstream://``).
+"""Faust's aiokafka transport (URL scheme ``twinstream://``) with a short broker fetch wait, Faust's
+own partition assignor, an idempotent producer and commits that can be refused.
 
 aiokafka keeps one fetch request in flight per broker, and a partition whose fetched records are
 still buffered is left out of the next request. When the records of ``events`` are all buffered,
@@ -13,6 +14,16 @@ Its producer is idempotent. When a broker dies, a record batch it had already co
 followers may never be acknowledged; the producer sends it again to the new leader, which without
 idempotence writes it a second time (a sample trained twice). With it, the new leader recognises
 the batch by its producer id and sequence number and keeps one copy.
+
+Its consumer's group assigns partitions with Faust's own assignor (``app.assignor``). Faust's
+driver takes it only for an app with tables or standby replicas, and otherwise aiokafka's
+round-robin, which deals out every topic's partitions in turn: with three workers partition p of
+``events`` and of ``score-requests`` land on different workers, and the request is answered from
+a worker without the user's state. Faust's assignor gives the partitions of topics with the same
+number of partitions to the same worker (``events`` and ``score-requests`` co-partitioned), and
+tells every worker which worker has each partition (``app.router``, by which ``POST /score``
+finds the owner: :mod:`streaming.views`). Every worker of a group must use it: a worker on the
+round-robin protocol cannot join a group on Faust's, and the other way round.
 
 Its consumer commits no offset once told to refuse (:meth:`Consumer.refuse_commits`): a worker
 that could not write a batch's state stops (:mod:`streaming.failstop`), and every commit Faust
@@ -42,6 +53,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if not hasattr(consumer, "_fetch_max_wait_ms"):  # read by AIOKafkaConsumer.start()
             raise RuntimeError(f"aiokafka {aiokafka.__version__} has no _fetch_max_wait_ms")
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        if not hasattr(consumer, "_partition_assignment_strategy"):  # read by start() too
+            raise RuntimeError(f"aiokafka {aiokafka.__version__} has no assignment strategy")
+        self._assignor = self.app.assignor  # where Faust's driver keeps the one it chose
+        consumer._partition_assignment_strategy = [self._assignor]
         return consumer
 
 

@@ -2,7 +2,10 @@
 
 ``/score`` is answered here when this worker owns the user's partition (or the owner is unknown,
 or the request was already forwarded once), else forwarded to the owner's canonical URL with the
-``X-Twinstream-Forwarded`` header; bodies over ``MAX_REQUEST_BYTES`` are refused with 413.
+``X-Twinstream-Forwarded`` header; bodies over ``MAX_REQUEST_BYTES`` are refused with 413. The
+owner of each partition of ``score-requests`` (and so of ``events``, co-partitioned with it) is
+known from the last rebalance: Faust's partition assignor tells every worker (``app.router``;
+:mod:`streaming.transport`).
 ``/healthz`` names the owned partitions and the serving model version; once the worker has
 fail-stopped (:mod:`streaming.failstop`) it answers 503 with the fault's kind and detail.
 """
