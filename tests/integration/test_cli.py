@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import orjson
 import pytest
@@ -11,13 +10,14 @@ import pytest
 from contracts.settings import Settings
 from ops.cli import COMMANDS
 from streaming.admin import ensure_topics, read_topic
+from tests.support.processes import TWINSTREAM
 
 
 def run_cli(
     *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args],
+        [*TWINSTREAM, *args],
         input=stdin,
         capture_output=True,
         env=env,

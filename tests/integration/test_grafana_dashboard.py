@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tests.support.prometheus import GRAFANA_DIR, REPO, yaml
+from tests.support.processes import REPO
+from tests.support.prometheus import GRAFANA_DIR, yaml
 
 pytestmark = [pytest.mark.integration]
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -32,9 +30,9 @@ from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from tests.support.data import BehaviourLog
+from tests.support.processes import REPO, TWINSTREAM, deployment_env
 from tests.support.prometheus import (
     GRAFANA_DIR,
-    REPO,
     Prometheus,
     free_port,
     interest_rule,
@@ -51,21 +49,10 @@ TWINSTREAM_LABELS = {"outcome", "reason", "transport", "agent", "partition", "st
 
 
 def spawn(settings: Settings, cwd: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        TWINSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        TWINSTREAM_TOPIC_PREFIX=settings.topics.prefix,
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-    )
+    env = {**deployment_env(settings), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with open(log, "ab") as out:  # cwd: Faust's data folder goes to the test's tmp folder
         return subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", *args],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [*TWINSTREAM, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
 

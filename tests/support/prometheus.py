@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.processes import REPO
 from tests.support.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "ops" / "prometheus"
 GRAFANA_DIR = REPO / "ops" / "grafana"
 INTEREST_ALERT = "TwinstreamAttentionInterestShift"

@@ -3,10 +3,8 @@ for them: caught up with ``events``, some progress, partitions shared out."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from types import TracebackType
 
@@ -16,29 +14,20 @@ from contracts.settings import Settings
 from feature_store import UserState
 from streaming.admin import end_offsets
 from streaming.changelog import MARKER_KEY, META_PREFIX
+from tests.support.processes import REPO, TWINSTREAM, deployment_env
 from tests.support.waiting import wait_until
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
     """``twinstream worker`` in a subprocess of its own, with its own state folder."""
 
     def __init__(self, settings: Settings, state_dir: Path, log: Path, *extra: str) -> None:
-        env = dict(os.environ)
-        env.update(
-            TWINSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-            TWINSTREAM_TOPIC_PREFIX=settings.topics.prefix,
-            TWINSTREAM_EVENTS_PARTITIONS=str(settings.topics.events_partitions),
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(settings.security.environment())  # TLS and SASL, as the tests' own clients
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "worker", "--state-dir", str(state_dir), *extra],
+                [*TWINSTREAM, "worker", "--state-dir", str(state_dir), *extra],
                 cwd=REPO,
-                env=env,
+                env=deployment_env(settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
