@@ -35,16 +35,14 @@ from streaming.admin import ensure_topics, read_topic
 from streaming.sources import read_events
 from tests.support.data import BehaviourLog
 from tests.support.events import sample_messages, synthetic_events
+from tests.support.processes import REPO, deployment_env, tail
+from tests.support.trainers import CAPACITY_ARGS, MODEL_ARGS, audit_lines, offsets_of
 from tests.support.waiting import wait_until
 from trainer.config import TrainerConfig
 from trainer.online import OnlineTrainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
-SEQ_LEN = 20
-MODEL_ARGS = ["--model", "dare", "--dim", "8", "--seq-len", str(SEQ_LEN), "--topk", "5"]
-CAPACITY_ARGS = ["--item-capacity", "8192", "--category-capacity", "256"]
 
 torch.set_num_threads(1)
 
@@ -75,14 +73,7 @@ def rows_per_message(per_partition: dict[int, list[bytes]]) -> int:
 
 
 def trainer_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        TWINSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        TWINSTREAM_TOPIC_PREFIX=settings.topics.prefix,
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-    )
-    return env
+    return {**deployment_env(settings), "OMP_NUM_THREADS": "1"}
 
 
 def start_trainer(settings: Settings, tmp: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -115,27 +106,6 @@ def start_trainer(settings: Settings, tmp: Path, name: str, *extra: str) -> subp
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-
-
-def audit(path: Path) -> list[dict]:
-    """The audit lines (a line cut by kill -9 is dropped)."""
-    if not path.exists():
-        return []
-    lines = []
-    for raw in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except json.JSONDecodeError:
-            continue
-    return lines
-
-
-def offsets_of(lines: list[dict]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for line in lines:
-        for p, offs in line["offsets"].items():
-            out.setdefault(int(p), []).extend(offs)
-    return out
 
 
 def manifest(folder: Path) -> dict:
@@ -219,7 +189,7 @@ def test_kill_9_mid_stream_resumes_from_the_checkpoint_and_never_retrains_before
         wait_until(v2.exists, timeout_s=120, what="checkpoint v2", interval_s=0.05, process=a)
         step_a = json.loads(v2.read_bytes())["step"]
         wait_until(
-            lambda: audit(tmp_path / "a.audit")[-1]["step"] > step_a + 3,
+            lambda: audit_lines(tmp_path / "a.audit")[-1]["step"] > step_a + 3,
             timeout_s=60,
             what="steps past v2",
             interval_s=0.05,  # kill -9 before the next checkpoint
@@ -229,7 +199,7 @@ def test_kill_9_mid_stream_resumes_from_the_checkpoint_and_never_retrains_before
         a.send_signal(signal.SIGKILL)
         a.wait(30)
     checkpoint = manifest(snaps)
-    trained_a = offsets_of(audit(tmp_path / "a.audit"))
+    trained_a = offsets_of(audit_lines(tmp_path / "a.audit"))
     assert sum(map(len, trained_a.values())) < sum(ends.values()), "A was not killed mid-stream"
     lost = {
         p: [o for o in offs if o > checkpoint["offsets"].get(str(p), -1)]
@@ -241,7 +211,7 @@ def test_kill_9_mid_stream_resumes_from_the_checkpoint_and_never_retrains_before
     b = start_trainer(settings, tmp_path, "b")
     try:
         wait_until(
-            lambda: len(audit(tmp_path / "b.audit")) >= 20,
+            lambda: len(audit_lines(tmp_path / "b.audit")) >= 20,
             timeout_s=120,
             what="B training",
             interval_s=0.05,
@@ -251,7 +221,7 @@ def test_kill_9_mid_stream_resumes_from_the_checkpoint_and_never_retrains_before
         assert b.wait(60) == 0
     finally:
         b.kill()
-    lines_b = audit(tmp_path / "b.audit")
+    lines_b = audit_lines(tmp_path / "b.audit")
     assert lines_b[0]["step"] == checkpoint["step"] + 1
     after_b = manifest(snaps)
     trained_b = offsets_of(lines_b)
@@ -265,7 +235,7 @@ def test_kill_9_mid_stream_resumes_from_the_checkpoint_and_never_retrains_before
     # C: finishes the stream from B's final snapshot, then stops when idle.
     c = start_trainer(settings, tmp_path, "c", "--idle-timeout-s", "4")
     assert c.wait(180) == 0
-    trained_c = offsets_of(audit(tmp_path / "c.audit"))
+    trained_c = offsets_of(audit_lines(tmp_path / "c.audit"))
     final = manifest(snaps)
 
     for p, end in ends.items():
@@ -320,9 +290,9 @@ def test_two_ranks_split_the_partitions_and_train_every_sample_once(
     ]
     log = tmp_path / "dp.log"
     rc = torchrun(args, trainer_env(settings), log, timeout=300)
-    assert rc == 0, log.read_text()[-3000:]
+    assert rc == 0, tail(log)
 
-    by_rank = {r: offsets_of(audit(Path(f"{tmp_path}/dp.audit.rank{r}"))) for r in (0, 1)}
+    by_rank = {r: offsets_of(audit_lines(Path(f"{tmp_path}/dp.audit.rank{r}"))) for r in (0, 1)}
     for rank, trained in by_rank.items():
         assert trained and all(p % 2 == rank for p in trained)  # p % world_size == rank
         for p, offs in trained.items():
