@@ -13,8 +13,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from streaming.routing import owner_partition
 from tests.support.events import T0
 from tests.support.snapshots import write_scoring_snapshot
 from tests.support.waiting import wait_until
+from tests.support.worker_http import healthz, post_score
 from tests.support.workers import (
     WorkerProcess,
     read_changelog,
@@ -122,26 +121,15 @@ def dead_letters(settings: Settings) -> int:
     return len(dead)
 
 
-def post(body: dict[str, Any]) -> dict[str, Any]:
-    data = orjson.dumps(body)
-    req = urllib.request.Request(f"http://127.0.0.1:{HTTP_PORT}/score", data=data, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return dict(orjson.loads(resp.read()))
-    except urllib.error.HTTPError as err:
-        return dict(orjson.loads(err.read()))
-
-
 def serving(port: int) -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
-        return orjson.loads(resp.read())["model_version"] == 1
+    return healthz(port)["model_version"] == 1
 
 
 def history_over_http() -> dict[str, int]:
     """Once every worker serves the snapshot: each user's ``history_length`` from ``/score``."""
 
     def answered() -> dict[str, int] | None:
-        answers = {u: post({"user_id": u, "items": ITEMS[:3]}) for u in USERS}
+        answers = {u: post_score(HTTP_PORT, u, ITEMS[:3]) for u in USERS}
         if any("error" in a for a in answers.values()):
             return None
         return {u: int(a["history_length"]) for u, a in answers.items()}

@@ -13,17 +13,11 @@ and all 30 Kafka answers said 0.)
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections import Counter
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from contracts.schema import Event
@@ -34,10 +28,11 @@ from streaming.client import ScoreClient
 from streaming.routing import owner_partition
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
+from tests.support.processes import deployment_env, twinstream
 from tests.support.snapshots import write_scoring_snapshot
 from tests.support.waiting import wait_until
+from tests.support.worker_http import healthz, post_score
 from tests.support.workers import (
-    REPO,
     WorkerProcess,
     wait_caught_up,
     wait_until_each_owns_partitions,
@@ -59,16 +54,8 @@ def write_log(path: Path) -> list[Event]:
 
 def replay(settings: Settings, path: Path) -> None:
     """``twinstream replay`` of the log at ``path``, to its end."""
-    env = {**os.environ, **settings.security.environment()}
-    env |= {
-        "TWINSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "TWINSTREAM_TOPIC_PREFIX": settings.topics.prefix,
-        "TWINSTREAM_EVENTS_PARTITIONS": str(settings.topics.events_partitions),
-    }
-    cmd = [sys.executable, "-m", "ops.cli", "replay", str(path), "--format", "taobao"]
-    done = subprocess.run(
-        [*cmd, "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+    args = ("replay", str(path), "--format", "taobao", "--no-progress")
+    done = twinstream(*args, env=deployment_env(settings))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -80,26 +67,16 @@ def snapshot_args(folder: Path, events: list[Event]) -> tuple[str, ...]:
     return ("--snapshot-dir", str(folder))
 
 
-def get_json(url: str, body: bytes | None = None) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=body, method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return dict(orjson.loads(resp.read()))
-    except urllib.error.HTTPError as err:
-        return dict(orjson.loads(err.read()))
-
-
 def serving(port: int) -> bool:
-    return get_json(f"http://127.0.0.1:{port}/healthz").get("model_version") == 1
+    return healthz(port).get("model_version") == 1
 
 
 def history_over_http(users: list[str], item: str) -> Answers:
     """Each user's ``history_length`` from ``POST /score`` on every process, in port order."""
     answers: Answers = {}
     for user in users:
-        body = orjson.dumps({"user_id": user, "items": [item]})
         for port in range(HTTP_PORT, HTTP_PORT + PROCESSES):
-            answer = get_json(f"http://127.0.0.1:{port}/score", body)
+            answer = post_score(port, user, [item])
             answers.setdefault(user, []).append(int(answer.get("history_length", -1)))
     return answers
 

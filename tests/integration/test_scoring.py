@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -26,6 +25,7 @@ from streaming.sources import read_events
 from tests.support.data import BehaviourLog
 from tests.support.snapshots import write_scoring_snapshot
 from tests.support.waiting import wait_until
+from tests.support.worker_http import http_json
 from tests.support.workers import WorkerProcess, wait_caught_up
 from trainer.announce import announce
 
@@ -34,7 +34,7 @@ HTTP_PORT = 28_811
 
 
 @pytest.fixture()
-def serving(settings: Settings, tmp_path: Path, taobao_log: BehaviourLog):  # type: ignore[no-untyped-def]
+def serving(settings: Settings, tmp_path: Path, taobao_log: BehaviourLog):
     events, _ = read_events(taobao_log.path, "taobao")
     ensure_topics(settings)
     with EventProducer(settings) as producer:
@@ -49,16 +49,7 @@ def serving(settings: Settings, tmp_path: Path, taobao_log: BehaviourLog):  # ty
         yield events, snaps, items, cats
 
 
-def post(body: bytes) -> tuple[int, dict]:  # type: ignore[type-arg]
-    req = urllib.request.Request(f"http://127.0.0.1:{HTTP_PORT}/score", data=body, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, orjson.loads(err.read())
-
-
-def test_scores_on_kafka_and_http_with_explanations_and_bad_input(settings, serving) -> None:  # type: ignore[no-untyped-def]
+def test_scores_on_kafka_and_http_with_explanations_and_bad_input(settings, serving) -> None:
     events, _, _, _ = serving
     user = events[-1].user_id
     candidates = [e.item_id for e in events[:100]]
@@ -70,7 +61,8 @@ def test_scores_on_kafka_and_http_with_explanations_and_bad_input(settings, serv
         unknown = client.score("nobody", ["no-such-item", candidates[0]])
         assert unknown["history_length"] == 0 and len(unknown["scores"]) == 2
         assert client.score(user, [])["error"]["code"] == "no_candidates"
-    status, http_answer = post(orjson.dumps({"user_id": user, "items": candidates[:5]}))
+    five = orjson.dumps({"user_id": user, "items": candidates[:5]})
+    status, http_answer = http_json(HTTP_PORT, "/score", five)
     assert status == 200 and len(http_answer["scores"]) == 5
     for body, code in [
         (b"{not json", "bad_json"),
@@ -78,7 +70,7 @@ def test_scores_on_kafka_and_http_with_explanations_and_bad_input(settings, serv
         (orjson.dumps({"user_id": user, "items": [str(i) for i in range(100_000)]}), "too_large"),
         (orjson.dumps({"user_id": [1], "items": ["1"]}), "wrong_type"),
     ]:
-        status, bad = post(body)
+        status, bad = http_json(HTTP_PORT, "/score", body)
         assert status in (400, 413) and bad["error"]["code"] == code
     raw = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     raw.send(settings.topics.score_requests, key=b"u", value=b'{"request_id": "bad-1", "items": 3}')
@@ -89,10 +81,10 @@ def test_scores_on_kafka_and_http_with_explanations_and_bad_input(settings, serv
     assert errors and errors[0]["error"]["code"] == "wrong_type"  # answered, not crashed
 
 
-def test_100_reloads_under_load_with_a_corrupt_one_lose_no_request(settings, serving) -> None:  # type: ignore[no-untyped-def]
+def test_100_reloads_under_load_with_a_corrupt_one_lose_no_request(settings, serving) -> None:
     events, snaps, items, cats = serving
     user, candidates = events[-1].user_id, [e.item_id for e in events[:100]]
-    answers: list[dict] = []  # type: ignore[type-arg]
+    answers: list[dict] = []
     failures: list[BaseException] = []
     stop = threading.Event()
 
@@ -136,8 +128,8 @@ def test_100_reloads_under_load_with_a_corrupt_one_lose_no_request(settings, ser
     assert corrupt_version not in versions
 
 
-def _await_model(client: ScoreClient, user: str, items: list[str]) -> dict:  # type: ignore[type-arg]
-    def loaded() -> dict | None:  # type: ignore[type-arg]
+def _await_model(client: ScoreClient, user: str, items: list[str]) -> dict:
+    def loaded() -> dict | None:
         answer = client.score(user, items, explain=True)
         if "error" not in answer:
             return answer
