@@ -14,14 +14,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from contracts.schema import Event
 from contracts.settings import Settings
-from feature_store import RocksDBStore, UserState, decode_samples
+from feature_store import RocksDBStore, decode_samples
 from streaming.admin import end_offsets, ensure_topics, read_topic
 from streaming.app import APP_NAME
 from streaming.failstop import EXIT_STATUS
@@ -29,6 +28,7 @@ from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from tests.support.data import BehaviourLog
+from tests.support.states import assert_logs_hold_the_behaviours
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess, wait_caught_up
 
@@ -107,13 +107,7 @@ def send_log(settings: Settings, log: BehaviourLog) -> list[Event]:
 def assert_every_event_once(settings: Settings, events: list[Event]) -> None:
     """The changelog's states hold every behaviour of the log, and the samples topic one
     positive sample per behaviour: none lost, none twice."""
-    states: dict[str, UserState] = wait_caught_up(settings)
-    per_user: dict[str, list[float]] = {}
-    for e in events:
-        per_user.setdefault(e.user_id, []).append(e.ts)
-    assert set(states) == set(per_user)
-    for user, ts in per_user.items():
-        assert np.array_equal(states[user].log["ts"], np.sort(np.array(ts))), user
+    assert_logs_hold_the_behaviours(wait_caught_up(settings), events)
     samples = read_topic(settings, settings.topics.samples, idle_timeout_s=5)
     positives = int((decode_samples([r.value for r in samples]).label == 1.0).sum())
     assert positives == len(events)
