@@ -16,21 +16,14 @@ full replication) are printed and recorded as the test's properties.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import orjson
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -44,57 +37,31 @@ from serving.snapshot import latest_snapshot
 from streaming.admin import end_offsets, ensure_topics, read_topic
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
+from tests.support.brokers import deployment_on, own_broker
+from tests.support.processes import spawn, tail
+from tests.support.states import assert_each_behaviour_once
+from tests.support.trainers import QUICK_TRAINER_ARGS, trained
 from tests.support.waiting import wait_until
-from tests.support.workers import REPO, WorkerProcess, wait_caught_up
+from tests.support.worker_http import healthz, post_score
+from tests.support.workers import WorkerProcess, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PORT, CONTROLLER_PORT = 29_210, 29_211  # nodes on 29210/29211, 29212/29213, 29214/29215
 HTTP_PORT = 28_831
 REPLAY_S = 24.0  # the replay is paced to last about this long, so the kill lands inside it
 LOG = GeneratorConfig(users=120, long_users=0, seed=18)  # about 10,000 behaviours
-TRAINER_OPTIONS = {
-    "--model": "dare",
-    "--dim": "8",
-    "--seq-len": "20",
-    "--topk": "5",
-    "--item-capacity": "8192",
-    "--category-capacity": "256",
-    "--batch-size": "32",
-    "--snapshot-every-steps": "40",
-    "--snapshot-every-s": "600",
-    "--max-wait-s": "0.2",
-    "--device": "cpu",
-}
 
 
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[broker.BrokerConfig]:
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.skip("no Java: the local jar broker cannot run here")
-    cfg = broker.BrokerConfig(
-        port=PORT, controller_port=CONTROLLER_PORT, run_dir=tmp_path / "kafka", brokers=3
-    )
-    try:
-        broker.start(cfg)
+    with own_broker(tmp_path / "kafka", PORT, CONTROLLER_PORT, brokers=3) as cfg:
         yield cfg
-    finally:
-        broker.stop(cfg)
 
 
 @pytest.fixture()
 def settings(cluster: broker.BrokerConfig, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The deployment on the cluster; the processes it starts inherit the same environment."""
-    env = {
-        "TWINSTREAM_BOOTSTRAP_SERVERS": cluster.bootstrap,
-        "TWINSTREAM_TOPIC_PREFIX": "failover-",
-        "TWINSTREAM_REPLICATION_FACTOR": str(cluster.replication),
-        "TWINSTREAM_MIN_INSYNC_REPLICAS": str(cluster.min_insync),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return Settings.from_env(env)
+    return deployment_on(cluster, "failover-", monkeypatch)
 
 
 # ---------------------------------------------------------------- the cluster's view
@@ -144,22 +111,6 @@ def min_insync(settings: Settings) -> set[str]:
 # ---------------------------------------------------------------- the processes
 
 
-def spawn(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``twinstream ARGS`` in a process of its own, in the test's environment."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", *args],
-            cwd=REPO,
-            env=dict(os.environ),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:]
-
-
 @dataclass
 class Pipeline:
     """The worker, the trainer and the paced replay as processes, their files in ``folder``."""
@@ -176,8 +127,7 @@ class Pipeline:
             settings, folder / "state", folder / "worker.log", "--http-port", str(HTTP_PORT), *snaps
         )
         audit = ("--audit-log", str(folder / "trainer.audit"))
-        options = [part for option in TRAINER_OPTIONS.items() for part in option]
-        trainer = spawn(folder / "trainer.log", "train", *options, *snaps, *audit)
+        trainer = spawn(folder / "trainer.log", "train", *QUICK_TRAINER_ARGS, *snaps, *audit)
         replay = spawn(
             folder / "replay.log",
             *("replay", str(log), "--format", "taobao", "--speed", f"{speed:.1f}", "--no-progress"),
@@ -186,32 +136,13 @@ class Pipeline:
 
     def trained(self) -> dict[int, list[int]]:
         """The sample offsets the trainer trained, per partition, step by step."""
-        path = self.folder / "trainer.audit"
-        out: dict[int, list[int]] = {}
-        for line in path.read_text().splitlines() if path.exists() else []:
-            for p, offsets in json.loads(line)["offsets"].items():
-                out.setdefault(int(p), []).extend(offsets)
-        return out
+        return trained(self.folder / "trainer.audit")
 
     def stop(self) -> None:
         for proc in (self.trainer, self.replay):
             if proc.poll() is None:
                 proc.kill()
         self.worker.stop()
-
-
-def post_score(user: str, items: list[str]) -> dict[str, Any]:
-    body = orjson.dumps({"request_id": "failover", "user_id": user, "items": items})
-    req = urllib.request.Request(f"http://127.0.0.1:{HTTP_PORT}/score", data=body, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer: dict[str, Any] = orjson.loads(resp.read())
-        return answer
-
-
-def health() -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/healthz", timeout=10) as resp:
-        answer: dict[str, Any] = orjson.loads(resp.read())
-        return answer
 
 
 def seconds_until(check: Callable[[], object], what: str, since: float, timeout_s: float) -> float:
@@ -273,8 +204,10 @@ def finish(run: Pipeline, settings: Settings, events: list[Event]) -> dict[int, 
         process=run.trainer,
     )
     assert run.worker.proc.poll() is None, tail(run.folder / "worker.log")
-    assert sorted(health()["partitions"]) == list(range(settings.topics.events_partitions))
-    answer = post_score(events[-1].user_id, [e.item_id for e in events[:5]])
+    owned = sorted(healthz(HTTP_PORT)["partitions"])
+    assert owned == list(range(settings.topics.events_partitions))
+    items = [e.item_id for e in events[:5]]
+    answer = post_score(HTTP_PORT, events[-1].user_id, items, request_id="failover")
     assert "error" not in answer and len(answer["scores"]) == 5, answer
     run.trainer.send_signal(signal.SIGTERM)
     assert run.trainer.wait(timeout=60) == 0, tail(run.folder / "trainer.log")
@@ -284,17 +217,6 @@ def finish(run: Pipeline, settings: Settings, events: list[Event]) -> dict[int, 
 
 
 # ---------------------------------------------------------------- expectations from the log
-
-
-def assert_states_hold_each_behaviour_once(settings: Settings, events: list[Event]) -> None:
-    states = wait_caught_up(settings)
-    per_user: dict[str, list[float]] = {}
-    for e in events:
-        per_user.setdefault(e.user_id, []).append(e.ts)
-    assert set(states) == set(per_user)
-    for user, ts in per_user.items():
-        assert states[user].total == len(ts), user  # none lost, none applied twice
-        assert np.array_equal(states[user].log["ts"], np.sort(np.array(ts))), user
 
 
 def assert_each_sample_trained_once(
@@ -339,7 +261,7 @@ def test_a_broker_killed_mid_replay_loses_nothing_and_counts_nothing_twice(
 
     n = settings.topics.events_partitions
     assert sum(end_offsets(settings, settings.topics.events, n).values()) == len(events)
-    assert_states_hold_each_behaviour_once(settings, events)
+    assert_each_behaviour_once(wait_caught_up(settings), events)
     rows = assert_each_sample_trained_once(settings, run, ends, len(events))
     figures |= {"events": len(events), "sample_messages": sum(ends.values()), "rows_trained": rows}
     for key, value in figures.items():

@@ -15,11 +15,8 @@ properties.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -36,7 +33,8 @@ from ops import broker
 from streaming.admin import end_offsets, read_topic
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
-from tests.support.workers import REPO
+from tests.support import brokers
+from tests.support.processes import REPO, TWINSTREAM, deployment_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PORT, CONTROLLER_PORT = 29_250, 29_251
@@ -75,16 +73,8 @@ class Replay:
 
 @pytest.fixture()
 def own_broker(tmp_path: Path) -> Iterator[broker.BrokerConfig]:
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.skip("no Java: the local jar broker cannot run here")
-    cfg = broker.BrokerConfig(
-        port=PORT, controller_port=CONTROLLER_PORT, run_dir=tmp_path / "kafka"
-    )
-    try:
-        broker.start(cfg)
+    with brokers.own_broker(tmp_path / "kafka", PORT, CONTROLLER_PORT) as cfg:
         yield cfg
-    finally:
-        broker.stop(cfg)
 
 
 @pytest.fixture()
@@ -106,17 +96,11 @@ def start_replay(
     settings: Settings, path: Path, events: list[Event], out: Path, *extra: str
 ) -> Replay:
     speed = (events[-1].ts - events[0].ts) / REPLAY_S
-    env = dict(os.environ)
-    env.update(
-        TWINSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        TWINSTREAM_TOPIC_PREFIX=settings.topics.prefix,
-        PYTHONUNBUFFERED="1",
-    )
-    cmd = [sys.executable, "-m", "ops.cli", "replay", str(path), "--format", "taobao"]
+    cmd = [*TWINSTREAM, "replay", str(path), "--format", "taobao"]
     cmd += ["--speed", f"{speed:.1f}", *extra]
     stdout, stderr = out / "replay.stdout", out / "replay.stderr"
     with open(stdout, "wb") as o, open(stderr, "wb") as e:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=o, stderr=e)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=deployment_env(settings), stdout=o, stderr=e)
     return Replay(proc, stdout, stderr, time.monotonic())
 
 

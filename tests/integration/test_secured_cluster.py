@@ -16,19 +16,13 @@ that says the login was refused and which settings to check.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 from kafka import KafkaAdminClient
@@ -41,100 +35,30 @@ from streaming.admin import end_offsets, read_topic
 from streaming.client import ScoreClient
 from streaming.sources import read_events
 from streaming.synthetic import GeneratorConfig, generate
+from tests.support.brokers import deployment_on, own_broker
+from tests.support.processes import spawn, tail, twinstream
+from tests.support.states import assert_each_behaviour_once
+from tests.support.trainers import QUICK_TRAINER_ARGS, trained
 from tests.support.waiting import wait_until
-from tests.support.workers import REPO, WorkerProcess, wait_caught_up
+from tests.support.worker_http import post_score
+from tests.support.workers import WorkerProcess, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PORT, CONTROLLER_PORT = 29_270, 29_271
 HTTP_PORT = 28_871
 LOG = GeneratorConfig(users=40, long_users=0, seed=6)  # about 3,000 behaviours
-TRAINER_OPTIONS = {
-    "--model": "dare",
-    "--dim": "8",
-    "--seq-len": "20",
-    "--topk": "5",
-    "--item-capacity": "8192",
-    "--category-capacity": "256",
-    "--batch-size": "32",
-    "--snapshot-every-steps": "40",
-    "--snapshot-every-s": "600",
-    "--max-wait-s": "0.2",
-    "--device": "cpu",
-}
 
 
 @pytest.fixture()
 def secured_broker(tmp_path: Path) -> Iterator[broker.BrokerConfig]:
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.skip("no Java: the local jar broker cannot run here")
-    if shutil.which("keytool") is None:
-        pytest.skip("no keytool: the secured broker's certificates cannot be made here")
-    cfg = broker.BrokerConfig(
-        port=PORT, controller_port=CONTROLLER_PORT, run_dir=tmp_path / "kafka", sasl_ssl=True
-    )
-    try:
-        broker.start(cfg)
+    with own_broker(tmp_path / "kafka", PORT, CONTROLLER_PORT, sasl_ssl=True) as cfg:
         yield cfg
-    finally:
-        broker.stop(cfg)
 
 
 @pytest.fixture()
 def settings(secured_broker: broker.BrokerConfig, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The deployment on the secured broker; the processes it starts inherit the environment."""
-    env = {
-        "TWINSTREAM_BOOTSTRAP_SERVERS": secured_broker.bootstrap,
-        "TWINSTREAM_TOPIC_PREFIX": "secured-",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        **secured_broker.security.environment(),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return Settings.from_env(env)
-
-
-def twinstream(
-    *args: str, env: dict[str, str] | None = None, timeout_s: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``twinstream ARGS`` to its end, in the test's environment (or ``env``)."""
-    cmd = [sys.executable, "-m", "ops.cli", *args]
-    return subprocess.run(
-        cmd, cwd=REPO, env=env or dict(os.environ), capture_output=True, text=True,
-        timeout=timeout_s,
-    )  # fmt: skip
-
-
-def spawn(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", *args],
-            cwd=REPO,
-            env=dict(os.environ),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:]
-
-
-def trained(audit: Path) -> dict[int, list[int]]:
-    """The sample offsets the trainer trained, per partition."""
-    out: dict[int, list[int]] = {}
-    for line in audit.read_text().splitlines() if audit.exists() else []:
-        for p, offsets in json.loads(line)["offsets"].items():
-            out.setdefault(int(p), []).extend(offsets)
-    return out
-
-
-def post_score(user: str, items: list[str]) -> dict[str, Any]:
-    body = orjson.dumps({"user_id": user, "items": items})
-    req = urllib.request.Request(f"http://127.0.0.1:{HTTP_PORT}/score", data=body, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer: dict[str, Any] = orjson.loads(resp.read())
-        return answer
+    return deployment_on(secured_broker, "secured-", monkeypatch)
 
 
 # ---------------------------------------------------------------- what the broker refuses
@@ -168,17 +92,6 @@ def assert_wrong_password_refused_clearly(secured_env: dict[str, str]) -> None:
 # ---------------------------------------------------------------- expectations
 
 
-def assert_state_holds_each_behaviour_once(settings: Settings, events: list[Event]) -> None:
-    states = wait_caught_up(settings, timeout_s=180)
-    per_user: dict[str, list[float]] = {}
-    for e in events:
-        per_user.setdefault(e.user_id, []).append(e.ts)
-    assert set(states) == set(per_user)
-    for user, ts in per_user.items():
-        assert states[user].total == len(ts), user
-        assert np.array_equal(states[user].log["ts"], np.sort(np.array(ts))), user
-
-
 def last_announcement(settings: Settings) -> dict[str, Any]:
     records = read_topic(settings, settings.topics.model_updates, idle_timeout_s=3)
     assert records, "no snapshot announced on model-updates"
@@ -200,7 +113,7 @@ def assert_scores_from_model(settings: Settings, events: list[Event], version: i
         )
     assert "error" not in answer and len(answer["scores"]) == 5, answer
     assert answer["history_length"] > 0
-    over_http = post_score(user, items)
+    over_http = post_score(HTTP_PORT, user, items)
     assert over_http["model_version"] == version and len(over_http["scores"]) == 5, over_http
 
 
@@ -229,19 +142,17 @@ def test_worker_trainer_and_replay_run_against_a_sasl_ssl_only_broker(
     events, _ = read_events(path, "taobao")
     snaps = ("--snapshot-dir", str(tmp_path / "snaps"))
     audit = tmp_path / "trainer.audit"
-    options = [part for option in TRAINER_OPTIONS.items() for part in option]
+    train = ("train", *QUICK_TRAINER_ARGS, *snaps, "--audit-log", str(audit))
     started = time.monotonic()
     with WorkerProcess(
         settings, tmp_path / "state", tmp_path / "worker.log", "--http-port", str(HTTP_PORT), *snaps
     ) as worker:
-        trainer = spawn(
-            tmp_path / "trainer.log", "train", *options, *snaps, "--audit-log", str(audit)
-        )
+        trainer = spawn(tmp_path / "trainer.log", *train)
         try:
             replay = twinstream("replay", str(path), "--format", "taobao", "--no-progress")
             assert replay.returncode == 0, replay.stdout + replay.stderr
             assert f"replayed {len(events)} events" in replay.stdout
-            assert_state_holds_each_behaviour_once(settings, events)
+            assert_each_behaviour_once(wait_caught_up(settings, timeout_s=180), events)
             n = settings.topics.events_partitions
             ends = end_offsets(settings, settings.topics.samples, n)
             assert sum(ends.values()) > 0
