@@ -91,7 +91,10 @@ class Worker(faust.Worker):
 
     A worker that fail-stopped (the app crashed with :class:`streaming.failstop.FailStopped`)
     exits with ``EXIT_STATUS`` and says why on stderr; if its shutdown has not ended within
-    ``STOP_DEADLINE_S``, the process exits with that status at once.
+    ``STOP_DEADLINE_S``, the process exits with that status at once. Once its app has stopped it
+    exits without the interpreter's teardown (``os._exit``), as after a kill: what its stores hold
+    is in their write-ahead logs, and the teardown, which destroyed the open RocksDB stores
+    while their threads still ran, ended one fail-stopped worker in four with SIGSEGV instead.
     """
 
     def execute_from_commandline(self) -> NoReturn:
@@ -105,7 +108,10 @@ class Worker(faust.Worker):
             if not isinstance(fault, FailStopped):
                 raise
             print(f"twinstream worker: fail-stop ({fault}), exit {EXIT_STATUS}", file=sys.stderr)
-            raise SystemExit(EXIT_STATUS) from None
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_STATUS)  # no teardown: see the class docstring
 
     def on_worker_shutdown(self) -> None:
         super().on_worker_shutdown()
