@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -28,6 +27,7 @@ from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from tests.support.data import BehaviourLog
+from tests.support.states import assert_logs_hold_the_behaviours
 from tests.support.workers import WorkerProcess, read_changelog, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -110,9 +110,4 @@ def test_refused_samples_stop_the_worker_and_a_restart_loses_none(
         samples = read_topic(settings, settings.topics.samples, idle_timeout_s=5)
     positives = int((decode_samples([r.value for r in samples]).label == 1.0).sum())
     assert positives == len(events)  # one per event: none lost, none twice
-    per_user: dict[str, list[float]] = {}
-    for e in events:
-        per_user.setdefault(e.user_id, []).append(e.ts)
-    assert set(states) == set(per_user)
-    for user, ts in per_user.items():
-        assert np.array_equal(states[user].log["ts"], np.sort(np.array(ts))), user
+    assert_logs_hold_the_behaviours(states, events)
