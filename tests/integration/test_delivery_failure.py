@@ -27,7 +27,7 @@ from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from tests.support.data import BehaviourLog
-from tests.support.states import assert_logs_hold_the_behaviours
+from tests.support.states import assert_each_behaviour_once
 from tests.support.workers import WorkerProcess, read_changelog, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -110,4 +110,4 @@ def test_refused_samples_stop_the_worker_and_a_restart_loses_none(
         samples = read_topic(settings, settings.topics.samples, idle_timeout_s=5)
     positives = int((decode_samples([r.value for r in samples]).label == 1.0).sum())
     assert positives == len(events)  # one per event: none lost, none twice
-    assert_logs_hold_the_behaviours(states, events)
+    assert_each_behaviour_once(states, events)
