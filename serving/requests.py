@@ -33,6 +33,8 @@ MAX_CANDIDATES = 1_000
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_EXPLAIN = 50
 
+NOT_SERVED = "not_served"  # the user's partition is not held by that worker now: ask again
+
 
 class BadRequest(ValueError):
     """A request that cannot be scored; ``code`` is a closed set, safe as a metric label."""

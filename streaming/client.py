@@ -19,7 +19,9 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from contracts.settings import Settings
-from serving.requests import ScoreRequest, new_request_id
+from serving.requests import NOT_SERVED, ScoreRequest, new_request_id
+
+RETRY_S = 0.2  # pause before asking again after a not_served answer
 
 
 class ScoreClient:
@@ -73,14 +75,21 @@ class ScoreClient:
         timeout: float = 10.0,
         categories: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Score and wait; raises ``TimeoutError`` when no answer came within ``timeout``."""
-        future = self.submit(user_id, items, explain=explain, categories=categories)
-        try:
-            return future.result(timeout=timeout)
-        except TimeoutError:
-            with self._lock:
-                self._waiting = {k: f for k, f in self._waiting.items() if f is not future}
-            raise TimeoutError(f"no score for user {user_id} within {timeout}s") from None
+        """Score and wait; raises ``TimeoutError`` when no answer came within ``timeout``. An
+        answer ``not_served`` (the user's partition is moving between workers) is asked again
+        until ``timeout``; the last one is returned."""
+        deadline = time.monotonic() + timeout
+        while True:
+            future = self.submit(user_id, items, explain=explain, categories=categories)
+            try:
+                answer = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                with self._lock:
+                    self._waiting = {k: f for k, f in self._waiting.items() if f is not future}
+                raise TimeoutError(f"no score for user {user_id} within {timeout}s") from None
+            if not _not_served(answer) or time.monotonic() + RETRY_S >= deadline:
+                return answer
+            time.sleep(RETRY_S)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -107,3 +116,8 @@ class ScoreClient:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _not_served(answer: dict[str, Any]) -> bool:
+    error = answer.get("error")
+    return isinstance(error, dict) and error.get("code") == NOT_SERVED

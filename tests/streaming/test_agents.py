@@ -78,6 +78,7 @@ async def test_the_score_agent_answers_on_the_request_partition(
     scoring = ScoringService(partitions, ItemCatalog(), ScoringMetrics.create(CollectorRegistry()))
     add_score_agent(app, requests_topic(app, SETTINGS), SETTINGS, scoring, sink)
     request = orjson.dumps({"request_id": "r1", "user_id": "u1", "items": ["1"]})
+    await partitions.own([1])  # partition 1 is held here: its requests reach the scorer
     async with app.agents["score"].test_context() as agent:
         await agent.put(request, key=b"r1", partition=1)
         await agent.put(b"{", key=b"r2", partition=0)

@@ -42,7 +42,8 @@ MAX_SERIES = 200  # per metric family
 REQUEST_CODES = {"bad_json", "not_object", "missing_field", "wrong_type", "no_candidates"}
 REQUEST_CODES |= {"too_many_candidates", "too_large"}  # serving.requests.BadRequest codes
 BOUNDED = {
-    "outcome": {"applied", "duplicate", "skipped", "rejected", "ok", "no_model", *REQUEST_CODES},
+    "outcome": {"applied", "duplicate", "skipped", "rejected", "ok", "no_model", "not_served"}
+    | REQUEST_CODES,
     "reason": {r.value for r in Reason},
     "transport": {"kafka", "http"},
     "agent": {"ingest", "score", "trainer"},

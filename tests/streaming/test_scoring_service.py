@@ -58,7 +58,10 @@ async def test_a_bad_request_is_answered_with_its_code(service: ScoringService) 
     assert service.metrics.registry.get_sample_value("twinstream_score_seconds_count") is None
 
 
-async def test_without_a_model_the_answer_is_no_model(service: ScoringService) -> None:
+async def test_without_a_model_the_answer_is_no_model(
+    service: ScoringService, partitions: OwnedPartitions
+) -> None:
+    await partitions.own([0])
     answer = service.answer(request(request_id="r3"), 0, "http")
     assert answer["request_id"] == "r3" and answer["error"]["code"] == "no_model"
     assert requests_counted(service, "http", "no_model") == 1
@@ -73,11 +76,10 @@ async def test_the_state_comes_from_the_owned_partition(
     scorer = RecordingScorer()
     service.scorer = scorer  # type: ignore[assignment]
     assert "error" not in service.answer(request("u1"), 0, "kafka")
-    service.answer(request("u1"), 1, "kafka")  # not ours: scored as an unknown user
-    service.answer(request("u1"), None, "http")  # no partition known
+    assert "error" not in service.answer(request("nobody"), 0, "kafka")  # unknown user: no state
     states = [state for _, state in scorer.seen]
     assert states[0] is not None and len(states[0].log) == 1
-    assert states[1:] == [None, None]
+    assert states[1:] == [None]
     assert requests_counted(service, "kafka", "ok") == 2
     latency = service.metrics.registry.get_sample_value(
         "twinstream_score_seconds_count", {"transport": "kafka"}
@@ -85,11 +87,27 @@ async def test_the_state_comes_from_the_owned_partition(
     assert latency == 2
 
 
-async def test_sent_at_times_request_to_answer(service: ScoringService) -> None:
+async def test_a_partition_not_held_here_is_not_served_rather_than_answered_empty(
+    service: ScoringService, partitions: OwnedPartitions
+) -> None:
+    await partitions.own([0])
+    scorer = RecordingScorer()
+    service.scorer = scorer  # type: ignore[assignment]
+    for partition, transport in ((1, "kafka"), (None, "http")):  # not ours; none known
+        answer = service.answer(request("u1", request_id="r"), partition, transport)
+        assert answer["request_id"] == "r" and answer["error"]["code"] == "not_served"
+        assert requests_counted(service, transport, "not_served") == 1
+    assert scorer.seen == []  # nothing was scored from an empty history
+
+
+async def test_sent_at_times_request_to_answer(
+    service: ScoringService, partitions: OwnedPartitions
+) -> None:
+    await partitions.own([0])
     service.scorer = RecordingScorer()  # type: ignore[assignment]
-    service.answer(request(sent_at=time.time() - 2.0), None, "http")
-    service.answer(request(sent_at=time.time() + 60.0), None, "http")  # clock skew: 0, not < 0
-    service.answer(request(), None, "http")
+    service.answer(request(sent_at=time.time() - 2.0), 0, "http")
+    service.answer(request(sent_at=time.time() + 60.0), 0, "http")  # clock skew: 0, not < 0
+    service.answer(request(), 0, "http")
     registry = service.metrics.registry
     assert registry.get_sample_value("twinstream_score_request_to_answer_seconds_count") == 2
     total = registry.get_sample_value("twinstream_score_request_to_answer_seconds_sum")
