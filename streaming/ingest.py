@@ -54,12 +54,13 @@ class RawMessage:
 
 @dataclass(frozen=True)
 class Applied:
-    """One partition's part of a batch, applied in memory: its worker, the result to commit and
-    the messages it covers (those not routed elsewhere)."""
+    """One partition's part of a batch, applied in memory: its worker, the result to commit, the
+    messages it covers (those not routed elsewhere) and its changelog records, marker last."""
 
     worker: PartitionWorker
     result: BatchResult
     kept: list[RawMessage]
+    changelog: Records
 
 
 class IngestService:
@@ -95,7 +96,7 @@ class IngestService:
                 for partition, part in by_partition.items()
             ]
             await self.sink.flush()  # acknowledged before a marker covers their events
-            markers = [await self._changelog(a.worker.partition, a.result) for a in applied]
+            markers = [await self._send_changelog(a) for a in applied]
             await self.sink.flush()
             for a, marker in zip(applied, markers, strict=True):
                 a.worker.commit(a.result, await self._position(a.worker.partition, marker))
@@ -104,7 +105,8 @@ class IngestService:
 
     async def _apply(self, worker: PartitionWorker, messages: list[RawMessage]) -> Applied:
         """Validate, route what another partition owns, apply the rest in memory, send samples,
-        dead letters and copies (not flushed); the result, with the messages not routed."""
+        dead letters and copies (not flushed); the result, with the messages not routed and the
+        changelog records (encoded now, while the broker acknowledges what was sent)."""
         records: list[tuple[RawMessage, Event]] = []
         for m in messages:
             try:
@@ -121,7 +123,8 @@ class IngestService:
         await self._emit(worker.partition, result)
         _cover(result, split)
         elsewhere = {m.offset for m in split.elsewhere}
-        return Applied(worker, result, [m for m in messages if m.offset not in elsewhere])
+        kept = [m for m in messages if m.offset not in elsewhere]
+        return Applied(worker, result, kept, self._changelog_records(result))
 
     # --- events another partition owns -----------------------------------------------------------
 
@@ -189,14 +192,22 @@ class IngestService:
         await self.sink.send_many(self.settings.topics.samples, partition, samples)
         self.metrics.samples.inc(len(result.samples))
 
-    async def _changelog(self, partition: int, result: BatchResult) -> Delivery | None:
-        """Send the touched states, then the offset marker; their delivery."""
+    def _changelog_records(self, result: BatchResult) -> Records:
+        """The touched states, the metadata changes, then the offset marker (none without an
+        offset: nothing of the partition was applied)."""
         if result.offset is None:
-            return None
+            return []
         records: Records = [(user.encode(), blob) for user, blob in result.encoded_states().items()]
         records += self._meta_records(result.meta)
         records.append((MARKER_KEY, encode_marker(result.offset)))
-        return await self.sink.send_many(self.settings.topics.state_changelog, partition, records)
+        return records
+
+    async def _send_changelog(self, applied: Applied) -> Delivery | None:
+        """Send a part's changelog records; their delivery."""
+        if not applied.changelog:
+            return None
+        topic, partition = self.settings.topics.state_changelog, applied.worker.partition
+        return await self.sink.send_many(topic, partition, applied.changelog)
 
     def _meta_records(self, meta: MetaChanges) -> Records:
         """Metadata changes as changelog records. The sampler's come in parts of at most 1 MiB
