@@ -301,7 +301,8 @@ def _worker_process(args: argparse.Namespace) -> int:
     snapshots = Path(args.snapshot_dir or settings.snapshot_dir)
     watcher = SnapshotWatcher(settings, scoring.holder, scoring.metrics, snapshots)
     watcher.start()
-    Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    stopped = (watcher.stop, scoring.partitions.close_stores)
+    Worker(app, loglevel=args.loglevel, on_stopped=stopped).execute_from_commandline()
     return 0
 
 

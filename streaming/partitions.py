@@ -99,6 +99,10 @@ class OwnedPartitions:
 
     async def close(self) -> None:
         async with self.lock:
-            for worker in self.workers.values():
-                worker.store.close()
-            self.workers.clear()
+            self.close_stores()
+
+    def close_stores(self) -> None:
+        """Close every store now; only once nothing can write them (the app has stopped)."""
+        for worker in self.workers.values():
+            worker.store.close()
+        self.workers.clear()

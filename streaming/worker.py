@@ -19,8 +19,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import faust
 
@@ -95,7 +96,19 @@ class Worker(faust.Worker):
     exits without the interpreter's teardown (``os._exit``), as after a kill: what its stores hold
     is in their write-ahead logs, and the teardown, which destroyed the open RocksDB stores
     while their threads still ran, ended one fail-stopped worker in four with SIGSEGV instead.
+    A worker that stops normally runs ``on_stopped`` once its app has stopped (the snapshot
+    watcher's thread joined, the stores closed) for the same reason: a SIGTERM-stopped worker
+    had ended with SIGSEGV in the interpreter's teardown too.
     """
+
+    def __init__(
+        self,
+        *services: Any,
+        on_stopped: Sequence[Callable[[], None]] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*services, **kwargs)
+        self.on_stopped = on_stopped  # run once the app has stopped, before a normal exit
 
     def execute_from_commandline(self) -> NoReturn:
         gc.collect()
@@ -106,6 +119,8 @@ class Worker(faust.Worker):
         except SystemExit:
             fault = self.crash_reason
             if not isinstance(fault, FailStopped):
+                for stopped in self.on_stopped:  # threads and stores closed before teardown
+                    stopped()
                 raise
             print(f"twinstream worker: fail-stop ({fault}), exit {EXIT_STATUS}", file=sys.stderr)
             logging.shutdown()
