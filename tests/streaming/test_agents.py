@@ -4,9 +4,6 @@ the request's partition with its key; the rebalance hooks pause and own events p
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 import faust
 import orjson
 import pytest
@@ -26,22 +23,12 @@ from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
 from streaming.scoring import ScoringService
 from tests.support.events import T0
+from tests.support.gauges import NoGauges
 from tests.support.sink import MemorySink
+from tests.support.waiting import eventually
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.topics
-
-
-class NoGauges:
-    async def sample(self) -> None:
-        return None
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,7 +32,9 @@ from streaming.routing import Router, owner_partition
 from streaming.sink import BestEffortSink, DeliveryFailed, FaustSink
 from streaming.transport import Consumer
 from tests.support.events import T0
+from tests.support.gauges import NoGauges
 from tests.support.sink import MemorySink
+from tests.support.waiting import eventually
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.topics
@@ -52,18 +53,6 @@ def event(
 
 def user_owned_by(partition: int) -> str:
     return next(u for u in (f"user-{i}" for i in range(100)) if owner_partition(u, N) == partition)
-
-
-class NoGauges:
-    async def sample(self) -> None:
-        return None
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture()

@@ -33,8 +33,10 @@ from streaming.sink import Delivery
 from streaming.transport import Consumer
 from streaming.views import add_views
 from tests.support.events import T0
+from tests.support.gauges import NoGauges
 from tests.support.sink import MemorySink
 from tests.support.stores import ENOSPC, filling_store
+from tests.support.waiting import eventually
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.topics
@@ -58,20 +60,8 @@ def click(partition: int, offset: int, user: str = "u1") -> RawMessage:
     return RawMessage(partition, offset, orjson.dumps(event | {"ts": T0 + offset}), T0 + offset)
 
 
-class NoGauges:
-    async def sample(self) -> None:
-        return None
-
-
 def markers(sink: MemorySink) -> list[bytes | None]:
     return [r.value for r in sink.records[TOPICS.state_changelog] if r.key == MARKER_KEY]
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_failed_state_write_commits_nothing_and_stops_every_later_write(

@@ -14,6 +14,7 @@ TimeoutError: timed out after 0.05 s waiting for a non-empty list
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Callable
@@ -43,3 +44,12 @@ def wait_until(
             seen = f" (last seen: {detail()})" if detail is not None else ""
             raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}{seen}")
         time.sleep(interval_s)
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """The event loop's twin of :func:`wait_until`, for tests inside one loop (Faust's
+    ``test_context``): polls ``condition`` every 20 ms without blocking the loop."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
