@@ -14,13 +14,18 @@ below the marker.
 
 from __future__ import annotations
 
+import logging
 import struct
 
 from kafka import KafkaConsumer, TopicPartition
 
 from contracts.settings import Settings
 from feature_store import StateStore, UserState
+from feature_store.ingest import BatchResult, MetaChanges
 
+log = logging.getLogger(__name__)
+MAX_CHANGELOG_VALUE = 8 * 1024 * 1024  # under the changelog's max.message.bytes (16 MiB)
+Records = list[tuple[bytes | None, bytes | None]]  # (key, value) pairs for one partition
 MARKER_KEY = b""
 META_PREFIX = b"\xff"  # never the first byte of UTF-8 text, so never a user id's key
 _OFFSET = struct.Struct(">q")
@@ -29,6 +34,30 @@ _OFFSET = struct.Struct(">q")
 def meta_record_key(key: str) -> bytes:
     """The changelog key of a partition metadata entry (pending impressions, sampler)."""
     return META_PREFIX + key.encode()
+
+
+def changelog_records(result: BatchResult) -> Records:
+    """A batch's changelog records: the touched states, the metadata changes, then the offset
+    marker (none without an offset: nothing of the partition was applied)."""
+    if result.offset is None:
+        return []
+    records: Records = [(user.encode(), blob) for user, blob in result.encoded_states().items()]
+    records += meta_records(result.meta)
+    records.append((MARKER_KEY, encode_marker(result.offset)))
+    return records
+
+
+def meta_records(meta: MetaChanges) -> Records:
+    """Metadata changes as changelog records. The sampler's come in parts of at most 1 MiB
+    (:mod:`feature_store.sampler_journal`); any record still too large for a Kafka message
+    stays local and is logged with its size."""
+    out: Records = []
+    for key, value in meta.items():
+        if value is not None and len(value) > MAX_CHANGELOG_VALUE:
+            log.warning("%s (%d bytes) is not in the changelog: too large", key, len(value))
+            continue
+        out.append((meta_record_key(key), value))
+    return out
 
 
 def changelog_position_key(partition: int) -> str:

@@ -15,7 +15,6 @@ themselves belong to :class:`streaming.partitions.OwnedPartitions`.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,22 +23,19 @@ from dataclasses import dataclass
 from contracts.schema import Event, InvalidEvent, Reason, parse_event
 from contracts.settings import Settings
 from feature_store import PartitionWorker
-from feature_store.ingest import BatchResult, MetaChanges
+from feature_store.ingest import BatchResult
 from serving.scorer import ItemCatalog
 from streaming.changelog import (
-    MARKER_KEY,
+    Records,
     changelog_position_key,
+    changelog_records,
     encode_marker,
-    meta_record_key,
+    meta_records,
 )
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
 from streaming.routing import Copy, Router, Split
 from streaming.sink import Delivery, Sink
-
-log = logging.getLogger(__name__)
-MAX_CHANGELOG_VALUE = 8 * 1024 * 1024  # under the changelog's max.message.bytes (16 MiB)
-Records = list[tuple[bytes | None, bytes | None]]  # (key, value) pairs for one partition
 
 
 @dataclass(frozen=True)
@@ -124,7 +120,7 @@ class IngestService:
         _cover(result, split)
         elsewhere = {m.offset for m in split.elsewhere}
         kept = [m for m in messages if m.offset not in elsewhere]
-        return Applied(worker, result, kept, self._changelog_records(result))
+        return Applied(worker, result, kept, changelog_records(result))
 
     # --- events another partition owns -----------------------------------------------------------
 
@@ -153,7 +149,7 @@ class IngestService:
             }
             await self._send_and_flush(self.settings.topics.samples, samples)
             self.metrics.samples.inc(sum(map(len, samples.values())))
-            changes = {p: self._meta_records(meta) for p, (_, meta) in closed.items()}
+            changes = {p: meta_records(meta) for p, (_, meta) in closed.items()}
             await self._send_and_flush(self.settings.topics.state_changelog, changes)
             for partition, (_, meta) in closed.items():
                 active[partition].commit_meta(meta)
@@ -192,34 +188,12 @@ class IngestService:
         await self.sink.send_many(self.settings.topics.samples, partition, samples)
         self.metrics.samples.inc(len(result.samples))
 
-    def _changelog_records(self, result: BatchResult) -> Records:
-        """The touched states, the metadata changes, then the offset marker (none without an
-        offset: nothing of the partition was applied)."""
-        if result.offset is None:
-            return []
-        records: Records = [(user.encode(), blob) for user, blob in result.encoded_states().items()]
-        records += self._meta_records(result.meta)
-        records.append((MARKER_KEY, encode_marker(result.offset)))
-        return records
-
     async def _send_changelog(self, applied: Applied) -> Delivery | None:
         """Send a part's changelog records; their delivery."""
         if not applied.changelog:
             return None
         topic, partition = self.settings.topics.state_changelog, applied.worker.partition
         return await self.sink.send_many(topic, partition, applied.changelog)
-
-    def _meta_records(self, meta: MetaChanges) -> Records:
-        """Metadata changes as changelog records. The sampler's come in parts of at most 1 MiB
-        (:mod:`feature_store.sampler_journal`); any record still too large for a Kafka message
-        stays local and is logged with its size."""
-        out: Records = []
-        for key, value in meta.items():
-            if value is not None and len(value) > MAX_CHANGELOG_VALUE:
-                log.warning("%s (%d bytes) is not in the changelog: too large", key, len(value))
-                continue
-            out.append((meta_record_key(key), value))
-        return out
 
     @staticmethod
     async def _position(partition: int, delivery: Delivery | None) -> dict[str, bytes | None]:
