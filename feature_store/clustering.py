@@ -39,6 +39,14 @@ coarser, and a user with a short log costs no clustering at all on the ingest pa
 >>> cs = update(ClusterState(), log, 0, cfg)  # no embedder: by category, leaves of <= 4
 >>> cs.upto, cs.blocks[["start", "end", "level"]].tolist(), cs.clusters["size"].tolist()
 (10, [(0, 4, 0), (4, 8, 0), (8, 10, 0)], [4, 4, 2])
+
+**Online and offline alike.** A worker that applies an in-order log one behaviour at a time with
+one embedder re-clusters at every multiple of ``recluster_every``, so before behaviour ``p`` it
+holds :func:`sequence_as_of` ``(log, p)``: the offline path (``trainer/dataset.py``) calls that
+function, the worker :func:`update`, and both produce the same clusters (tests/trainer).
+
+>>> sequence_as_of(log, 10, cfg)["size"].tolist()  # clustered up to 8, then 2 singletons
+[4, 4, 1, 1]
 """
 
 from __future__ import annotations
@@ -130,6 +138,23 @@ def singletons(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dense_width(rows):
         out["dense"] = rows["dense"]
     return out
+
+
+def clustered_upto(total: int, config: ClusterConfig) -> int:
+    """How far a worker that applied ``total`` in-order behaviours (one embedder version) has
+    clustered: the last multiple of ``recluster_every`` (:func:`needs_update`'s rule)."""
+    return total - total % config.recluster_every
+
+
+def sequence_as_of(
+    log: np.ndarray, total: int, config: ClusterConfig, embedder: ItemEmbedder | None = None
+) -> np.ndarray:
+    """The cluster sequence a worker holds after the first ``total`` behaviours of the in-order
+    ``log`` (positions from 0, below the lifelong cap): :func:`update` of the clustered part,
+    then the newer behaviours as clusters of one."""
+    upto = clustered_upto(total, config)
+    clustered = update(ClusterState(), log[:upto], 0, config, embedder).clusters
+    return with_singletons(clustered, log[upto:total])
 
 
 def update(

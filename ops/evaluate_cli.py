@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "max_batches": Flag("per epoch (smoke runs)", positive_int),
         "device": Flag("cpu, cuda, cuda:1 (default: CUDA if present)"),
         "progress": Flag(),
+        "cluster_warmup_epochs": Flag("TWIN-V2: epochs by category first", int),
     })  # fmt: skip
     dataset = p.add_argument_group("dataset")
     add_fields(dataset, DatasetConfig, {
@@ -53,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "max_train_targets": Flag("DARE: 19", positive_int),
         "behaviour_types": Flag("comma-separated event types"),
         "seed": Flag("seed of the negative sampling", name="--data-seed"),
+        "clustering": Flag("TWIN-V2: the worker's k-means or category groups", str,
+                           choices=("kmeans", "category")),
+        "max_clusters": Flag("TWIN-V2: newest clusters kept", positive_int),
     })  # fmt: skip
     dataset.add_argument(
         "--min-ts",

@@ -16,10 +16,12 @@ From a time-ordered event log (``streaming.sources.EventLog`` or anything with t
 
 Per behaviour it also derives the session index (a new session after a gap > ``session_gap_s``,
 DSIN's 30 minutes) and, per sample, ``hist_age`` (0 = most recent) and the TWIN-V2 cluster sequence.
-Offline clusters: the history window grouped by category, each group represented by its most recent
-item (and that item's category), size = number of members, clusters ordered by their most recent
-member and right-aligned, the newest ``max_clusters`` kept. The online feature store replaces this
-with the hierarchical k-means clusters of ARCHITECTURE.md section 3.
+Offline clusters (``clustering="kmeans"``, the default): the user's whole history before the target
+clustered exactly as the online worker clusters it (ARCHITECTURE.md section 3: hierarchical k-means
+over item embeddings, leaves of at most γ, representative nearest the centroid), with the item table
+of the model being trained (:mod:`trainer.offline_clusters`), right-aligned, the newest
+``max_clusters`` kept. ``clustering="category"`` is the earlier stand-in: the history window grouped
+by category, each group represented by its most recent item, no leaf cap.
 
 Histories are gathered per mini-batch from flat per-user arrays (no (samples x L) copy in memory).
 """
@@ -27,7 +29,7 @@ Histories are gathered per mini-batch from flat per-user arrays (no (samples x L
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -36,6 +38,7 @@ import torch
 
 from contracts.settings import RECENT_LENGTH, SESSION_GAP_S
 from models.batch import Batch
+from trainer.offline_clusters import ClusterArrays, OfflineClusters, right_aligned, user_logs
 
 Int = npt.NDArray[np.int64]
 Split = Literal["train", "valid", "test"]
@@ -65,13 +68,16 @@ class DatasetConfig:
     min_events: int = 3  # users with fewer behaviours are dropped (DARE Taobao: 210)
     train_stride: int = 1  # every n-th earlier behaviour is a train target (DARE: 5)
     max_train_targets: int | None = None  # most recent train targets per user (DARE: 19)
-    cluster_window: int | None = None  # behaviours grouped into clusters; None = seq_len
+    clustering: Literal["kmeans", "category"] = "kmeans"  # see the module docstring
+    cluster_window: int | None = None  # "category": behaviours grouped; None = seq_len
     max_clusters: int = 200
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.negatives < 0 or self.train_stride < 1 or self.min_events < 2:
             raise ValueError(f"invalid DatasetConfig: {self}")
+        if self.clustering not in ("kmeans", "category"):
+            raise ValueError(f"clustering must be kmeans or category, not {self.clustering!r}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,8 @@ class OfflineDataset:
     users: npt.NDArray[np.object_]  # raw user id of each user row
     n_items: int  # embedding rows including padding row 0
     n_categories: int
+    clusters: OfflineClusters = field(default_factory=OfflineClusters)  # "kmeans" clustering
+    logs: list[np.ndarray] = field(default_factory=list, repr=False)  # per user, structured
 
     def split(self, name: Split) -> Samples:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
@@ -134,10 +142,21 @@ class OfflineDataset:
         """Gather histories and clusters for samples and wrap them as a :class:`models.Batch`."""
         cfg = self.config
         hist = _gather(self.behaviours, s.position, cfg.seq_len)
+        if cfg.clustering == "kmeans":
+            return _to_batch(s, hist, self.cluster_sequences(s))
         window = cfg.cluster_window or cfg.seq_len
         cwin = hist if window == cfg.seq_len else _gather(self.behaviours, s.position, window)
         clusters = _clusters(cwin, self.n_categories, cfg.max_clusters)
         return _to_batch(s, hist, clusters)
+
+    def cluster_sequences(self, s: Samples) -> ClusterArrays:
+        """The worker's cluster sequence of each sample's user before its target."""
+        start = self.behaviours.user_start
+        seqs = [
+            self.clusters.sequence(int(u), self.logs[u], int(p - start[u]))
+            for u, p in zip(s.user, s.position, strict=True)
+        ]
+        return right_aligned(seqs, self.config.max_clusters)
 
 
 def build_dataset(log: EventLogLike, config: DatasetConfig | None = None) -> OfflineDataset:
@@ -153,8 +172,9 @@ def build_dataset(log: EventLogLike, config: DatasetConfig | None = None) -> Off
         name: _with_negatives(beh, pos, cfg.negatives, freq, seen, item_cat, rng)
         for name, pos in splits.items()
     }
+    logs = user_logs(beh.item, beh.category, beh.ts, beh.user_start)
     return OfflineDataset(
-        cfg, beh, made["train"], made["valid"], made["test"], users, n_items, n_cats
+        cfg, beh, made["train"], made["valid"], made["test"], users, n_items, n_cats, logs=logs
     )
 
 
@@ -311,7 +331,7 @@ def _clusters(w: _Window, n_categories: int, max_clusters: int) -> _Clusters:
     return out
 
 
-def _to_batch(s: Samples, h: _Window, c: _Clusters) -> Batch:
+def _to_batch(s: Samples, h: _Window, c: _Clusters | ClusterArrays) -> Batch:
     b, length = h.item.shape
     t = torch.from_numpy
     return Batch(

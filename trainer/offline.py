@@ -27,6 +27,7 @@ from models.batch import Batch
 from trainer.dataset import OfflineDataset, Samples, Split
 from trainer.loop import Learner, LearnerConfig
 from trainer.metrics import auc, gauc, logloss
+from trainer.offline_clusters import ItemTable
 from trainer.retrieval import TruthIndex, ndcg_at_k, window_relevance
 
 
@@ -45,6 +46,7 @@ class EvalConfig:
     device: str | None = None
     max_batches: int | None = None  # per epoch, for smoke runs
     progress: bool = True
+    cluster_warmup_epochs: int = 1  # TWIN-V2: epochs clustered by category before the model's own
 
 
 @dataclass(frozen=True)
@@ -183,18 +185,36 @@ def fit(learner: Learner, ds: OfflineDataset, cfg: EvalConfig, seed: int, bar: t
     """Train up to ``cfg.epochs``; stop after ``patience`` epochs without a valid-AUC gain and
     leave the learner with the weights of its best epoch."""
     best, best_state, best_epoch, seconds, samples = -np.inf, learner.state_copy(), 0, 0.0, 0
+    ds.clusters.use(None)
+    best_embedder = None
     epoch = 0
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
+        refresh_cluster_embeddings(learner, ds, epoch, cfg)
         samples += train_epoch(learner, ds, cfg, seed * 1000 + epoch, bar)
         seconds += time.perf_counter() - start
         valid = evaluate_split(learner, ds, "valid", cfg.eval_batch_size).auc
         if not valid <= best:  # a gain, or the first epoch, or NaN on a one-class valid split
             best, best_state, best_epoch = valid, learner.state_copy(), epoch
+            best_embedder = ds.clusters.embedder
         elif epoch - best_epoch >= cfg.patience:
             break
     learner.load_state(best_state)
+    ds.clusters.use(best_embedder)  # the clusters the kept weights were trained with
     return Fit(float(best), best_epoch, epoch + 1, seconds, samples)
+
+
+def refresh_cluster_embeddings(
+    learner: Learner, ds: OfflineDataset, epoch: int, cfg: EvalConfig
+) -> None:
+    """TWIN-V2 with the worker's clustering: from epoch ``cluster_warmup_epochs`` on, cluster with
+    the model's item table as it is at the start of the epoch (``trainer.offline_clusters``)."""
+    uses_clusters = getattr(learner.model, "attends", None) == "cluster"
+    if not uses_clusters or ds.config.clustering != "kmeans":
+        return
+    if epoch >= cfg.cluster_warmup_epochs:
+        table = learner.model.item.weight.detach().float().cpu().numpy()
+        ds.clusters.use(ItemTable(table, version=epoch + 1))
 
 
 def train_one(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_sessions_split_on_a_thirty_minute_gap() -> None:
     assert batch.hist_session[0].tolist() == [0, 0, 1, 1]
 
 
-def test_clusters_group_the_window_by_category() -> None:
+def test_category_clustering_groups_the_window_by_category() -> None:
     cats = ["a", "b", "a", "c", "a", "b", "z"]
     n = len(cats)
     log = EventLog(
@@ -122,14 +123,15 @@ def test_clusters_group_the_window_by_category() -> None:
         type=np.full(n, "click", dtype=object),
         ts=np.arange(n, dtype=np.float64),
     )
-    ds = build_dataset(log, DatasetConfig(seq_len=8, min_events=3, negatives=0, max_clusters=8))
+    by_category = DatasetConfig(seq_len=8, min_events=3, negatives=0, clustering="category")
+    ds = build_dataset(log, replace(by_category, max_clusters=8))
     batch = ds.make_batch(ds.test)  # history: a b a c a b
     item_row = {f"i{i}": int(ds.behaviours.item[i]) for i in range(n)}
     # clusters by recency of their newest member: c (i3), a (i4, 3 members), b (i5, 2 members)
     assert batch.cluster_item[0].tolist() == [item_row["i3"], item_row["i4"], item_row["i5"]]
     assert batch.cluster_size[0].tolist() == [1.0, 3.0, 2.0]
     assert batch.cluster_mask[0].all()
-    capped = build_dataset(log, DatasetConfig(seq_len=8, min_events=3, negatives=0, max_clusters=2))
+    capped = build_dataset(log, replace(by_category, max_clusters=2))
     assert capped.make_batch(capped.test).cluster_item[0].tolist() == [
         item_row["i4"],
         item_row["i5"],

@@ -1,0 +1,125 @@
+"""Offline TWIN-V2 clusters are the worker's: same log, same embeddings, same cluster sequences."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import numpy.typing as npt
+
+from contracts.schema import Event, EventType
+from feature_store import FeatureConfig, MemoryStore, PartitionWorker
+from feature_store.ids import stable_id
+from streaming.sources import EventLog
+from trainer.dataset import DatasetConfig, build_dataset
+from trainer.offline_clusters import ItemTable
+
+DIM = 8
+
+
+def vector(raw_item: str) -> npt.NDArray[np.float32]:
+    """A fixed embedding per raw item id (the same on both paths)."""
+    rng = np.random.default_rng(zlib.crc32(raw_item.encode()))
+    return rng.standard_normal(DIM).astype(np.float32)
+
+
+class RawKeyEmbedder:
+    """The worker's side: item keys are ``stable_id`` of the raw ids."""
+
+    version = 1
+
+    def __init__(self, raw_items: list[str]) -> None:
+        self.by_key = {stable_id(raw): vector(raw) for raw in raw_items}
+
+    def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return np.stack([self.by_key[int(k)] for k in items])
+
+
+def click_log(n_users: int = 3, per_user: int = 330, n_items: int = 90) -> EventLog:
+    """Interleaved users whose clicks come from a few item groups (so k-means has structure)."""
+    rng = np.random.default_rng(7)
+    n = n_users * per_user
+    user = np.tile(np.arange(n_users), per_user)
+    item = rng.integers(0, n_items, n)
+    as_str = np.vectorize(str, otypes=[object])
+    return EventLog(
+        user_id=as_str(user + 500),
+        item_id=as_str(item * 3 + 11),
+        category_id=as_str(item % 4),
+        type=np.full(n, "click", dtype=object),
+        ts=1.6e9 + 60.0 * np.arange(n, dtype=np.float64),
+    )
+
+
+def worker_sequences(log: EventLog, embedder: RawKeyEmbedder) -> dict[tuple[str, int], list]:
+    """(user, behaviours before) -> the worker's cluster sequence as (item key, category key,
+    size), read from its store before each event is applied."""
+    worker = PartitionWorker(MemoryStore(), 0, FeatureConfig(), embedder=embedder)
+    seen: dict[tuple[str, int], list] = {}
+    for offset in range(len(log.ts)):
+        user = str(log.user_id[offset])
+        (state,) = worker.store.get_many([user])
+        if state is not None:
+            c = state.clusters()
+            seen[(user, state.total)] = list(zip(c["item"], c["category"], c["size"], strict=True))
+        event = Event(
+            user, str(log.item_id[offset]), EventType.CLICK, float(log.ts[offset]),
+            str(log.category_id[offset]), event_id=f"e{offset}",
+        )  # fmt: skip
+        worker.commit(worker.process([(offset, event)]))
+    return seen
+
+
+def test_offline_clusters_equal_the_workers_for_the_same_log_and_embeddings() -> None:
+    log = click_log()
+    raw_items = sorted(set(log.item_id.tolist()))
+    raw_cats = sorted(set(log.category_id.tolist()))
+    online = worker_sequences(log, RawKeyEmbedder(raw_items))
+
+    ds = build_dataset(log, DatasetConfig(negatives=0, max_clusters=10_000))
+    table = np.zeros((ds.n_items, DIM), np.float32)  # rows 1.. are the sorted raw ids
+    table[1:] = np.stack([vector(raw) for raw in raw_items])
+    ds.clusters.use(ItemTable(table, version=1))
+    item_key = np.array([0] + [stable_id(r) for r in raw_items])
+    cat_key = np.array([0] + [stable_id(r) for r in raw_cats])
+
+    compared, multi = 0, 0
+    for split in ("train", "valid", "test"):
+        samples = ds.split(split)
+        batch = ds.make_batch(samples)
+        start = ds.behaviours.user_start
+        for row in range(len(samples)):
+            u = int(samples.user[row])
+            before = int(samples.position[row] - start[u])
+            mask = batch.cluster_mask[row].numpy()
+            offline = list(
+                zip(
+                    item_key[batch.cluster_item[row].numpy()[mask]],
+                    cat_key[batch.cluster_category[row].numpy()[mask]],
+                    batch.cluster_size[row].numpy()[mask].astype(np.int64),
+                    strict=True,
+                )
+            )
+            assert offline == online[(str(ds.users[u]), before)], (split, u, before)
+            compared += 1
+            multi += int(batch.cluster_size[row].max() > 1)
+    assert compared == 3 * (330 - 1) and multi > 600  # every target; most see k-means leaves
+
+
+def test_clusters_follow_the_models_table_after_the_warmup() -> None:
+    from models.registry import build_model
+    from trainer.loop import Learner, LearnerConfig
+    from trainer.offline import EvalConfig, model_config, refresh_cluster_embeddings
+
+    ds = build_dataset(click_log(per_user=200), DatasetConfig(negatives=1))
+    cfg = EvalConfig(dim=8, cluster_warmup_epochs=1)
+    learner = Learner(build_model("twin_v2", model_config(ds, cfg)), LearnerConfig())
+    ds.clusters.use(None)
+    refresh_cluster_embeddings(learner, ds, 0, cfg)
+    assert ds.clusters.version == 0  # warm-up: by category, as a worker before any snapshot
+    refresh_cluster_embeddings(learner, ds, 1, cfg)
+    assert ds.clusters.version == 2
+    assert ds.clusters.embedder is not None
+    table = learner.model.item.weight.detach().numpy()
+    items = np.arange(1, ds.n_items)
+    assert np.array_equal(ds.clusters.embedder(items), table[items])

@@ -1,0 +1,125 @@
+"""TWIN-V2 cluster sequences of the offline protocol, clustered as the worker clusters them.
+
+For a sample whose target is behaviour ``p`` of its user (``p`` behaviours before it), the cluster
+sequence is :func:`feature_store.clustering.sequence_as_of` over the user's whole history: the
+worker's hierarchical k-means (leaves of at most γ = 20, representative nearest the centroid, size
+N) of the behaviours up to the last multiple of ``recluster_every``, then the newer ones as
+clusters of one. The same function and :class:`~feature_store.cluster_config.ClusterConfig` as the
+online feature store, so for the same log and embeddings both hold the same clusters.
+
+Embeddings: the item table of the model being trained (:class:`ItemTable`, item rows as keys).
+Before the model has learnt anything (the first ``warmup_epochs``) the clustering falls back to
+categories, as a worker does before its first snapshot; from then on the table is refreshed at the
+start of each epoch (``trainer.offline.fit``), so the clusters of an epoch come from the weights the
+previous epochs learnt, as online they come from the last snapshot. Clustering with the random
+initial table would group items by noise.
+
+>>> import numpy as np
+>>> from feature_store.cluster_config import ClusterConfig
+>>> user_log = np.zeros(10, behaviour_dtype(0)); user_log["item"] = np.arange(1, 11)
+>>> user_log["category"] = [1, 1, 1, 2, 2, 2, 1, 1, 2, 2]
+>>> oc = OfflineClusters(ClusterConfig(max_leaf=4, recluster_every=8, lifelong_cap=100))
+>>> oc.sequence(0, user_log, 10)[["item", "size"]].tolist()  # by category, then 2 singletons
+[(3, 3), (6, 3), (8, 2), (9, 1), (10, 1)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from feature_store.cluster_config import ClusterConfig
+from feature_store.clustering import (
+    ClusterState,
+    ItemEmbedder,
+    clustered_upto,
+    update,
+    with_singletons,
+)
+from feature_store.state_format import behaviour_dtype
+
+Int = npt.NDArray[np.int64]
+
+
+class ItemTable:
+    """An :class:`ItemEmbedder` over a frozen copy of an item table (keys = rows)."""
+
+    def __init__(self, table: npt.NDArray[np.float32], version: int) -> None:
+        if version < 1:
+            raise ValueError("an embedding version is >= 1 (0 means by category)")
+        self.table, self.version = np.ascontiguousarray(table, dtype=np.float32), version
+
+    def __call__(self, items: Int) -> npt.NDArray[np.float32]:
+        return self.table[items]
+
+
+@dataclass
+class OfflineClusters:
+    """Cluster sequences per (user, position), cached per embedder version."""
+
+    config: ClusterConfig = field(default_factory=ClusterConfig)
+    embedder: ItemEmbedder | None = None  # None: by category
+    _cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def version(self) -> int:
+        return 0 if self.embedder is None else int(self.embedder.version)
+
+    def use(self, embedder: ItemEmbedder | None) -> None:
+        """Cluster with ``embedder`` from now on (``None``: by category)."""
+        new = 0 if embedder is None else int(embedder.version)
+        if new != self.version or embedder is not self.embedder:
+            self._cache.clear()
+        self.embedder = embedder
+
+    def sequence(self, user: int, user_log: np.ndarray, p: int) -> np.ndarray:
+        """The cluster sequence before behaviour ``p`` of ``user`` (``user_log``: all of the
+        user's behaviours, structured, oldest first)."""
+        upto = clustered_upto(p, self.config)
+        clustered = self._cache.get((user, upto))
+        if clustered is None:
+            state = update(ClusterState(), user_log[:upto], 0, self.config, self.embedder)
+            clustered = self._cache[(user, upto)] = state.clusters
+        return with_singletons(clustered, user_log[upto:p])
+
+
+def user_logs(
+    item: Int, category: Int, ts: npt.NDArray[np.float64], start: Int
+) -> list[np.ndarray]:
+    """Each user's behaviours as the structured rows the feature store clusters."""
+    log = np.zeros(item.shape[0], dtype=behaviour_dtype(0))
+    log["item"], log["category"], log["ts"] = item, category, ts
+    return [log[start[u] : start[u + 1]] for u in range(start.shape[0] - 1)]
+
+
+@dataclass(frozen=True)
+class ClusterArrays:
+    """Right-aligned cluster sequences of a batch (newest last, padding on the left)."""
+
+    item: Int  # (B, C) representative item row
+    category: Int  # (B, C)
+    size: npt.NDArray[np.float32]  # (B, C) N
+    mask: npt.NDArray[np.bool_]  # (B, C)
+
+
+def right_aligned(sequences: list[np.ndarray], max_clusters: int) -> ClusterArrays:
+    """The newest ``max_clusters`` clusters of each sequence, right-aligned."""
+    width = max(1, min(max_clusters, max((s.shape[0] for s in sequences), default=0)))
+    b = len(sequences)
+    out = ClusterArrays(
+        np.zeros((b, width), np.int64),
+        np.zeros((b, width), np.int64),
+        np.zeros((b, width), np.float32),
+        np.zeros((b, width), bool),
+    )
+    for row, seq in enumerate(sequences):
+        seq = seq[-width:]
+        n = seq.shape[0]
+        if n:
+            out.item[row, width - n :] = seq["item"]
+            out.category[row, width - n :] = seq["category"]
+            out.size[row, width - n :] = seq["size"]
+            out.mask[row, width - n :] = True
+    return out
