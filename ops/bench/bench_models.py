@@ -13,11 +13,20 @@ Both run in one process with glibc's malloc tuned as in ``twinstream train`` / `
 worker (:mod:`ops.malloc`; ``--default-malloc`` skips it): a training step at this shape frees and
 re-allocates ~100 MB tensors, which glibc otherwise returns to the kernel and re-faults each step.
 
+- **authors** (``--authors-dare PATH``, DARE only): the DARE authors' own code from a checkout of
+  thuml/DARE, its ``DIN`` with the flags of its ``scripts/taobao.sh`` at ``--dim`` and at its own
+  dim 16, each beside ours at the same dim (:mod:`ops.bench.authors_dare`). Without the path
+  those rows are skipped with a line that says so.
+
+Every "x slower than ours" ratio divides ours by that row, both measured in the same run at the
+same dim: the reference rows against ours at ``--dim``, the authors' rows against ours at theirs.
+
 Scoring: 100 candidates sharing one history. ``ours`` passes that history once, broadcast over the
 candidates (a stride-0 view, no copy); ``reference`` copies it per candidate. Latency p50/p99 over
 ``--score-reps`` calls after a warm-up.
 
     python -m ops.bench.bench_models --models dare,twin --steps 5
+    python -m ops.bench.bench_models --models dare --authors-dare /tmp/dare_authors
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +46,7 @@ import torch.nn.functional as F
 import models
 from models.base import ModelConfig, ModelOutput
 from models.batch import Batch
+from ops.bench import authors_dare
 from ops.malloc import tune_malloc
 from trainer.loop import Learner, LearnerConfig, resolve_device
 
@@ -57,6 +68,8 @@ class BenchConfig:
     score_reps: int = 200
     device: str | None = None
     reference: bool = True
+    authors_dare: Path | None = None  # a checkout of thuml/DARE
+    authors_dims: tuple[int, ...] = (64, 16)  # the run's dim and the authors' own
 
 
 def model_config(cfg: BenchConfig, sparse: bool) -> ModelConfig:
@@ -179,6 +192,11 @@ class Row:
     train_samples_per_s: float
     score_p50_ms: float
     score_p99_ms: float
+    dim: int = 64
+
+    @property
+    def ours(self) -> bool:
+        return self.variant.startswith("ours")
 
 
 def bench_ours(name: str, cfg: BenchConfig, batch: Batch) -> Row:
@@ -188,7 +206,7 @@ def bench_ours(name: str, cfg: BenchConfig, batch: Batch) -> Row:
     )
     rate = samples_per_s(learner.learn_many, batch.to(device), cfg)
     p50, p99 = latency_ms(learner.model, candidates_batch(cfg, 7, share=True).to(device), cfg)
-    return Row(name, "ours (sparse, lazy Adam)", rate, p50, p99)
+    return Row(name, "ours (sparse, lazy Adam)", rate, p50, p99, cfg.dim)
 
 
 def bench_reference(name: str, cfg: BenchConfig, batch: Batch) -> Row:
@@ -197,7 +215,21 @@ def bench_reference(name: str, cfg: BenchConfig, batch: Batch) -> Row:
     opt = torch.optim.Adam(model.parameters(), lr=0.01, foreach=False)
     rate = samples_per_s(reference_step(model, opt), batch.to(device), cfg)
     p50, p99 = latency_ms(model, candidates_batch(cfg, 7, share=False).to(device), cfg)
-    return Row(name, "reference (dense, Adam)", rate, p50, p99)
+    return Row(name, "reference (dense, Adam)", rate, p50, p99, cfg.dim)
+
+
+def bench_authors(cfg: BenchConfig, batch: Batch) -> Row:
+    """The DARE authors' code at ``cfg.dim`` (:mod:`ops.bench.authors_dare`), on CPU."""
+    assert cfg.authors_dare is not None
+    n_items, n_cats = TAOBAO_ITEMS + 1, TAOBAO_CATEGORIES + 1
+    model = authors_dare.build(cfg.authors_dare, cfg.dim, n_items, n_cats, cfg.seq_len)
+    data = authors_dare.their_batch(batch, seed=0)
+    rate = authors_dare.train_rate(model, data, cfg.steps, cfg.warmup)
+    del data
+    gc.collect()
+    candidates = authors_dare.their_batch(candidates_batch(cfg, 7, share=False), seed=7)
+    p50, p99 = authors_dare.score_latency_ms(model, candidates, cfg.score_reps)
+    return Row("dare", "authors' code (thuml/DARE)", rate, p50, p99, cfg.dim)
 
 
 def run(cfg: BenchConfig) -> list[Row]:
@@ -209,15 +241,39 @@ def run(cfg: BenchConfig) -> list[Row]:
             rows.append(bench(name, cfg, batch))
             _print_row(rows[-1], rows)
             gc.collect()
+    if "dare" not in cfg.models:
+        return rows
+    if cfg.authors_dare is None:
+        print("dare     authors' code: skipped (give --authors-dare PATH, a thuml/DARE checkout)")
+        return rows
+    for dim in dict.fromkeys(cfg.authors_dims):
+        rows += run_authors(replace(cfg, dim=dim), batch, rows)
     return rows
 
 
+def run_authors(cfg: BenchConfig, batch: Batch, rows: list[Row]) -> list[Row]:
+    """Ours at ``cfg.dim`` (unless measured already), then the authors' code at that dim."""
+    out = []
+    ours = next((r for r in rows if r.model == "dare" and r.dim == cfg.dim and r.ours), None)
+    if ours is None:
+        batch = random_batch(cfg, cfg.batch_size, seed=0)
+        out.append(bench_ours("dare", cfg, batch))
+        _print_row(out[-1], rows + out)
+        gc.collect()
+    out.append(bench_authors(cfg, batch))
+    _print_row(out[-1], rows + out)
+    gc.collect()
+    return out
+
+
 def _print_row(row: Row, rows: list[Row]) -> None:
-    ours = next(r for r in rows if r.model == row.model)
+    """One row; other than ours, with ours' rate over its rate (same model, same dim)."""
+    ours = next(r for r in rows if r.model == row.model and r.dim == row.dim and r.ours)
     ratio = f" ({ours.train_samples_per_s / row.train_samples_per_s:.1f}x slower than ours)"
     note = ratio if row is not ours else ""
     print(
-        f"{row.model:8s} {row.variant:27s} train {row.train_samples_per_s:9,.0f} samples/s  "
+        f"{row.model:8s} dim {row.dim:3d} {row.variant:27s} "
+        f"train {row.train_samples_per_s:9,.0f} samples/s  "
         f"score {row.score_p50_ms:7.2f} ms p50 {row.score_p99_ms:7.2f} ms p99{note}",
         flush=True,
     )
@@ -233,6 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-reference", dest="reference", action="store_false")
     p.add_argument(
+        "--authors-dare",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a checkout of github.com/thuml/DARE: also run its DIN (DARE flags) at --dim and 16",
+    )
+    p.add_argument(
         "--default-malloc", action="store_true", help="skip the trainers' glibc malloc tuning"
     )
     args = p.parse_args(argv)
@@ -245,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         device=args.device,
         reference=args.reference,
+        authors_dare=args.authors_dare,
+        authors_dims=(args.dim, 16),
     )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
