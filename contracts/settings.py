@@ -44,12 +44,35 @@ class Settings:
     state_dir: str = "./twinstream-state"
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
     snapshot_dir: str = "./twinstream-snapshots"
+    # Model sync (serving.signing, serving.reload, serving.delta): the HMAC key that signs
+    # manifests, announcements and deltas (unset: nothing is signed or checked), the bounds of a
+    # snapshot read, where a worker without the trainer's folder fetches checkpoints (the
+    # trainer's checkpoint server, e.g. http://10.0.0.5:8765) and the port the trainer serves
+    # them on (on http_host), and the size of one delta message on model-updates.
+    model_hmac_key: str | None = field(default=None, repr=False)
+    model_read_timeout_s: float = 600.0
+    model_max_file_bytes: int = 1 << 36
+    checkpoint_url: str | None = None
+    checkpoint_http_port: int | None = None
+    delta_chunk_bytes: int = 512 * 1024
     http_host: str = "127.0.0.1"  # the worker's HTTP binds here; other hosts only when told
     # a connection without a whole request head this long after opening or its last response is
     # closed (idle or half-sent); a request body not whole this long after its head gets 408
     http_idle_timeout_s: float = 15.0
     http_body_timeout_s: float = 10.0
     security: KafkaSecurity = field(default_factory=KafkaSecurity)  # TLS and SASL
+    # attention drift (serving/drift.py; README "Attention drift"): the live window's rows, age,
+    # and what it needs before drift is claimed; the baseline's learning horizon, its roll-over
+    # (None: only `twinstream drift-ack` rolls it) and its file ("": STATE_DIR/drift-baseline.json)
+    drift_window: int = 5_000
+    drift_min_rows: int = 500
+    drift_rows_per_request: int = 32
+    drift_window_age_s: float = 120.0
+    drift_min_users: int = 50
+    drift_min_stratum_users: int = 10
+    drift_baseline_s: float = 3_600.0
+    drift_baseline_roll_s: float | None = None
+    drift_baseline_path: str = ""
 
     def __post_init__(self) -> None:
         if self.max_event_bytes <= 0:

@@ -1,26 +1,33 @@
-"""Live attention drift against the serving snapshot's reference (ARCHITECTURE.md section 8).
+"""Attention drift: traffic drift and model drift against a pinned baseline (ARCHITECTURE.md
+section 8).
 
-The scorer hands every answered request's attention to :meth:`AttentionDrift.observe`, which
-keeps the statistics of the last ``window`` scored rows (at most ``rows_per_request`` candidates of
-each request, evenly spaced) in a :class:`serving.attention.AttentionWindow`: normalised entropy,
-top-k mass, mass by recency bucket and the share of mass on behaviours of the candidate's
-category, computed by the same :func:`serving.attention.attention_stats` the trainer uses for the
-reference each snapshot carries in ``manifest.attention``. At scrape time the collector compares
-the live histograms with that reference (same ``BINS``, checked) and exports, per statistic::
+The scorer hands every answered request's attention to :meth:`AttentionDrift.observe` (at most
+``rows_per_request`` candidates of each request, evenly spaced). Their statistics (normalised
+entropy, top-k mass, mass by recency bucket, share of mass on the candidate's category; computed
+by :func:`serving.attention.attention_stats`, as the trainer computes each snapshot's reference)
+go to a live window that keeps the rows of the last ``window_age_s`` seconds (at most ``window``
+rows; :mod:`serving.drift_window`). Two questions, two families of gauges, per statistic::
 
-    twinstream_attention_drift_js{statistic}    Jensen-Shannon divergence, base 2, in [0, 1]
-    twinstream_attention_drift_psi{statistic}   population stability index
-    twinstream_attention_live_mean{statistic}   mean of the statistic over the live window
+    twinstream_attention_drift_js{statistic}        traffic drift: the live window against the
+    twinstream_attention_drift_psi{statistic}       pinned baseline (Jensen-Shannon base 2 in
+                                                    [0, 1]; population stability index)
+    twinstream_attention_model_drift_js{statistic}  model drift: the serving snapshot's reference
+                                                    against the reference pinned with the baseline
+    twinstream_attention_live_mean{statistic}       mean of the statistic over the live window
 
-plus ``twinstream_attention_window_rows`` and ``twinstream_attention_reference_rows``. Drift is
-only exported once both sides hold ``min_rows`` rows (small samples inflate both divergences).
-The window is not cleared when a new snapshot is swapped in: snapshots follow each other every
-few seconds and their attention changes slowly, so the window spans the last few versions and is
-compared with the newest reference.
+The baseline (:mod:`serving.drift_baseline`) is learnt from live traffic over ``baseline_s``
+seconds, then pinned; it does not follow new snapshots, so a lasting shift keeps the traffic
+drift up until it is acknowledged (``twinstream drift-ack``) or ``baseline_roll_s`` passes. Both
+sides are stratified by the attended sequence's length and weight every user once, so a change
+in who is scored does not move drift. Traffic drift is exported only while the window holds
+``min_rows`` rows of ``min_users`` users; otherwise (no traffic, a handful of users, no pinned
+baseline yet) the series are absent: no claim. Also exported: ``twinstream_attention_window_rows``,
+``_window_users``, ``_reference_rows``, ``_baseline_pinned_timestamp_seconds`` (absent while a
+baseline is learnt) and ``_baseline_learning`` (1 while learning).
 
 >>> from prometheus_client import CollectorRegistry
 >>> drift = AttentionDrift(DriftConfig(window=100, min_rows=1), CollectorRegistry())
->>> drift.drift() is None  # no model, no reference
+>>> drift.traffic_drift() is None  # no rows, no baseline
 True
 """
 
@@ -28,8 +35,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import time
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,30 +49,55 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from contracts.settings import Settings
 from models.batch import Batch
-from serving.attention import (
-    BINS,
-    STAT_NAMES,
-    AttentionWindow,
-    attended_sequence,
-    attention_stats,
-    js_divergence,
-    psi,
+from serving.attention import BINS, STAT_NAMES, attended_sequence, attention_stats, js_divergence
+from serving.drift_baseline import (
+    Baseline,
+    BaselineFile,
+    BaselineLearner,
+    coarsen,
+    stratum_of,
 )
+from serving.drift_window import LiveWindow, mixed_js, stratified_histograms
 
 log = logging.getLogger(__name__)
 BIN_EDGES = np.linspace(0.0, 1.0, BINS + 1).round(6).tolist()
+BASELINE_FILE = "drift-baseline.json"  # in the state folder unless drift_baseline_path says
 
 
 @dataclass(frozen=True)
 class DriftConfig:
-    window: int = 5_000  # live scored rows kept
-    min_rows: int = 500  # rows needed on both sides before drift is exported
+    window: int = 5_000  # live scored rows kept at most
+    min_rows: int = 500  # rows needed (live window, references) before drift is exported
     rows_per_request: int = 32  # candidates of one request fed to the window, evenly spaced
+    window_age_s: float = 120.0  # live rows older than this drop out
+    min_users: int = 50  # users in the live window before traffic drift is exported
+    min_stratum_users: int = 10  # users a stratum needs in the live window to be compared
+    baseline_s: float = 3_600.0  # live traffic accumulated into a baseline before it is pinned
+    baseline_roll_s: float | None = None  # a pinned baseline is learnt again after this
+    baseline_path: Path | None = None  # shared by the worker processes; None: not persisted
 
     def __post_init__(self) -> None:
-        if self.window < 1 or self.min_rows < 1 or self.rows_per_request < 1:
-            raise ValueError("window, min_rows and rows_per_request must be >= 1")
+        if min(self.window, self.min_rows, self.rows_per_request, self.min_users) < 1:
+            raise ValueError("window, min_rows, rows_per_request and min_users must be >= 1")
+        if self.window_age_s <= 0 or self.baseline_s <= 0:
+            raise ValueError("window_age_s and baseline_s must be positive")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DriftConfig:
+        path = s.drift_baseline_path or str(Path(s.state_dir) / BASELINE_FILE)
+        return cls(
+            window=s.drift_window,
+            min_rows=s.drift_min_rows,
+            rows_per_request=s.drift_rows_per_request,
+            window_age_s=s.drift_window_age_s,
+            min_users=s.drift_min_users,
+            min_stratum_users=s.drift_min_stratum_users,
+            baseline_s=s.drift_baseline_s,
+            baseline_roll_s=s.drift_baseline_roll_s,
+            baseline_path=Path(path),
+        )
 
 
 @dataclass(frozen=True)
@@ -82,6 +117,7 @@ class Reference:
 class Drift:
     js: dict[str, float]
     psi: dict[str, float]
+    users: int = 0  # live users in the strata compared
 
 
 def parse_reference(version: int, attention: dict[str, Any] | None) -> Reference | None:
@@ -100,33 +136,58 @@ def parse_reference(version: int, attention: dict[str, Any] | None) -> Reference
     return Reference(version, str(attention.get("sequence")), counts)
 
 
-class AttentionDrift(Collector):
-    """Live attention window + drift gauges, registered on ``registry`` (see module doc)."""
+def user_key(user: str | None, fallback: int) -> int:
+    """A stable integer per user id (CRC32); ``fallback`` (one per request) without an id."""
+    return fallback if user is None else zlib.crc32(user.encode())
 
-    def __init__(self, config: DriftConfig, registry: CollectorRegistry) -> None:
-        self.config = config
-        self._window = AttentionWindow(config.window)
+
+class AttentionDrift(Collector):
+    """Live attention window, pinned baseline and drift gauges on ``registry`` (module doc)."""
+
+    def __init__(
+        self,
+        config: DriftConfig,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config, self.clock = config, clock
+        self._window = LiveWindow(config.window, config.window_age_s)
+        self._file = BaselineFile(config.baseline_path)
+        self._baseline: Baseline | None = None
+        self._learner = BaselineLearner(epoch=0, since=clock())
+        self._learnt_at = -np.inf  # when the learner last took a window
         self._reference: Reference | None = None
         self._version: int | None = None  # the serving version the reference was read from
+        self._requests = 0
         self._lock = threading.Lock()
+        self._adopt(self._file.changed(), clock())
         registry.register(self)
 
-    def observe(self, model: Any, batch: Batch, attention: torch.Tensor) -> None:
-        """Feed one scored request: ``model`` served it (a ``ServingModel``), ``attention`` is its
-        (B, S) output over the sequence ``type(model.model).attends`` names."""
+    # ---------------------------------------------------------------- feeding
+
+    def observe(
+        self, model: Any, batch: Batch, attention: torch.Tensor, user: str | None = None
+    ) -> None:
+        """Feed one scored request of ``user``: ``model`` served it (a ``ServingModel``),
+        ``attention`` is its (B, S) output over the sequence ``type(model.model).attends``
+        names."""
         attends = getattr(type(model.model), "attends", None)
         if attends is None:
             return
         n = attention.shape[0]
         rows = slice(None, None, -(-n // self.config.rows_per_request))  # ≤ rows_per_request
         mask, category = attended_sequence(batch, attends)
-        stats = attention_stats(
-            attention[rows], mask[rows], category[rows], batch.target_category[rows]
-        )
+        att, mask = attention[rows], mask[rows]
+        stats = attention_stats(att, mask, category[rows], batch.target_category[rows])
+        lengths = mask.sum(1)[(att.float() * mask).sum(1) > 0]  # the rows attention_stats kept
+        strata = stratum_of(lengths.cpu().numpy().astype(np.int64))
+        now = self.clock()
         with self._lock:
+            self._requests += 1
             if model.version != self._version:
                 self._use(model)
-            self._window.update(stats)
+            self._window.add(now, user_key(user, -self._requests), strata, stats)
+            self._tick(now)
 
     def _use(self, model: Any) -> None:
         manifest = getattr(model, "manifest", None)
@@ -135,78 +196,177 @@ class AttentionDrift(Collector):
         self._reference = ref if ref is not None and ref.sequence == attends else None
         self._version = model.version
 
+    # ---------------------------------------------------------------- the baseline
+
+    def _tick(self, now: float) -> None:
+        """Adopt what the shared file says; while learning, take the window every half window
+        age and pin once ``baseline_s`` has passed; roll a pinned baseline after
+        ``baseline_roll_s``."""
+        self._adopt(self._file.changed(), now)
+        cfg = self.config
+        if self._baseline is not None:
+            if (
+                cfg.baseline_roll_s is not None
+                and now - self._baseline.pinned_at >= cfg.baseline_roll_s
+            ):
+                self._restart(self._baseline.epoch + 1, now)
+                self._file.write({"epoch": self._learner.epoch, "rolled_at": now})
+            return
+        if now - self._learnt_at >= cfg.window_age_s / 2:
+            hist, users = stratified_histograms(self._window.rows(now))
+            if users.sum() > 0:
+                self._learner.add(hist, users)
+                self._learnt_at = now
+        learner = self._learner
+        if now - learner.since >= cfg.baseline_s and learner.users.sum() >= cfg.min_users:
+            self._pin(now)
+
+    def _pin(self, now: float) -> None:
+        ref = self._reference
+        self._baseline = self._learner.pin(
+            now,
+            None if ref is None else coarsen(ref.counts),
+            None if ref is None else ref.sequence,
+        )
+        on_file = self._file.read() if self._file.path and self._file.path.exists() else None
+        if on_file is None or on_file.epoch <= self._baseline.epoch:
+            self._file.write(self._baseline.to_json())
+        log.info("attention drift baseline pinned (epoch %d)", self._baseline.epoch)
+
+    def _adopt(self, state: Any, now: float) -> None:
+        if state is None:
+            return
+        if state.baseline is not None:
+            if self._baseline is None or state.baseline.epoch >= self._baseline.epoch:
+                self._baseline = state.baseline
+        elif state.epoch > self._learner.epoch or (
+            self._baseline is not None and state.epoch > self._baseline.epoch
+        ):
+            self._restart(state.epoch, now)  # acknowledged: learn a new baseline from now
+
+    def _restart(self, epoch: int, now: float) -> None:
+        self._baseline = None
+        self._learner = BaselineLearner(epoch, now)
+        self._learnt_at = -np.inf
+        log.info("attention drift baseline: learning a new one (epoch %d)", epoch)
+
+    # ---------------------------------------------------------------- reading
+
     @property
     def rows(self) -> int:
         """Scored rows in the live window."""
         with self._lock:
-            return len(self._window)
+            return len(self._window.rows(self.clock())[0])
 
-    def drift(self) -> Drift | None:
-        """JS and PSI per statistic, or None while either side has fewer than ``min_rows``."""
+    @property
+    def baseline(self) -> Baseline | None:
         with self._lock:
-            ref, live = self._reference, self._window.counts()
-        need = self.config.min_rows
-        if ref is None or ref.rows < need or int(live[0].sum()) < need:
+            return self._baseline
+
+    def traffic_drift(self) -> Drift | None:
+        """JS and PSI per statistic of the live window against the pinned baseline; None while
+        there is no baseline or the window has fewer than ``min_rows`` rows or ``min_users``
+        users in the strata compared."""
+        now = self.clock()
+        with self._lock:
+            self._tick(now)
+            base, rows = self._baseline, self._window.rows(now)
+        if base is None or len(rows[0]) < self.config.min_rows:
             return None
-        return Drift(
-            js={name: js_divergence(live[j], ref.counts[j]) for j, name in enumerate(STAT_NAMES)},
-            psi={name: psi(ref.counts[j], live[j]) for j, name in enumerate(STAT_NAMES)},
-        )
+        hist, users = stratified_histograms(rows)
+        mixed = mixed_js(hist, users, base.dists, base.weights, self.config.min_stratum_users)
+        if mixed is None or mixed[2] < self.config.min_users:
+            return None
+        return Drift(js=mixed[0], psi=mixed[1], users=mixed[2])
+
+    def model_drift(self) -> dict[str, float] | None:
+        """JS per statistic of the serving snapshot's reference against the pinned one."""
+        with self._lock:
+            base, ref = self._baseline, self._reference
+        if base is None or base.reference is None or ref is None or ref.sequence != base.sequence:
+            return None
+        if ref.rows < self.config.min_rows or base.reference[0].sum() < self.config.min_rows:
+            return None
+        now = coarsen(ref.counts)
+        return {n: js_divergence(now[j], base.reference[j]) for j, n in enumerate(STAT_NAMES)}
 
     def live_means(self) -> dict[str, float] | None:
-        """Per statistic, the live window's mean estimated from its histogram (bin centres,
-        within half a bin width: 0.025)."""
+        """Per statistic, the mean over the live window's rows."""
         with self._lock:
-            counts = self._window.counts()
-        total = counts.sum(1)  # (7,)
-        if total[0] == 0:
+            stats = self._window.rows(self.clock())[2]
+        if stats.shape[0] == 0:
             return None
-        centres = (np.arange(BINS) + 0.5) / BINS
-        return dict(zip(STAT_NAMES, (counts @ centres / total).tolist(), strict=True))
+        return dict(zip(STAT_NAMES, stats.mean(0).tolist(), strict=True))
 
     # ---------------------------------------------------------------- prometheus
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
-        yield from self._families()
+        yield from _families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        js, ps, mean, rows, ref_rows = self._families()
-        drift, means = self.drift(), self.live_means()
+        js, ps, model_js, mean, rows, users, ref_rows, pinned, learning = _families()
+        traffic, model, means = self.traffic_drift(), self.model_drift(), self.live_means()
         for name in STAT_NAMES:
-            if drift is not None:
-                js.add_metric([name], drift.js[name])
-                ps.add_metric([name], drift.psi[name])
+            if traffic is not None:
+                js.add_metric([name], traffic.js[name])
+                ps.add_metric([name], traffic.psi[name])
+            if model is not None:
+                model_js.add_metric([name], model[name])
             if means is not None:
                 mean.add_metric([name], means[name])
+        now = self.clock()
         with self._lock:
-            rows.add_metric([], float(len(self._window)))
+            live = self._window.rows(now)
+            rows.add_metric([], float(len(live[0])))
+            users.add_metric([], float(np.unique(live[0]).size))
             ref_rows.add_metric([], float(self._reference.rows if self._reference else 0))
-        yield from (js, ps, mean, rows, ref_rows)
+            if self._baseline is not None:
+                pinned.add_metric([], self._baseline.pinned_at)
+            learning.add_metric([], float(self._baseline is None))
+        yield from (js, ps, model_js, mean, rows, users, ref_rows, pinned, learning)
 
-    @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, ...]:
-        stat = ["statistic"]
-        return (
-            GaugeMetricFamily(
-                "twinstream_attention_drift_js",
-                "Jensen-Shannon divergence (base 2) of live attention vs the snapshot reference",
-                labels=stat,
-            ),
-            GaugeMetricFamily(
-                "twinstream_attention_drift_psi",
-                "Population stability index of live attention vs the snapshot reference",
-                labels=stat,
-            ),
-            GaugeMetricFamily(
-                "twinstream_attention_live_mean",
-                "Mean of an attention statistic over the live window (from its histogram)",
-                labels=stat,
-            ),
-            GaugeMetricFamily(
-                "twinstream_attention_window_rows", "Scored rows in the live attention window"
-            ),
-            GaugeMetricFamily(
-                "twinstream_attention_reference_rows",
-                "Rows behind the serving snapshot's attention reference (0: none usable)",
-            ),
-        )
+
+def _families() -> tuple[GaugeMetricFamily, ...]:
+    stat = ["statistic"]
+    return (
+        GaugeMetricFamily(
+            "twinstream_attention_drift_js",
+            "Traffic drift: Jensen-Shannon divergence (base 2) of the live window vs the pinned "
+            "baseline (strata re-weighted, each user once)",
+            labels=stat,
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_drift_psi",
+            "Traffic drift: population stability index of the live window vs the pinned baseline",
+            labels=stat,
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_model_drift_js",
+            "Model drift: Jensen-Shannon divergence of the serving snapshot's reference vs the "
+            "reference pinned with the baseline",
+            labels=stat,
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_live_mean",
+            "Mean of an attention statistic over the live window",
+            labels=stat,
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_window_rows", "Scored rows in the live attention window"
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_window_users", "Distinct users in the live attention window"
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_reference_rows",
+            "Rows behind the serving snapshot's attention reference (0: none usable)",
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_baseline_pinned_timestamp_seconds",
+            "When the drift baseline was pinned (absent while one is learnt)",
+        ),
+        GaugeMetricFamily(
+            "twinstream_attention_baseline_learning",
+            "1 while a drift baseline is being learnt from live traffic, 0 once pinned",
+        ),
+    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from contracts.settings import Settings
 from serving.drift import AttentionDrift, DriftConfig
 
 SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -32,7 +33,7 @@ class ScoringMetrics:
     model_created: Gauge  # unix time the serving snapshot was written
     model_age: Gauge  # seconds since then, computed at scrape time
     request_to_answer: Histogram  # client sent_at to answer sent, when the client says
-    drift: AttentionDrift  # live attention window and drift gauges
+    drift: AttentionDrift  # live attention window, pinned baseline and drift gauges
 
     @classmethod
     def create(
@@ -81,7 +82,7 @@ class ScoringMetrics:
                 buckets=SCORE_BUCKETS,
                 registry=r,
             ),
-            drift=AttentionDrift(drift or DriftConfig(), r),
+            drift=AttentionDrift(drift or DriftConfig.from_settings(Settings.from_env()), r),
         )
 
 

@@ -106,7 +106,7 @@ class Scorer:
             batch = candidates_batch(model, arrays, req.items, categories)
             out = model.model(batch)
             if self.drift is not None and out.attention is not None:
-                self.drift.observe(model, batch, out.attention)
+                self.drift.observe(model, batch, out.attention, req.user_id)
         scores = torch.sigmoid(out.logits.float()).cpu().numpy()
         response: dict[str, Any] = {
             "request_id": req.request_id,
