@@ -141,5 +141,20 @@ def summarize(leaves: list[I64], x: F32 | None, log: np.ndarray) -> np.ndarray:
     out["size"] = sizes
     if n_dense:
         out["dense"] = np.add.reduceat(log["dense"][order], starts, axis=0) / sizes[:, None]
+    return out[_sequence_order(order, starts, sizes)]
+
+
+def in_sequence_order(leaves: list[I64]) -> list[I64]:
+    """``leaves`` in the order :func:`summarize` gives their clusters."""
+    if not leaves:
+        return []
+    order = np.concatenate(leaves)
+    sizes = np.array([leaf.shape[0] for leaf in leaves], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return [leaves[i] for i in _sequence_order(order, starts, sizes)]
+
+
+def _sequence_order(order: I64, starts: I64, sizes: I64) -> I64:
+    """Leaves by the mean position of their members, oldest first (ties: as given)."""
     mean_pos = np.add.reduceat(order.astype(np.float64), starts) / sizes
-    return out[np.argsort(mean_pos, kind="stable")]
+    return np.argsort(mean_pos, kind="stable")

@@ -62,6 +62,7 @@ from feature_store.cluster_leaves import (
     category_embedding,
     category_leaves,
     cluster_dtype,
+    in_sequence_order,
     split_leaves,
     summarize,
 )
@@ -265,15 +266,37 @@ def _build(
 ) -> np.ndarray:
     """Cluster the behaviours of one block."""
     part = log[int(block["built_from"]) - lo : int(block["end"]) - lo]
+    leaves, x = _leaves(block, part, config, embedder)
+    return summarize(leaves, x, part)  # x None: one category per leaf, no centroid needed
+
+
+def _leaves(
+    block: np.void, part: np.ndarray, config: ClusterConfig, embedder: ItemEmbedder | None
+) -> tuple[list[I64], F32 | None]:
+    """The leaves of one block's behaviours ``part`` and the vectors they were split by."""
     level = int(block["level"])
     cap = config.leaf_cap(level)
     if embedder is None:  # the block's share of cluster_bound caps its category leaves
         nominal = config.base << level if _complete(block, config.base) else config.base - 1
         leaves = category_leaves(part["category"], cap, leaf_bound(nominal, cap, config))
         if leaves is not None:
-            return summarize(leaves, None, part)  # one category per leaf: no centroid needed
+            return leaves, None
     x = _embed(part, embedder)
-    return summarize(split_leaves(x, cap, config), x, part)
+    return split_leaves(x, cap, config), x
+
+
+def members_as_of(
+    log: np.ndarray, total: int, config: ClusterConfig, embedder: ItemEmbedder | None = None
+) -> list[I64]:
+    """The positions in ``log`` of each cluster's members, in the order of
+    :func:`sequence_as_of` (for measuring what a cluster stands for, e.g. retrieval quality)."""
+    upto = clustered_upto(total, config)
+    out: list[I64] = []
+    for block in advance_layout(np.zeros(0, BLOCK_DTYPE), 0, upto, config):
+        first = int(block["built_from"])
+        leaves, _ = _leaves(block, log[first : int(block["end"])], config, embedder)
+        out += [first + leaf for leaf in in_sequence_order(leaves)]
+    return out + [np.array([p], dtype=np.int64) for p in range(upto, total)]
 
 
 def _embed(part: np.ndarray, embedder: ItemEmbedder | None) -> F32:

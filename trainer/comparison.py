@@ -29,6 +29,8 @@ class Summary:
     samples_per_s: float  # mean over runs
     ndcg_exact: float | None
     ndcg_truth: float | None
+    ndcg_history: float | None = None  # retrieval.history_ndcg, with a truth file
+    attended_length: float | None = None  # mean real positions of the attended sequence
 
 
 def summarise(results: list[RunResult]) -> list[Summary]:
@@ -46,6 +48,10 @@ def summarise(results: list[RunResult]) -> list[Summary]:
                 float(np.mean([r.samples_per_s for r in rs])),
                 finite_mean([np.nan if r.ndcg_exact is None else r.ndcg_exact for r in rs]),
                 finite_mean([np.nan if r.ndcg_truth is None else r.ndcg_truth for r in rs]),
+                finite_mean([np.nan if r.ndcg_history is None else r.ndcg_history for r in rs]),
+                finite_mean(
+                    [np.nan if r.attended_length is None else r.attended_length for r in rs]
+                ),
             )
         )
     return out

@@ -28,7 +28,7 @@ from trainer.dataset import OfflineDataset, Samples, Split
 from trainer.loop import Learner, LearnerConfig
 from trainer.metrics import auc, gauc, logloss
 from trainer.offline_clusters import ItemTable
-from trainer.retrieval import TruthIndex, ndcg_at_k, window_relevance
+from trainer.retrieval import TruthIndex, history_ndcg, ndcg_at_k, window_relevance
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,11 @@ class Profile:
     """Attention weight summed by relative position (0 = most recent) and how often it was real."""
 
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lengths: list[float] = field(default_factory=list)  # real positions per sample
     count: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ndcg_exact: list[float] = field(default_factory=list)
     ndcg_truth: list[float] = field(default_factory=list)
+    ndcg_history: list[float] = field(default_factory=list)  # retrieval.history_ndcg
 
     def add(self, attention: torch.Tensor, mask: torch.Tensor) -> None:
         """Accumulate (B, S) right-aligned attention weights of the real positions."""
@@ -91,6 +93,8 @@ class RunResult:
     attention_by_position: list[float]
     ndcg_exact: float | None
     ndcg_truth: float | None
+    ndcg_history: float | None = None  # against the truth over the whole history
+    attended_length: float | None = None  # mean real positions (behaviours or clusters) attended
 
     @property
     def samples_per_s(self) -> float:
@@ -147,14 +151,44 @@ def _profile(
     on_clusters = attends == "cluster"
     mask = batch.cluster_mask if on_clusters else batch.hist_mask
     profile.add(out.attention, mask.to(out.attention.device))
-    if out.attended_index is None or on_clusters:
+    profile.lengths.extend(mask.sum(1).tolist())
+    if out.attended_index is None:
         return
     top = out.attended_index.cpu().numpy()
+    if truth is not None:
+        units = unit_members(ds, part, top, mask.shape[1], on_clusters)
+        relevant = [truth.get(key, np.zeros(0, np.int64)) for key in truth_keys(ds, part)]
+        profile.ndcg_history.extend(history_ndcg(units, relevant, top.shape[1]).tolist())
+    if on_clusters:
+        return
     if exact is not None:
         profile.ndcg_exact.extend(ndcg_at_k(top, exact(batch).float().cpu().numpy()).tolist())
     if truth is not None:
         rel, has = window_relevance(ds, part, truth)
         profile.ndcg_truth.extend(ndcg_at_k(top[has], rel[has]).tolist())
+
+
+def truth_keys(ds: OfflineDataset, part: Samples) -> list[tuple[str, int]]:
+    """(user id, target position in the user's sequence) of each sample: the truth's keys."""
+    local = part.position - ds.behaviours.user_start[part.user]
+    return [(str(ds.users[u]), int(k)) for u, k in zip(part.user, local, strict=True)]
+
+
+def unit_members(
+    ds: OfflineDataset, part: Samples, top: np.ndarray, width: int, on_clusters: bool
+) -> list[list[np.ndarray]]:
+    """The user positions each retrieved slot stands for (-1 slots: nothing): a behaviour of the
+    right-aligned window, or the members of a right-aligned cluster."""
+    out = []
+    for (_, k), u, slots in zip(truth_keys(ds, part), part.user, top, strict=True):
+        if on_clusters:
+            members = ds.clusters.members(ds.logs[u], k)
+            first = len(members) - width  # slot 0 holds cluster `first` (may be padding)
+            units = [members[first + s] if s >= 0 else np.zeros(0, np.int64) for s in slots]
+        else:
+            units = [np.array([k - width + s]) if s >= 0 else np.zeros(0, np.int64) for s in slots]
+        out.append(units)
+    return out
 
 
 def train_epoch(learner: Learner, ds: OfflineDataset, cfg: EvalConfig, seed: int, bar: tqdm) -> int:
@@ -242,6 +276,7 @@ def train_one(
     exact = exact_attention_fn(learner)
     test = evaluate_split(learner, ds, "test", cfg.eval_batch_size, profile, exact, truth)
     ndcg = finite_mean(profile.ndcg_exact), finite_mean(profile.ndcg_truth)
+    history = finite_mean(profile.ndcg_history), finite_mean(profile.lengths)
     return RunResult(
         name,
         seed,
@@ -253,6 +288,7 @@ def train_one(
         result.samples,
         profile.mean(),
         *ndcg,
+        *history,
     )
 
 

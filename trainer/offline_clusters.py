@@ -35,6 +35,7 @@ from feature_store.clustering import (
     ClusterState,
     ItemEmbedder,
     clustered_upto,
+    members_as_of,
     update,
     with_singletons,
 )
@@ -83,6 +84,10 @@ class OfflineClusters:
             state = update(ClusterState(), user_log[:upto], 0, self.config, self.embedder)
             clustered = self._cache[(user, upto)] = state.clusters
         return with_singletons(clustered, user_log[upto:p])
+
+    def members(self, user_log: np.ndarray, p: int) -> list[Int]:
+        """The user positions each cluster of :meth:`sequence` stands for (not cached)."""
+        return members_as_of(user_log, p, self.config, self.embedder)
 
 
 def user_logs(

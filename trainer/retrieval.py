@@ -105,3 +105,30 @@ def window_relevance(
         rel[i, slot] = 1.0
         has[i] = slot.size > 0
     return rel, has
+
+
+def history_ndcg(
+    retrieved: list[list[npt.NDArray[np.int64]]],
+    relevant: list[npt.NDArray[np.int64]],
+    k: int,
+) -> npt.NDArray[np.float64]:
+    """NDCG@k of retrieved *units* against planted truth over the user's whole history.
+
+    ``retrieved[i]``: the top-k units of sample i, best first, each the positions (in the user's
+    behaviour sequence) it stands for: one behaviour for TWIN, a cluster's members for TWIN-V2. A
+    unit gains the share of its members that are relevant; the ideal is ``min(k, |relevant|)``
+    units that are wholly relevant. So a model that only sees a recent window, or a cluster that
+    mixes relevant with other behaviours, scores below one on the same scale.
+
+    >>> history_ndcg([[np.array([5]), np.array([1, 2])]], [np.array([1, 5])], k=2).round(3)
+    array([0.807])
+    """
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)
+    out = np.full(len(retrieved), np.nan)
+    for i, (units, rel) in enumerate(zip(retrieved, relevant, strict=True)):
+        if not rel.size:
+            continue
+        gains = [np.isin(u, rel).mean() if u.size else 0.0 for u in units[:k]]
+        ideal = discount[: min(k, rel.size)].sum()
+        out[i] = float(np.dot(gains, discount[: len(gains)])) / ideal
+    return out

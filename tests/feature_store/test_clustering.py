@@ -205,3 +205,19 @@ def test_capped_oldest_block_is_rebuilt_only_past_the_slack() -> None:
         firsts.append((lo, int(cs.blocks["built_from"][0])))
     assert any(built < lo for lo, built in firsts)  # kept while within the slack
     assert any(built == lo > 0 for lo, built in firsts)  # rebuilt past it
+
+
+def test_members_as_of_match_the_sequence_the_worker_holds() -> None:
+    from feature_store.clustering import members_as_of, sequence_as_of
+
+    log, cfg, emb = make_log(700, n_items=90), ClusterConfig(), TableEmbedder(90, 8)
+    for embedder in (None, emb):
+        for total in (0, 63, 64, 300, 700):
+            seq = sequence_as_of(log, total, cfg, embedder)
+            members = members_as_of(log, total, cfg, embedder)
+            assert [m.shape[0] for m in members] == seq["size"].tolist()
+            covered = np.concatenate([np.zeros(0, np.int64), *members])
+            assert np.array_equal(np.sort(covered), np.arange(total))  # each behaviour once
+            for rep, m in zip(seq["item"], members, strict=True):
+                assert rep in log["item"][m]  # the representative is one of the members
+            assert seq["size"].max(initial=0) <= cfg.max_leaf  # below B: every leaf <= gamma
