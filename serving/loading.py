@@ -1,18 +1,18 @@
-"""Loading a snapshot to serve or resume: every file verified against the manifest's sha256,
-weights read with safetensors (never unpickled), optionally paced (:class:`Pacer`) so that a
-reload beside live scoring takes a bounded share of a core.
+"""Loading a snapshot to serve or resume: every file read safely (:mod:`serving.files`: no
+symlinks or special files, bounded in size and time) and verified against the manifest's sha256,
+the manifest against its HMAC where a key is set (:mod:`serving.signing`), weights read as
+safetensors (never unpickled), optionally paced (:class:`Pacer`) so that a reload beside live
+scoring takes a bounded share of a core.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import safetensors.torch
 import torch
 
 from feature_store.sample_format import SampleArrays
@@ -20,9 +20,12 @@ from models.base import CTRModel, ModelConfig, ModelOutput
 from models.batch import Batch
 from models.registry import build_model
 from serving.features import FeatureMapper, MapperConfig
+from serving.files import Limits, read_private, read_safetensors
 from serving.manifest import (
     IDMAPS_FILE,
+    MAC_FILE,
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
     MODEL_FILE,
     OPTIMIZER_FILE,
     REQUIRED_FILES,
@@ -30,6 +33,7 @@ from serving.manifest import (
     SnapshotError,
     sha256_hex,
 )
+from serving.signing import Signer
 
 
 @dataclass
@@ -68,7 +72,13 @@ class LoadedSnapshot:
         """The verified optimizer state (trainer resume), if the snapshot has one."""
         if OPTIMIZER_FILE not in self.manifest.files:
             return None
-        return _read_verified(self.path, OPTIMIZER_FILE, self.manifest.files[OPTIMIZER_FILE])
+        private = read_private(self.path, OPTIMIZER_FILE, Limits(DEFAULT_MAX_FILE_BYTES))
+        if private.sha256 != self.manifest.files[OPTIMIZER_FILE]:
+            raise SnapshotError("checksum", f"{OPTIMIZER_FILE}: sha256 differs from the manifest")
+        return private.bytes()
+
+
+DEFAULT_MAX_FILE_BYTES = 1 << 36  # 64 GiB: no single snapshot file is larger
 
 
 def load_snapshot(
@@ -79,30 +89,53 @@ def load_snapshot(
     manifest_sha256: str | None = None,
     device: str | torch.device = "cpu",
     duty: float = 1.0,
+    signer: Signer | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    timeout_s: float | None = None,
 ) -> LoadedSnapshot:
     """Verify and load a snapshot folder; :class:`SnapshotError` says why one is refused.
 
-    Checks, in order: the manifest exists and parses (its sha256 equals ``manifest_sha256``
-    when given, e.g. the one announced on model-updates), its format is not newer than this
-    code's, the model and config are the expected ones, the weights and id maps exist with their
-    sha256 (the optimizer file is verified when :meth:`LoadedSnapshot.optimizer_bytes` reads
-    it), and they fit the model the manifest describes.
+    Checks, in order: the folder is a folder (not a symlink), the manifest is a regular file that
+    parses (its sha256 equals ``manifest_sha256`` when given, e.g. the one announced on
+    model-updates; ``manifest.mac`` signs it when ``signer`` has a key), its format is not newer
+    than this code's, the model and config are the expected ones, the weights and id maps are
+    regular files of at most ``max_file_bytes`` with their sha256 (the optimizer file is verified
+    when :meth:`LoadedSnapshot.optimizer_bytes` reads it), and they fit the model the manifest
+    describes. Reading everything takes at most ``timeout_s`` ("timeout").
     """
     path = Path(path)
-    raw = _read(path / MANIFEST_FILE)
+    deadline = time.monotonic() + (float("inf") if timeout_s is None else timeout_s)
+    raw = read_private(path, MANIFEST_FILE, Limits(MAX_MANIFEST_BYTES, deadline)).bytes()
     digest = sha256_hex(raw)
     if manifest_sha256 is not None and digest != manifest_sha256:
         raise SnapshotError("checksum", f"manifest sha256 {digest} != {manifest_sha256}")
+    _check_signature(path, raw, signer, deadline)
     manifest = Manifest.from_json(raw)
     _check_expected(manifest, expect, expect_model)
     missing = [name for name in REQUIRED_FILES if name not in manifest.files]
     if missing:
         raise SnapshotError("corrupt", f"manifest lists no {missing}")
-    pace = Pacer(duty)
-    files = {name: _verified(path, name, manifest.files[name], pace) for name in REQUIRED_FILES}
-    model = _load_model(manifest, files[MODEL_FILE], torch.device(device), pace)
-    mapper = _load_mapper(manifest.mapper, manifest.config, files[IDMAPS_FILE], pace)
+    pace, limits = Pacer(duty), Limits(max_file_bytes, deadline)
+    files = {
+        name: _verified(path, name, manifest.files[name], limits, pace) for name in REQUIRED_FILES
+    }
+    model = _load_model(manifest, files[MODEL_FILE], torch.device(device))
+    mapper = _load_mapper(manifest.mapper, manifest.config, files[IDMAPS_FILE])
     return LoadedSnapshot(path, manifest, digest, model, mapper, torch.device(device))
+
+
+def _check_signature(path: Path, raw: bytes, signer: Signer | None, deadline: float) -> None:
+    """Where ``signer`` has a key, ``manifest.mac`` must sign ``raw`` ("signature")."""
+    if signer is None or not signer.enabled:
+        return
+    try:
+        mac = read_private(path, MAC_FILE, Limits(256, deadline)).bytes().decode().strip()
+    except SnapshotError as err:
+        raise SnapshotError("signature", f"no readable {MAC_FILE}: {err}") from None
+    except UnicodeDecodeError:
+        mac = ""
+    if not signer.verify("manifest", raw, mac):
+        raise SnapshotError("signature", f"{MAC_FILE} does not sign the manifest")
 
 
 def _check_expected(manifest: Manifest, expect: ModelConfig | None, name: str | None) -> None:
@@ -115,25 +148,6 @@ def _check_expected(manifest: Manifest, expect: ModelConfig | None, name: str | 
             if v != expect.to_dict()[k]
         }
         raise SnapshotError("config", f"config differs (snapshot, expected): {diff}")
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SnapshotError("missing", f"{path} does not exist") from None
-    except OSError as err:
-        raise SnapshotError("missing", f"{path}: {err}") from None
-
-
-def _read_verified(folder: Path, name: str, sha: str) -> bytes:
-    data = _read(folder / name)
-    if sha256_hex(data) != sha:
-        raise SnapshotError("checksum", f"{name}: sha256 differs from the manifest")
-    return data
-
-
-CHUNK_BYTES = 1 << 20
 
 
 class Pacer:
@@ -151,65 +165,26 @@ class Pacer:
             time.sleep((time.perf_counter() - started) * (1.0 - self.duty) / self.duty)
 
 
-def _verified(folder: Path, name: str, sha: str, pace: Pacer) -> Path:
-    """``folder/name`` once its sha256 equals the manifest's (hashed in chunks, without the
-    GIL and without holding the whole file in memory)."""
-    path = folder / name
-    try:
-        digest = hashlib.sha256()
-        with path.open("rb") as file:
-            while True:
-                started = time.perf_counter()
-                if not (chunk := file.read(CHUNK_BYTES)):
-                    break
-                digest.update(chunk)
-                pace(started)
-        digest_hex = digest.hexdigest()
-    except FileNotFoundError:
-        raise SnapshotError("missing", f"{path} does not exist") from None
-    except OSError as err:
-        raise SnapshotError("missing", f"{path}: {err}") from None
-    if digest_hex != sha:
-        raise SnapshotError("checksum", f"{name}: sha256 differs from the manifest")
-    return path
+def _verified(
+    folder: Path, name: str, sha: str, limits: Limits, pace: Pacer
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``folder/name``, read once into private memory (in chunks, paced, the GIL
+    released while reading and hashing) once their sha256 equals the manifest's. The serving
+    model never depends on the file: a snapshot pruned, truncated or rewritten later cannot
+    change or fault it."""
+    return read_safetensors(folder, name, sha, limits, pace)
 
 
-def _tensors(path: Path, pace: Pacer) -> dict[str, torch.Tensor]:
-    """The tensors of a verified safetensors file, copied into private memory.
-
-    ``load_file`` maps the file lazily (no long copy under the GIL, which would pause the
-    scoring threads); :func:`_copy` then copies it with the GIL released, so the serving model
-    never depends on the file (a snapshot pruned or truncated later cannot fault it).
-    """
-    try:
-        mapped = safetensors.torch.load_file(path)
-    except Exception as err:  # safetensors raises its own error types
-        raise SnapshotError(
-            "corrupt", f"{path.name} is not a valid safetensors file: {err}"
-        ) from None
-    return {name: _copy(tensor, pace) for name, tensor in mapped.items()}
-
-
-def _copy(tensor: torch.Tensor, pace: Pacer) -> torch.Tensor:
-    """A private copy, made in chunks of ``CHUNK_BYTES`` (torch copies without the GIL)."""
-    out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    src, dst = tensor.reshape(-1), out.view(-1)
-    step = max(1, CHUNK_BYTES // max(1, tensor.element_size()))
-    for start in range(0, src.numel(), step):
-        began = time.perf_counter()
-        dst[start : start + step].copy_(src[start : start + step])
-        pace(began)
-    return out
-
-
-def _load_model(manifest: Manifest, path: Path, device: torch.device, pace: Pacer) -> CTRModel:
+def _load_model(
+    manifest: Manifest, tensors: dict[str, torch.Tensor], device: torch.device
+) -> CTRModel:
     try:
         with torch.device("meta"):  # no random init: the weights replace every tensor
             model = build_model(manifest.model, manifest.config)
     except ValueError as err:
         raise SnapshotError("corrupt", str(err)) from None
     try:
-        model.load_state_dict(_tensors(path, pace), strict=True, assign=True)
+        model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as err:
         raise SnapshotError("corrupt", f"weights do not fit the model: {err}") from None
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
@@ -218,13 +193,13 @@ def _load_model(manifest: Manifest, path: Path, device: torch.device, pace: Pace
 
 
 def _load_mapper(
-    config: MapperConfig, model: ModelConfig, path: Path, pace: Pacer
+    config: MapperConfig, model: ModelConfig, tensors: dict[str, torch.Tensor]
 ) -> FeatureMapper:
     if (config.n_items, config.n_categories) != (model.n_items, model.n_categories):
         raise SnapshotError("corrupt", "id-map capacities differ from the embedding tables")
     mapper = FeatureMapper(config)
     try:
-        mapper.load_state_dict(_tensors(path, pace))
+        mapper.load_state_dict(tensors)
     except (KeyError, ValueError) as err:
         raise SnapshotError("corrupt", f"id maps: {err!r}") from None
     return mapper

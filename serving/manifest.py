@@ -1,6 +1,6 @@
 """The snapshot manifest (``manifest.json``): format, version, model and configs, trained
-offsets, metrics, the attention reference and the sha256 of every other file; and
-:class:`SnapshotError` with its closed set of reasons.
+offsets, metrics, the attention reference and the sha256 of every other file (``manifest.mac``
+signs it where a key is set); and :class:`SnapshotError` with its closed set of reasons.
 """
 
 from __future__ import annotations
@@ -15,15 +15,30 @@ from models.base import ModelConfig
 from serving.features import MapperConfig
 
 FORMAT_VERSION = 1
-MODEL_FILE, IDMAPS_FILE, OPTIMIZER_FILE, MANIFEST_FILE = (
+MODEL_FILE, IDMAPS_FILE, OPTIMIZER_FILE, MANIFEST_FILE, MAC_FILE = (
     "model.safetensors",
     "idmaps.safetensors",
     "optimizer.safetensors",
     "manifest.json",
+    "manifest.mac",  # hex HMAC of manifest.json (serving.signing), written when a key is set
 )
+MAX_MANIFEST_BYTES = 1 << 24
 REQUIRED_FILES = (MODEL_FILE, IDMAPS_FILE)
-Reason = Literal["missing", "checksum", "format", "config", "corrupt"]
-REASONS: tuple[Reason, ...] = ("missing", "checksum", "format", "config", "corrupt")
+Reason = Literal[
+    "missing", "checksum", "format", "config", "corrupt", "unsafe", "signature", "timeout"
+]
+# unsafe: a symlink, special file, path outside the folder or file over its size bound;
+# signature: no or a wrong HMAC where a key is set; timeout: a read slower than allowed
+REASONS: tuple[Reason, ...] = (
+    "missing",
+    "checksum",
+    "format",
+    "config",
+    "corrupt",
+    "unsafe",
+    "signature",
+    "timeout",
+)
 
 
 class SnapshotError(Exception):

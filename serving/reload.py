@@ -1,9 +1,12 @@
 """Hot reload: watch ``model-updates`` (and the snapshot folder at start), load and verify each
 new snapshot beside the serving one, then swap it in with one reference assignment.
 
-A snapshot that is truncated, has a wrong checksum, another model config or a newer format is
-refused, counted (``twinstream_model_reload_failures_total{reason}``) and logged; the serving model
-stays. Loading runs on this watcher's thread, never on the request path.
+A snapshot that is truncated, has a wrong checksum, another model config or a newer format, that
+is a symlink or a special file, is too large or too slow to read, or (where a key is set) is not
+signed by the trainer is refused, counted (``twinstream_model_reload_failures_total{reason}``,
+reasons :data:`FAILURE_REASONS`) and logged; the serving model stays. An announcement names a
+version, read from the worker's own snapshot folder, never a path. Loading runs on this
+watcher's thread, never on the request path.
 """
 
 from __future__ import annotations
@@ -11,16 +14,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from contracts.settings import Settings
 from models import ModelConfig
+from serving.manifest import REASONS, SnapshotError
 from serving.metrics import ScoringMetrics
 from serving.scorer import ModelHolder
+from serving.signing import Signer
+from serving.snapshot import list_snapshots, version_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,26 @@ def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
     return True
 
 
+ANNOUNCEMENT_MAX_BYTES = 64 * 1024
+MAX_VERSION = 10**15  # beyond any real count of snapshots and deltas
+FAILURE_REASONS = (*REASONS, "bad_announcement")  # twinstream_model_reload_failures_total
+
+
+def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    """The value of Kafka header ``name`` (the first one), or None."""
+    for key, value in headers or ():
+        if key == name:
+            return value
+    return None
+
+
 class SnapshotWatcher:
+    """Serves the trainer's snapshots: from the worker's own folder at start, then each one
+    announced on ``model-updates`` (by version, read from ``snapshot_dir``: an announcement never
+    names a path of its own). Where a key is set every announcement and manifest must carry the
+    trainer's HMAC (:mod:`serving.signing`). A refused message is logged and counted
+    (``twinstream_model_reload_failures_total{reason}``) and never blocks a later one."""
+
     def __init__(
         self,
         settings: Settings,
@@ -55,6 +82,7 @@ class SnapshotWatcher:
     ) -> None:
         self.settings, self.holder, self.metrics = settings, holder, metrics
         self.snapshot_dir = snapshot_dir
+        self.signer = Signer.of(settings.model_hmac_key)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
 
@@ -65,10 +93,14 @@ class SnapshotWatcher:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def refuse(self, reason: str, what: object, detail: object) -> None:
+        """Count and log one refused message or snapshot."""
+        self.metrics.reload_failures.labels(reason=reason).inc()
+        log.warning("refused %s (%s): %s", what, reason, detail)
+
     def load(self, path: Path, manifest_sha256: str | None = None) -> bool:
         """Verify and swap in the snapshot at ``path``; False when refused or not newer."""
         from serving.loading import load_snapshot
-        from serving.manifest import SnapshotError
 
         try:
             snapshot = load_snapshot(
@@ -76,10 +108,12 @@ class SnapshotWatcher:
                 expect=self._expected_config(),
                 manifest_sha256=manifest_sha256,
                 duty=LOADER_DUTY,
+                signer=self.signer,
+                max_file_bytes=self.settings.model_max_file_bytes,
+                timeout_s=self.settings.model_read_timeout_s,
             )
         except SnapshotError as err:
-            self.metrics.reload_failures.labels(reason=err.reason).inc()
-            log.warning("refused snapshot %s: %s", path, err)
+            self.refuse(err.reason, f"snapshot {path}", err)
             return False
         if not self.holder.swap(snapshot):
             return False
@@ -102,26 +136,53 @@ class SnapshotWatcher:
             while not self._stop.is_set():
                 batch = consumer.poll(timeout_ms=200)
                 records = [r for part in batch.values() for r in part]
-                if records:  # only the newest announcement matters; older ones are superseded
-                    self._announced(max(records, key=lambda r: r.offset).value)
+                self.handle(sorted(records, key=lambda r: r.offset))
         finally:
             consumer.close()
 
+    def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        """Act on a batch of ``model-updates`` records: only the newest valid announcement
+        matters (older ones are superseded); a refused one falls back to the one before."""
+        for record in reversed(records):
+            try:
+                if self._announced(record.value, header(record.headers, "mac")):
+                    return
+            except Exception:  # one bad message must never stop the watcher's thread
+                log.exception("model-updates offset %d", record.offset)
+                self.metrics.reload_failures.labels(reason="corrupt").inc()
+
     def _load_latest(self, folder: Path) -> None:
-        from serving.snapshot import latest_snapshot
+        """The newest snapshot of ``folder`` that verifies (a refused one never hides older
+        valid ones)."""
+        for path in reversed(list_snapshots(folder)):
+            if self.load(path):
+                return
 
-        path = latest_snapshot(folder)
-        if path is not None:
-            self.load(path)
-
-    def _announced(self, value: bytes) -> None:
+    def _announced(self, value: bytes | None, mac: bytes | None) -> bool:
+        """Load the announced snapshot; True when it is served (or already served)."""
+        if value is None or len(value) > ANNOUNCEMENT_MAX_BYTES:
+            self.refuse("bad_announcement", "announcement", "empty or too large")
+            return False
+        if not self.signer.verify("announcement", value, None if mac is None else mac.decode()):
+            self.refuse("signature", "announcement", "no or a wrong HMAC")
+            return False
         try:
             message = orjson.loads(value)
-            path, digest = Path(message["path"]), message.get("manifest_sha256")
+            version, digest = message["version"], message.get("manifest_sha256")
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            self.metrics.reload_failures.labels(reason="bad_announcement").inc()
-            return
-        self.load(path, digest if isinstance(digest, str) else None)
+            self.refuse("bad_announcement", "announcement", value[:80])
+            return False
+        if not isinstance(version, int) or not 0 < version < MAX_VERSION:
+            self.refuse("bad_announcement", "announcement", f"version {version!r}")
+            return False
+        current = self.holder.model
+        if current is not None and current.version >= version:
+            return True
+        if self.snapshot_dir is None:
+            self.refuse("missing", f"snapshot v{version}", "this worker has no snapshot folder")
+            return False
+        path = version_dir(self.snapshot_dir, version)
+        return self.load(path, digest if isinstance(digest, str) else None)
 
     def _consumer(self) -> KafkaConsumer:
         topic = self.settings.topics.model_updates

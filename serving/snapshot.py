@@ -43,6 +43,7 @@ from models.base import CTRModel
 from serving.features import FeatureMapper
 from serving.manifest import (
     IDMAPS_FILE,
+    MAC_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -50,6 +51,7 @@ from serving.manifest import (
     SnapshotError,
     sha256_hex,
 )
+from serving.signing import Signer
 
 _VERSION_DIR = re.compile(r"^v(\d{8,})$")
 
@@ -84,9 +86,24 @@ def version_dir(directory: Path, version: int) -> Path:
     return Path(directory) / f"v{version:08d}"
 
 
-def write_snapshot(directory: Path, version: int, content: SnapshotContent) -> WrittenSnapshot:
+def write_snapshot(
+    directory: Path, version: int, content: SnapshotContent, signer: Signer | None = None
+) -> WrittenSnapshot:
     """Write snapshot ``version`` atomically (temp folder, fsync, rename); nothing partial stays
-    behind on failure. Raises ``FileExistsError`` when that version exists already."""
+    behind on failure. Raises ``FileExistsError`` when that version exists already. With a
+    ``signer`` that has a key, ``manifest.mac`` signs the manifest."""
+    return write_payloads(directory, version, content, _payloads(content), signer)
+
+
+def write_payloads(
+    directory: Path,
+    version: int,
+    content: SnapshotContent,
+    payloads: dict[str, bytes],
+    signer: Signer | None = None,
+) -> WrittenSnapshot:
+    """:func:`write_snapshot` with the files' bytes already made (:func:`snapshot_payloads`;
+    the trainer makes them on its thread and writes them on another)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = version_dir(directory, version)
@@ -95,10 +112,13 @@ def write_snapshot(directory: Path, version: int, content: SnapshotContent) -> W
     tmp = directory / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        files = {name: _write(tmp / name, data) for name, data in _payloads(content).items()}
+        files = {name: _write(tmp / name, data) for name, data in payloads.items()}
         manifest = _manifest(version, content, files)
         raw = manifest.to_json()
         _write(tmp / MANIFEST_FILE, raw)
+        mac = None if signer is None else signer.sign("manifest", raw)
+        if mac is not None:
+            _write(tmp / MAC_FILE, mac.encode())
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(directory)
@@ -106,6 +126,11 @@ def write_snapshot(directory: Path, version: int, content: SnapshotContent) -> W
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return WrittenSnapshot(final, manifest, sha256_hex(raw))
+
+
+def snapshot_payloads(content: SnapshotContent) -> dict[str, bytes]:
+    """The files of a snapshot of ``content`` as bytes (weights, id maps, optimizer state)."""
+    return _payloads(content)
 
 
 def _payloads(content: SnapshotContent) -> dict[str, bytes]:

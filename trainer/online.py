@@ -41,6 +41,7 @@ from models.batch import Batch
 from models.registry import build_model
 from serving.attention import AttentionWindow, attended_sequence, attention_stats
 from serving.features import FeatureMapper, NewRows, RawIds
+from serving.signing import Signer
 from serving.snapshot import (
     SnapshotContent,
     WrittenSnapshot,
@@ -303,7 +304,10 @@ class OnlineTrainer:
             return None
         try:
             written = write_snapshot(
-                self.config.snapshot_dir, self.version, self._content(offsets, metrics, counts)
+                self.config.snapshot_dir,
+                self.version,
+                self._content(offsets, metrics, counts),
+                Signer.of(self.settings.model_hmac_key),
             )
         except OSError:
             log.exception("snapshot v%d failed at step %d", self.version, self.step)

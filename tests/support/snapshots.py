@@ -9,16 +9,17 @@ import numpy as np
 
 from models import ModelConfig, build_model
 from serving.features import FeatureMapper, MapperConfig, RawIds
+from serving.signing import Signer
 from serving.snapshot import SnapshotContent, WrittenSnapshot, write_snapshot
 
 SCORING_CONFIG = ModelConfig(n_items=50_000, n_categories=5_000, dim=8, seq_len=50, topk=5)
 
 
 def write_scoring_snapshot(
-    folder: Path, version: int, items: np.ndarray, cats: np.ndarray
+    folder: Path, version: int, items: np.ndarray, cats: np.ndarray, signer: Signer | None = None
 ) -> WrittenSnapshot:
-    """Snapshot ``version`` under ``folder``; its answers carry up to ``seq_len`` (50) of a
-    user's recent behaviours as ``history_length``."""
+    """Snapshot ``version`` under ``folder`` (``manifest.mac`` signed by ``signer``); its answers
+    carry up to ``seq_len`` (50) of a user's recent behaviours as ``history_length``."""
     mapper = FeatureMapper(MapperConfig.for_model(SCORING_CONFIG))
     mapper.observe(RawIds(items=items, categories=cats))
     content = SnapshotContent(
@@ -30,4 +31,4 @@ def write_scoring_snapshot(
         step=version,
         samples=0,
     )
-    return write_snapshot(folder, version, content)
+    return write_snapshot(folder, version, content, signer)
