@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "device": Flag("cpu, cuda, cuda:1 (default: CUDA if present)"),
         "progress": Flag(),
         "cluster_warmup_epochs": Flag("TWIN-V2: epochs by category first", int),
+        "twin_v2_recent": Flag("TWIN-V2 also attends over the recent sequence"),
     })  # fmt: skip
     dataset = p.add_argument_group("dataset")
     add_fields(dataset, DatasetConfig, {

@@ -47,6 +47,7 @@ class EvalConfig:
     max_batches: int | None = None  # per epoch, for smoke runs
     progress: bool = True
     cluster_warmup_epochs: int = 1  # TWIN-V2: epochs clustered by category before the model's own
+    twin_v2_recent: bool = False  # TWIN-V2 also attends over the recent sequence (ModelConfig)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def model_config(ds: OfflineDataset, cfg: EvalConfig) -> ModelConfig:
         dim=cfg.dim,
         seq_len=ds.config.seq_len,
         topk=min(cfg.topk, ds.config.seq_len),
+        twin_v2_recent=cfg.twin_v2_recent,
     )
 
 
