@@ -26,6 +26,7 @@ impressions. A timer calls :meth:`tick` to close expired attribution windows (ex
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ from feature_store.delayed_labels import PendingImpressions
 from feature_store.sampler_journal import SamplerJournal
 from feature_store.samples import SampleBuilder, SampleConfig
 from feature_store.state import Admission, LateEvent, StateConfig, UserState
+from feature_store.state_delta import Records, changelog_state_records, full_size
+from feature_store.state_layout import Parts, mark_written, state_parts
 from feature_store.store import StateStore
 
 
@@ -48,6 +51,7 @@ class FeatureConfig:
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     samples: SampleConfig = field(default_factory=SampleConfig)
     sampler_checkpoint_every: int = 100  # batches that observe items, per sampler checkpoint
+    state_cache_bytes: int = 256 * 2**20  # states kept decoded between batches, per partition
 
     def __post_init__(self) -> None:
         if self.clusters.lifelong_cap != self.state.lifelong_cap:
@@ -87,13 +91,34 @@ class BatchResult:
     states: dict[str, UserState] = field(default_factory=dict)
     offset: int | None = None
     meta: MetaChanges = field(default_factory=dict)  # pending impressions, sampler
-    _encoded: dict[str, bytes] | None = field(default=None, repr=False)
+    parts: dict[str, Parts] = field(default_factory=dict)  # store writes of the changed states
+    changelog: Records = field(default_factory=list)  # their deltas or checkpoints
 
-    def encoded_states(self) -> dict[str, bytes]:
-        """The touched states, encoded once (for the changelog and the local write)."""
-        if self._encoded is None:
-            self._encoded = {user: state.encode() for user, state in self.states.items()}
-        return self._encoded
+
+class StateCache:
+    """Committed states kept decoded between batches, least recently used out first, up to a
+    budget in bytes. A batch takes its states out and gives them back once committed, so a
+    batch that fails leaves nothing half-applied here: the next one reads the store."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.size = budget, 0
+        self._states: OrderedDict[str, tuple[UserState, int]] = OrderedDict()
+
+    def take(self, user: str) -> UserState | None:
+        found = self._states.pop(user, None)
+        if found is None:
+            return None
+        self.size -= found[1]
+        return found[0]
+
+    def give(self, states: dict[str, UserState]) -> None:
+        for user, state in states.items():
+            self.take(user)
+            size = full_size(state)
+            self._states[user] = (state, size)
+            self.size += size
+        while self.size > self.budget and self._states:
+            self.size -= self._states.popitem(last=False)[1][1]
 
 
 class PartitionWorker:
@@ -109,6 +134,7 @@ class PartitionWorker:
         self.store, self.partition = store, partition
         self.config = config or FeatureConfig()
         self.embedder = embedder
+        self.cache = StateCache(self.config.state_cache_bytes)
         self.watermark: float | None = None
         self.sampler_journal = SamplerJournal(partition, self.config.sampler_checkpoint_every)
         sampler = self.sampler_journal.restore(store)
@@ -124,15 +150,27 @@ class PartitionWorker:
         last = self.store.last_offset(self.partition)
         fresh = [(o, e) for o, e in records if last is None or o > last]
         result.skipped = len(records) - len(fresh)
-        users = list(dict.fromkeys(e.user_id for _, e in fresh))
-        empty = self.config.state
-        loaded = self.store.get_many(users)
-        result.states = {u: s or UserState.empty(empty) for u, s in zip(users, loaded, strict=True)}
+        result.states = self._states(list(dict.fromkeys(e.user_id for _, e in fresh)))
+        changed: set[str] = set()
         for offset, event in fresh:
-            self._one(offset, event, result.states[event.user_id], result)
+            if self._one(offset, event, result.states[event.user_id], result):
+                changed.add(event.user_id)
         result.offset = max((o for o, _ in fresh), default=None)
         result.meta = self._meta_changes(result.offset)
+        for user in changed:  # their next versions: changelog records, then the store's parts
+            state = result.states[user]
+            result.changelog += changelog_state_records(user, state)
+            result.parts[user] = state_parts(user, state)
+            mark_written(state)
         return result
+
+    def _states(self, users: list[str]) -> dict[str, UserState]:
+        """The users' states: from the cache, else the store, else empty."""
+        states = {u: s for u in users if (s := self.cache.take(u)) is not None}
+        missing = [u for u in users if u not in states]
+        for user, state in zip(missing, self.store.get_many(missing), strict=True):
+            states[user] = state or UserState.empty(self.config.state)
+        return {u: states[u] for u in users}
 
     def _meta_changes(self, offset: int | None) -> MetaChanges:
         """Pending impressions written or closed since the last batch, and the sampler's
@@ -141,26 +179,30 @@ class PartitionWorker:
         meta = self.builder.pending.drain_changes()
         return meta | self.sampler_journal.changes(self.builder.sampler, offset)
 
-    def _one(self, offset: int, event: Event, state: UserState, result: BatchResult) -> None:
+    def _one(self, offset: int, event: Event, state: UserState, result: BatchResult) -> bool:
+        """Apply one event; whether it changed the state."""
         try:
             verdict = state.check(event, self.config.state)
         except LateEvent as err:
             result.rejected.append((offset, err))
-            return
+            return False
         if verdict is Admission.DUPLICATE:
             result.duplicates += 1
-            return
+            return False
         result.samples += self.builder.samples_for(state, event)
         state.apply(event, self.config.state, checked=True)
         state.maybe_recluster(self.config.clusters, self.embedder)
         self.watermark = event.ts if self.watermark is None else max(self.watermark, event.ts)
         result.applied += 1
+        return True
 
     def commit(self, result: BatchResult, extra_meta: MetaChanges | None = None) -> None:
-        """Write the batch's states, offset and metadata (plus ``extra_meta``) atomically."""
+        """Write the batch's changed states, offset and metadata (plus ``extra_meta``)
+        atomically; the batch's states are kept decoded for the next batches."""
         meta = result.meta | (extra_meta or {})
         offsets = {} if result.offset is None else {self.partition: result.offset}
-        self.store.write_batch(result.encoded_states(), offsets, meta)
+        self.store.write_batch(result.parts, offsets, meta)
+        self.cache.give(result.states)
 
     def close_windows(self, now: float | None = None) -> tuple[list[bytes], MetaChanges]:
         """Close attribution windows that ended before ``now`` (default: the partition's

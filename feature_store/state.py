@@ -59,6 +59,7 @@ from feature_store.state_format import (
     MAGIC,
     TYPE_CODES,
     BlockReader,
+    Changes,
     StateFormatError,
     behaviour_dtype,
     dense_width,
@@ -157,6 +158,7 @@ class UserState:
         "_ring_pos",
         "_total",
         "_watermark",
+        "changes",
         "cluster_state",
     )
 
@@ -170,8 +172,10 @@ class UserState:
         ring_fill: int,
         ring_pos: int,
         cluster_state: ClusterState,
+        changes: Changes | None = None,
     ) -> None:
         self._buf, self._lo, self._hi = log, 0, log.shape[0]
+        self.changes = Changes() if changes is None else changes
         self._total = total
         self._watermark = watermark
         self._ring, self._ring_fill, self._ring_pos = ring, ring_fill, ring_pos
@@ -200,6 +204,16 @@ class UserState:
     @property
     def n_dense(self) -> int:
         return dense_width(self._buf)
+
+    @property
+    def lo(self) -> int:
+        """Absolute position of the log's first behaviour (older ones fell out at the cap)."""
+        return self._total - (self._hi - self._lo)
+
+    @property
+    def ring(self) -> tuple[npt.NDArray[np.int64], int, int]:
+        """The dedupe ring of event-id hashes, how many slots are filled, the next slot."""
+        return self._ring, self._ring_fill, self._ring_pos
 
     @property
     def total(self) -> int:
@@ -297,6 +311,28 @@ class UserState:
         self.cluster_state = update(self.cluster_state, self.log, lo, config, embedder)
         return True
 
+    def splice(self, position: int, rows: np.ndarray, total: int, n_log: int) -> None:
+        """Replace the log from absolute ``position`` on with ``rows`` (a changelog delta), so
+        that it ends at absolute ``total`` and holds ``n_log`` rows (the cap applied)."""
+        keep = position - self.lo
+        if not 0 <= keep <= self._hi - self._lo or total != position + rows.shape[0]:
+            raise StateFormatError(
+                f"a delta from {position} does not fit the log [{self.lo}, {total})"
+            )
+        self._hi = self._lo + keep
+        self._reserve(rows.shape[0], max(n_log, 1))
+        _copy_rows(self._buf[self._hi : self._hi + rows.shape[0]], rows)
+        self._hi += rows.shape[0]
+        self._total = total
+        self._lo = max(self._lo, self._hi - n_log)
+        self.changes.logged(position)
+
+    def set_dedupe(
+        self, ring: npt.NDArray[np.int64], fill: int, pos: int, watermark: float | None
+    ) -> None:
+        """The dedupe ring and watermark as a changelog delta carries them."""
+        self._ring, self._ring_fill, self._ring_pos, self._watermark = ring, fill, pos, watermark
+
     def _record(self, event: Event, config: StateConfig) -> Behaviour:
         """The event as a behaviour row (its session index is set on insertion)."""
         if config.n_dense != self.n_dense:
@@ -313,8 +349,10 @@ class UserState:
             ring = np.zeros(min(window, max(RING_START, 2 * size)), dtype=np.int64)
             ring[:size] = self._ring
             self._ring, self._ring_pos = ring, size
+            self.changes.ring_resized = True
         elif not self._ring.flags.writeable:
             self._ring = self._ring.copy()
+        self.changes.ring_added += 1
         self._ring[self._ring_pos] = hash_id(event_id)
         self._ring_pos = (self._ring_pos + 1) % self._ring.shape[0]
         self._ring_fill = min(self._ring_fill + 1, self._ring.shape[0])
@@ -330,6 +368,7 @@ class UserState:
             new_session = rec.ts - float(last["ts"]) > config.session_gap_s
             rec = rec._replace(session=int(last["session"]) + new_session)
         self._reserve(1, config.lifelong_cap)
+        self.changes.logged(self._total)
         self._buf[self._hi] = rec
         self._hi += 1
         self._total += 1
@@ -342,6 +381,7 @@ class UserState:
         n = self._hi - self._lo
         first_session = int(self._buf["session"][self._lo]) if n else 0
         self._reserve(1, config.lifelong_cap)
+        self.changes.logged(self.lo + p)
         buf, at = self._buf, self._lo + p
         _copy_rows(buf[at + 1 : self._hi + 1], buf[at : self._hi])
         buf[at] = rec

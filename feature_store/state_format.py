@@ -19,12 +19,16 @@ feature_store.state_format.StateFormatError: 4 bytes is shorter than the state h
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from contracts.schema import EventType
+
+if TYPE_CHECKING:
+    from feature_store.clustering import ClusterState
 
 FORMAT_VERSION = 1
 MAGIC = b"TWUS"
@@ -133,3 +137,23 @@ class BlockReader:
     def done(self) -> None:
         if self.offset != len(self.blob):
             raise StateFormatError(f"{len(self.blob) - self.offset} trailing bytes")
+
+
+@dataclass(slots=True)
+class Changes:
+    """What changed in a state since it was last written, and its write history: the store
+    writes only the changed parts (:mod:`feature_store.state_layout`), the changelog a delta or a
+    checkpoint (:mod:`feature_store.state_delta`)."""
+
+    seq: int = 0  # versions of the state written so far
+    checkpoint_seq: int = 0  # the version of its last changelog checkpoint
+    since_checkpoint: int = 0  # changelog bytes of the deltas sent since that checkpoint
+    whole: bool = True  # every part is to be written (never stored, or restored from a checkpoint)
+    log_from: int | None = None  # absolute position of the first log row added or moved
+    ring_added: int = 0  # event ids remembered since the last write
+    ring_resized: bool = False  # the dedupe ring grew since the last write
+    stored_lo: int = 0  # absolute position of the first logged row at the last write
+    stored_clusters: ClusterState | None = field(default=None)  # the cluster state then
+
+    def logged(self, position: int) -> None:
+        self.log_from = position if self.log_from is None else min(self.log_from, position)

@@ -32,8 +32,11 @@ from typing import Literal, Protocol, cast
 import rocksdict
 
 from feature_store.state import UserState
+from feature_store.state_layout import Parts, head_key, load_states, state_parts
 
-USER_PREFIX = b"u/"
+StateUpdate = UserState | Parts | bytes  # a state, the writes of its changes, an encoded state
+
+USER_PREFIX = b"u/"  # a user's head (feature_store.state_layout); its chunks and clusters apart
 OFFSET_PREFIX = b"o/"
 META_PREFIX = b"m/"
 _OFFSET = struct.Struct(">q")
@@ -60,7 +63,7 @@ class StateStore(Protocol):
 
     def write_batch(
         self,
-        updates: Mapping[str, UserState | bytes],
+        updates: Mapping[str, StateUpdate],
         offsets: Mapping[int, int],
         meta: Mapping[str, bytes | None] | None = None,
     ) -> None: ...
@@ -77,7 +80,7 @@ class StateStore(Protocol):
 
 
 def user_key(user: str) -> bytes:
-    return USER_PREFIX + user.encode("utf-8", "surrogatepass")
+    return head_key(user)
 
 
 def offset_key(partition: int) -> bytes:
@@ -95,14 +98,22 @@ def _check_offsets(store: StateStore, offsets: Mapping[int, int]) -> None:
             raise StaleOffset(f"partition {partition}: offset {offset} <= stored {stored}")
 
 
+def as_parts(user: str, state: StateUpdate) -> Parts:
+    """A state's writes: as given (the worker's, :mod:`feature_store.state_layout`), what
+    changed in a state since it was written, or every part of an encoded state."""
+    if isinstance(state, Parts):
+        return state
+    return state_parts(user, UserState.decode(state) if isinstance(state, bytes) else state)
+
+
 def _records(
-    updates: Mapping[str, UserState | bytes],
+    parts: list[Parts],
     offsets: Mapping[int, int],
     meta: Mapping[str, bytes | None] | None,
 ) -> Iterator[tuple[bytes, bytes | None]]:
-    """The key/value pairs of one batch (``None``: delete the key)."""
-    for user, state in updates.items():
-        yield user_key(user), state if isinstance(state, bytes) else state.encode()
+    """The key/value pairs of one batch (``None``: delete the key), after its deleted ranges."""
+    for part in parts:
+        yield from part.records
     for partition, offset in offsets.items():
         yield offset_key(partition), _OFFSET.pack(offset)
     for key, value in (meta or {}).items():
@@ -116,20 +127,23 @@ class MemoryStore:
         self._data: dict[bytes, bytes] = {}
 
     def get(self, user: str) -> UserState | None:
-        blob = self._data.get(user_key(user))
-        return None if blob is None else UserState.decode(blob)
+        return self.get_many([user])[0]
 
     def get_many(self, users: list[str]) -> list[UserState | None]:
-        return [self.get(user) for user in users]
+        return load_states(lambda keys: [self._data.get(k) for k in keys], users)
 
     def write_batch(
         self,
-        updates: Mapping[str, UserState | bytes],
+        updates: Mapping[str, StateUpdate],
         offsets: Mapping[int, int],
         meta: Mapping[str, bytes | None] | None = None,
     ) -> None:
         _check_offsets(self, offsets)
-        records = list(_records(updates, offsets, meta))  # encode everything before any change
+        parts = [as_parts(user, state) for user, state in updates.items()]
+        records = list(_records(parts, offsets, meta))  # encode everything before any change
+        for begin, end in (r for part in parts for r in part.deleted_ranges):
+            for key in [k for k in self._data if begin <= k < end]:
+                del self._data[key]
         for key, value in records:
             if value is None:
                 self._data.pop(key, None)
@@ -204,24 +218,26 @@ class RocksDBStore:
         self._db.set_write_options(self.options.to_write_options())
 
     def get(self, user: str) -> UserState | None:
-        blob = self._db.get(user_key(user))
-        return None if blob is None else UserState.decode(blob)
+        return self.get_many([user])[0]
 
     def get_many(self, users: list[str]) -> list[UserState | None]:
-        if not users:
-            return []
-        blobs = cast(list[bytes | None], self._db.get([user_key(u) for u in users]))  # multi-get
-        return [None if b is None else UserState.decode(b) for b in blobs]
+        return load_states(self._multi_get, users) if users else []
+
+    def _multi_get(self, keys: list[bytes]) -> list[bytes | None]:
+        return cast(list[bytes | None], self._db.get(list[str | int | float | bytes | bool](keys)))
 
     def write_batch(
         self,
-        updates: Mapping[str, UserState | bytes],
+        updates: Mapping[str, StateUpdate],
         offsets: Mapping[int, int],
         meta: Mapping[str, bytes | None] | None = None,
     ) -> None:
         _check_offsets(self, offsets)
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in _records(updates, offsets, meta):
+        parts = [as_parts(user, state) for user, state in updates.items()]
+        for begin, end in (r for part in parts for r in part.deleted_ranges):
+            batch.delete_range(begin, end)
+        for key, value in _records(parts, offsets, meta):
             if value is None:
                 batch.delete(key)
             else:

@@ -1,7 +1,11 @@
 """The state changelog: how a partition's user state moves between workers and survives a disk.
 
 Topic ``user-state-changelog`` is compacted and co-partitioned with ``events``. After each ingest
-batch the owner writes every touched user's full state (key = user id) and one offset marker
+batch the owner writes every changed user's state as a delta, or now and then a checkpoint
+(:mod:`feature_store.state_delta`: a delta is about 100 bytes per event whatever the history; a
+checkpoint, key = user id, comes once the deltas since the last one outweigh the state, with
+tombstones for those deltas, so restoring a user reads at most about twice its state), and one
+offset marker
 (key = empty bytes, value = the last applied ``events`` offset) to the same partition number, with
 the partition's metadata changes (pending explicit-mode impressions, the negative sampler's
 per-batch delta or checkpoint parts, :mod:`feature_store.sampler_journal`; key = ``META_PREFIX`` +
@@ -22,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 from contracts.settings import Settings
 from feature_store import StateStore, UserState
 from feature_store.ingest import BatchResult, MetaChanges
+from feature_store.state_delta import DELTA_PREFIX, apply_record, decode_checkpoint, record_user
 
 log = logging.getLogger(__name__)
 MAX_CHANGELOG_VALUE = 8 * 1024 * 1024  # under the changelog's max.message.bytes (16 MiB)
@@ -41,7 +46,7 @@ def changelog_records(result: BatchResult) -> Records:
     marker (none without an offset: nothing of the partition was applied)."""
     if result.offset is None:
         return []
-    records: Records = [(user.encode(), blob) for user, blob in result.encoded_states().items()]
+    records: Records = list(result.changelog)
     records += meta_records(result.meta)
     records.append((MARKER_KEY, encode_marker(result.offset)))
     return records
@@ -97,7 +102,7 @@ def restore_partition(
 def _replay(
     consumer: KafkaConsumer, tp: TopicPartition, store: StateStore, end: int, chunk: int
 ) -> int:
-    states: dict[str, bytes] = {}
+    replay = StateReplay(store)
     meta: dict[str, bytes | None] = {}
     marker: int | None = None
     read = 0
@@ -110,19 +115,53 @@ def _replay(
                 marker = _OFFSET.unpack(record.value)[0]
             elif record.key.startswith(META_PREFIX):  # a value of None deletes the entry
                 meta[record.key[len(META_PREFIX) :].decode()] = record.value
-            else:  # kept as the bytes the owner wrote, once they decode as a state
-                UserState.decode(record.value)
-                states[record.key.decode()] = record.value
-        if len(states) + len(meta) >= chunk or consumer.position(tp) >= end:
-            _write(store, tp.partition, states, meta, marker, consumer.position(tp))
-            states, meta, marker = {}, {}, None
+            else:
+                replay.apply(record.key, record.value)
+        if len(replay.states) + len(meta) >= chunk or consumer.position(tp) >= end:
+            _write(store, tp.partition, replay.take(), meta, marker, consumer.position(tp))
+            meta, marker = {}, None
+    if replay.skipped:
+        what = "state deltas that follow no state read"
+        log.warning("partition %d: %d %s", tp.partition, replay.skipped, what)
     return read
+
+
+class StateReplay:
+    """User states rebuilt from changelog records (:mod:`feature_store.state_delta`): a
+    checkpoint replaces the user's state, a delta changes the state it follows (the one read
+    so far, else the store's), a tombstone of a delta changes nothing."""
+
+    def __init__(self, store: StateStore | None = None) -> None:
+        self.store = store
+        self.states: dict[str, UserState] = {}
+        self.skipped = 0  # deltas that followed no state we have (compaction left them behind)
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        user = record_user(key)
+        if not key.startswith(DELTA_PREFIX):
+            if value is not None:
+                self.states[user] = decode_checkpoint(value)
+            return
+        if value is None:
+            return
+        state = self.states.get(user)
+        if state is None and self.store is not None:
+            state = self.store.get(user)
+        if apply_record(state, key, value):
+            self.states[user] = state  # type: ignore[assignment]
+        else:
+            self.skipped += 1
+
+    def take(self) -> dict[str, UserState]:
+        """The states changed since the last take (written, then forgotten here)."""
+        states, self.states = self.states, {}
+        return states
 
 
 def _write(
     store: StateStore,
     partition: int,
-    states: dict[str, bytes],
+    states: dict[str, UserState],
     meta: dict[str, bytes | None],
     marker: int | None,
     pos: int,

@@ -48,7 +48,9 @@ class CountingOptions(RocksDBOptions):
         return self.rocks
 
     def bytes_written(self) -> int:
-        found = re.search(r"rocksdb\.bytes\.written COUNT : (\d+)", self.rocks.get_statistics())
+        found = re.search(
+            r"rocksdb\.bytes\.written COUNT : (\d+)", self.rocks.get_statistics() or ""
+        )
         return int(found.group(1)) if found else 0
 
 

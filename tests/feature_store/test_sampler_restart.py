@@ -13,8 +13,8 @@ import pytest
 from contracts.schema import Event
 from feature_store.ingest import FeatureConfig, PartitionWorker
 from feature_store.sample_format import decode_samples
-from feature_store.state import UserState
-from feature_store.store import MemoryStore, StateStore
+from feature_store.state_layout import Parts
+from feature_store.store import MemoryStore, StateStore, StateUpdate, as_parts
 from tests.support.events import event
 from tests.support.ingest import CONFIG, stream
 
@@ -28,17 +28,17 @@ class RecordingStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.batches: list[tuple[dict[str, bytes], dict[int, int], dict[str, bytes | None]]] = []
+        self.batches: list[tuple[dict[str, Parts], dict[int, int], dict[str, bytes | None]]] = []
 
     def write_batch(
         self,
-        updates: Mapping[str, UserState | bytes],
+        updates: Mapping[str, StateUpdate],
         offsets: Mapping[int, int],
         meta: Mapping[str, bytes | None] | None = None,
     ) -> None:
         super().write_batch(updates, offsets, meta)
-        states = {u: s if isinstance(s, bytes) else s.encode() for u, s in updates.items()}
-        self.batches.append((states, dict(offsets), dict(meta or {})))
+        states = {u: as_parts(u, s) for u, s in updates.items()}
+        self.batches.append((dict(states), dict(offsets), dict(meta or {})))
 
     def replay_into(self, store: StateStore) -> None:
         """Restore ``store`` (an empty disk) from the recorded batches, in order."""

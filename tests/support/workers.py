@@ -12,8 +12,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from contracts.settings import Settings
 from feature_store import UserState
+from feature_store.state_delta import record_user
 from streaming.admin import end_offsets
-from streaming.changelog import MARKER_KEY, META_PREFIX
+from streaming.changelog import MARKER_KEY, META_PREFIX, StateReplay
 from tests.support.processes import REPO, TWINSTREAM, deployment_env
 from tests.support.waiting import wait_until
 
@@ -68,7 +69,7 @@ def read_changelog(
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     ends = consumer.end_offsets(tps)
-    states: dict[str, UserState] = {}
+    replays = {tp.partition: StateReplay() for tp in tps}  # checkpoints and deltas
     markers: dict[int, int] = {}
     partitions: dict[str, set[int]] = {}
     while any(consumer.position(tp) < ends[tp] for tp in tps):
@@ -77,10 +78,12 @@ def read_changelog(
                 if r.key == MARKER_KEY:
                     markers[tp.partition] = int.from_bytes(r.value, "big", signed=True)
                 elif not r.key.startswith(META_PREFIX):
-                    user = r.key.decode()
-                    states[user] = UserState.decode(r.value)
-                    partitions.setdefault(user, set()).add(tp.partition)
+                    replays[tp.partition].apply(r.key, r.value)
+                    partitions.setdefault(record_user(r.key), set()).add(tp.partition)
     consumer.close()
+    states: dict[str, UserState] = {}
+    for replay in replays.values():
+        states |= replay.states
     return states, markers, partitions
 
 

@@ -1,0 +1,204 @@
+"""A user state in the store as parts, so that a write costs what changed, not the history.
+
+Keys of one user (``U`` = the user id in UTF-8):
+
+- ``u/U``, the head: counts, watermark, write history (:class:`feature_store.state.Changes`) and
+  the dedupe ring; written with every change.
+- ``l/<len U>U<chunk>``, the lifelong log in chunks of :data:`CHUNK_ROWS` behaviours by absolute
+  position (chunk ``c`` holds positions ``[c * CHUNK_ROWS, (c + 1) * CHUNK_ROWS)``; each value
+  starts with the position of its first row). An appended behaviour rewrites the tail chunk only;
+  a late one the chunks from its position on; chunks the cap pushed out are deleted.
+- ``k/U``, the TWIN-V2 cluster state: written only when the clustering changed.
+
+:func:`state_parts` lists the writes of a state (what its :class:`~feature_store.state.Changes`
+say changed; everything for a state never stored, with the user's other chunks deleted), and
+:func:`load_states` puts states together again from a multi-get.
+
+>>> chunk_key("u", 3)[:5], CHUNK_ROWS
+(b'l/\\x00\\x01u', 128)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from feature_store.cluster_leaves import cluster_dtype
+from feature_store.clustering import BLOCK_DTYPE, ClusterState
+from feature_store.state import Changes, UserState
+from feature_store.state_format import BlockReader, StateFormatError, behaviour_dtype
+
+CHUNK_ROWS = 128  # behaviours per chunk: 4.6 KiB of rows without dense features
+USER_PREFIX = b"u/"
+CHUNK_PREFIX = b"l/"
+CLUSTER_PREFIX = b"k/"
+HEAD_MAGIC = b"TWUH"
+HEAD_VERSION = 1
+HEAD = struct.Struct("<4sHHHIIIIqdqqq")
+_START = struct.Struct("<q")
+_USER_LEN = struct.Struct(">H")
+_CHUNK = struct.Struct(">Q")
+CLUSTER_HEAD = struct.Struct("<qqqII")
+Records = list[tuple[bytes, bytes | None]]  # None: delete the key
+MultiGet = Callable[[list[bytes]], Sequence[bytes | None]]
+
+
+@dataclass
+class Parts:
+    """The writes of one state: records (``None`` deletes) and key ranges to delete first."""
+
+    records: Records = field(default_factory=list)
+    deleted_ranges: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def size(self) -> int:
+        return sum(len(k) + len(v or b"") for k, v in self.records)
+
+
+def head_key(user: str) -> bytes:
+    return USER_PREFIX + _user(user)
+
+
+def cluster_key(user: str) -> bytes:
+    return CLUSTER_PREFIX + _user(user)
+
+
+def chunk_key(user: str, chunk: int) -> bytes:
+    raw = _user(user)
+    return CHUNK_PREFIX + _USER_LEN.pack(len(raw)) + raw + _CHUNK.pack(chunk)
+
+
+def _user(user: str) -> bytes:
+    return user.encode("utf-8", "surrogatepass")
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def state_parts(user: str, state: UserState) -> Parts:
+    """The records that bring the stored state up to ``state`` (pure: marks nothing written)."""
+    ch, parts = state.changes, Parts()
+    parts.records.append((head_key(user), encode_head(state)))
+    first, last = state.lo // CHUNK_ROWS, (state.total - 1) // CHUNK_ROWS
+    if ch.whole:
+        parts.deleted_ranges.append((chunk_key(user, 0), chunk_key(user, first)))
+        parts.deleted_ranges.append((chunk_key(user, last + 1), chunk_key(user, 2**64 - 1)))
+        changed_from = first
+    else:
+        parts.records += [
+            (chunk_key(user, c), None) for c in range(ch.stored_lo // CHUNK_ROWS, first)
+        ]
+        changed_from = last + 1 if ch.log_from is None else max(first, ch.log_from // CHUNK_ROWS)
+    if state.total > state.lo:
+        parts.records += [
+            (chunk_key(user, c), _chunk(state, c)) for c in range(changed_from, last + 1)
+        ]
+    if ch.whole or state.cluster_state is not ch.stored_clusters:
+        parts.records.append((cluster_key(user), encode_clusters(state.cluster_state)))
+    return parts
+
+
+def mark_written(state: UserState) -> None:
+    """The state's parts are written: the next write carries only what changes after now."""
+    ch = state.changes
+    ch.whole, ch.log_from, ch.ring_added, ch.ring_resized = False, None, 0, False
+    ch.stored_lo, ch.stored_clusters = state.lo, state.cluster_state
+
+
+def _chunk(state: UserState, chunk: int) -> bytes:
+    start = max(state.lo, chunk * CHUNK_ROWS)
+    end = min(state.total, (chunk + 1) * CHUNK_ROWS)
+    rows = state.log[start - state.lo : end - state.lo]
+    return _START.pack(start) + rows.tobytes()
+
+
+def encode_head(state: UserState) -> bytes:
+    ring, fill, pos = state.ring
+    ch, watermark = state.changes, state.watermark
+    head = HEAD.pack(
+        HEAD_MAGIC, HEAD_VERSION, state.n_dense, CHUNK_ROWS, state.log.shape[0], ring.shape[0],
+        fill, pos, state.total, np.nan if watermark is None else watermark, ch.seq,
+        ch.checkpoint_seq, ch.since_checkpoint,
+    )  # fmt: skip
+    return head + ring[:fill].tobytes()
+
+
+def encode_clusters(cs: ClusterState) -> bytes:
+    dirty = -1 if cs.dirty_from is None else cs.dirty_from
+    head = CLUSTER_HEAD.pack(cs.version, cs.upto, dirty, cs.blocks.shape[0], cs.clusters.shape[0])
+    return head + cs.blocks.tobytes() + cs.clusters.tobytes()
+
+
+def decode_clusters(blob: bytes, n_dense: int) -> ClusterState:
+    version, upto, dirty, n_blocks, n_clusters = CLUSTER_HEAD.unpack_from(blob)
+    reader = BlockReader(blob, CLUSTER_HEAD.size)
+    blocks = reader.take(BLOCK_DTYPE, n_blocks).copy()
+    clusters = reader.take(cluster_dtype(n_dense), n_clusters)
+    reader.done()
+    return ClusterState(version, upto, None if dirty < 0 else dirty, blocks, clusters)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def load_states(get_many: MultiGet, users: list[str]) -> list[UserState | None]:
+    """The users' states (``None``: not stored) from two multi-gets: heads, then chunks and
+    clusters."""
+    heads = get_many([head_key(u) for u in users])
+    wanted: list[bytes] = []
+    plans: list[tuple[bytes, tuple, int, int] | None] = []
+    for user, blob in zip(users, heads, strict=True):
+        if blob is None:
+            plans.append(None)
+            continue
+        h = HEAD.unpack_from(blob)
+        if h[0] != HEAD_MAGIC or h[1] != HEAD_VERSION:
+            raise StateFormatError(f"the stored head of {user!r} is not a known state head")
+        total, n_log, chunk_rows = h[8], h[4], h[3]
+        chunks = (
+            range((total - n_log) // chunk_rows, (total - 1) // chunk_rows + 1) if n_log else []
+        )
+        keys = [chunk_key(user, c) for c in chunks] + [cluster_key(user)]
+        plans.append((blob, h, len(wanted), len(keys)))
+        wanted += keys
+    values = get_many(wanted) if wanted else []
+    out: list[UserState | None] = []
+    for user, plan in zip(users, plans, strict=True):
+        if plan is None:
+            out.append(None)
+            continue
+        blob, h, at, n = plan
+        out.append(_assemble(user, blob, h, values[at : at + n]))
+    return out
+
+
+def _assemble(user: str, blob: bytes, h: tuple, values: Sequence[bytes | None]) -> UserState:
+    (_, _, n_dense, _, n_log, ring_size, fill, pos, total, watermark, seq, ckpt, since) = h
+    if any(v is None for v in values):
+        raise StateFormatError(f"a stored part of {user!r} is missing")
+    parts = [bytes(v) for v in values if v is not None]
+    lo, row = total - n_log, behaviour_dtype(n_dense)
+    log = np.zeros(n_log, dtype=row)
+    for chunk in parts[:-1]:
+        (start,) = _START.unpack_from(chunk)
+        rows = np.frombuffer(chunk, dtype=row, offset=_START.size)
+        skip = max(0, lo - start)
+        whole_rows = np.dtype((np.void, row.itemsize))  # copied as rows, not field by field
+        dst = log[start + skip - lo : start - lo + rows.shape[0]]
+        dst.view(whole_rows)[:] = rows[skip:].view(whole_rows)
+    ring = np.zeros(ring_size, dtype=np.int64)
+    ring[:fill] = np.frombuffer(blob, dtype="<i8", count=fill, offset=HEAD.size)
+    cs = decode_clusters(parts[-1], n_dense)
+    changes = Changes(seq, ckpt, since, whole=False, stored_lo=lo, stored_clusters=cs)
+    return UserState(
+        log,
+        total=total,
+        watermark=None if np.isnan(watermark) else watermark,
+        ring=ring,
+        ring_fill=fill,
+        ring_pos=pos,
+        cluster_state=cs,
+        changes=changes,
+    )

@@ -1,0 +1,146 @@
+"""A state in the store as parts (head, log chunks, clusters) and on the changelog as deltas and
+checkpoints: what an event writes is what it changed, and the state read back, or replayed from
+the changelog (also as compaction leaves it), is the one applied in memory, late events,
+duplicates and the lifelong cap included, for users of 10k and 100k behaviours too."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from feature_store.cluster_config import ClusterConfig
+from feature_store.ingest import FeatureConfig, PartitionWorker
+from feature_store.state import StateConfig, UserState
+from feature_store.state_delta import MIN_CHECKPOINT_BYTES, Records, full_size
+from feature_store.state_layout import CHUNK_PREFIX, CHUNK_ROWS, chunk_key, state_parts
+from feature_store.store import MemoryStore, RocksDBStore, StateStore
+from streaming.changelog import StateReplay
+from tests.support.lifelong import (
+    applied,
+    compacted,
+    copy,
+    lifelong_state,
+    tail_events,
+    write_through,
+)
+
+CAPPED = FeatureConfig(
+    state=StateConfig(lifelong_cap=300, recent_length=50),
+    clusters=ClusterConfig(lifelong_cap=300),
+)
+
+
+def worker_run(
+    store: StateStore, config: FeatureConfig, users: dict[str, UserState], n: int, batch: int
+) -> tuple[dict[str, UserState], Records]:
+    """``users`` written as the worker writes them, then ``n`` events each through a worker in
+    batches of ``batch`` per user; the in-memory reference states and every changelog record."""
+    changelog: Records = []
+    for user, state in users.items():
+        changelog += write_through(store, user, state)
+    reference = {u: copy(s) for u, s in users.items()}
+    events = {u: tail_events(u, n, seed=i) for i, u in enumerate(users)}
+    worker = PartitionWorker(store, 0, config)
+    offset = 0
+    for k in range(0, n, batch):
+        records = []
+        for user in users:
+            for e in events[user][k : k + batch]:
+                records.append((offset, e))
+                offset += 1
+        result = worker.process(records)
+        worker.commit(result)
+        changelog += result.changelog
+    for user in users:
+        applied(reference[user], events[user], config.state, config.clusters)
+    return reference, changelog
+
+
+def replayed(changelog: Records) -> dict[str, UserState]:
+    replay = StateReplay()
+    for key, value in changelog:
+        replay.apply(key, value)
+    assert replay.skipped == 0
+    return replay.states
+
+
+@pytest.mark.parametrize("length", [10_000, 100_000])
+def test_long_users_store_and_changelog_equal_the_state_applied_in_memory(
+    store: StateStore, length: int
+) -> None:
+    users = {"long": lifelong_state(length, seed=1), "short": lifelong_state(40, seed=2)}
+    reference, changelog = worker_run(store, FeatureConfig(), users, n=120, batch=20)
+    for user, want in reference.items():
+        got = store.get(user)
+        assert got is not None and got.encode() == want.encode()
+    replay = replayed(changelog)
+    assert {u: s.encode() for u, s in replay.items()} == {
+        u: s.encode() for u, s in reference.items()
+    }
+
+
+def stored_chunks(store: StateStore) -> list[bytes]:
+    """Every log-chunk key in the store (through each backend's own keys)."""
+    if isinstance(store, MemoryStore):
+        keys = list(store._data)
+    else:
+        assert isinstance(store, RocksDBStore)
+        keys = [bytes(k) for k in store._db.keys(from_key=CHUNK_PREFIX)]
+    return sorted(k for k in keys if k.startswith(CHUNK_PREFIX))
+
+
+def test_a_capped_log_deletes_the_chunks_it_left_and_replays_exactly(store: StateStore) -> None:
+    users = {f"u{i}": lifelong_state(280, seed=i) for i in range(3)}
+    reference, changelog = worker_run(store, CAPPED, users, n=400, batch=37)
+    for user, want in reference.items():
+        got = store.get(user)
+        assert got is not None and got.encode() == want.encode() and got.log.shape[0] == 300
+    want_chunks = [
+        chunk_key(u, c)
+        for u, s in reference.items()
+        for c in range(s.lo // CHUNK_ROWS, (s.total - 1) // CHUNK_ROWS + 1)
+    ]
+    assert reference["u0"].lo >= 2 * CHUNK_ROWS  # the cap passed whole chunks
+    assert stored_chunks(store) == sorted(want_chunks)
+    replay = replayed(compacted(changelog))
+    assert {u: s.encode() for u, s in replay.items()} == {
+        u: s.encode() for u, s in reference.items()
+    }
+
+
+def test_one_event_of_a_100k_user_writes_its_tail_chunk_and_head_not_its_history() -> None:
+    state = lifelong_state(100_000, seed=3)
+    state.changes.whole = False
+    state.changes.stored_lo, state.changes.stored_clusters = state.lo, state.cluster_state
+    (e,) = tail_events("u", 1, seed=4)
+    state.apply(e, StateConfig())
+    parts = state_parts("u", state)
+    chunks = [k for k, _ in parts.records if k.startswith(CHUNK_PREFIX)]
+    assert chunks == [chunk_key("u", 100_000 // CHUNK_ROWS)]
+    assert parts.size() < 16 * 1024 < full_size(state) // 100
+
+
+def test_a_late_event_rewrites_the_chunks_from_its_position_on() -> None:
+    state = lifelong_state(1_000, seed=5)
+    state.changes.whole = False
+    state.changes.stored_lo, state.changes.stored_clusters = state.lo, state.cluster_state
+    ts = float(state.log["ts"][700]) - 30.0  # between behaviours 699 and 700
+    (late,) = tail_events("u", 1, seed=6)
+    state.apply(replace(late, ts=ts), StateConfig(allowed_lateness_s=1e5))
+    assert state.log["ts"][700] == ts
+    chunks = [k for k, _ in state_parts("u", state).records if k.startswith(CHUNK_PREFIX)]
+    assert chunks == [chunk_key("u", c) for c in range(700 // CHUNK_ROWS, 1_000 // CHUNK_ROWS + 1)]
+
+
+def test_deltas_give_way_to_a_checkpoint_once_they_outweigh_the_state(store: StateStore) -> None:
+    users = {"u": lifelong_state(1_000, seed=7)}
+    reference, changelog = worker_run(store, FeatureConfig(), users, n=900, batch=1)
+    checkpoints = [k for k, v in changelog if k == b"u" and v is not None]
+    per_event = sum(len(k) + len(v or b"") for k, v in changelog[1:]) / 900
+    assert len(checkpoints) >= 2  # the first write, then at least one more
+    assert per_event <= 2 * 1024
+    threshold = max(MIN_CHECKPOINT_BYTES, full_size(reference["u"]))
+    kept = compacted(changelog)
+    assert sum(len(k) + len(v or b"") for k, v in kept) <= 2 * threshold + 4 * 1024
+    assert replayed(kept)["u"].encode() == reference["u"].encode()
