@@ -91,6 +91,24 @@ class ItemEmbedder(Protocol):
     def __call__(self, items: I64) -> F32: ...  # (n,) raw item keys -> (n, d)
 
 
+class LiveEmbedder(ItemEmbedder, Protocol):
+    """Embeddings that change (a serving model): :func:`update` reads :meth:`current` once per
+    run, so one run never mixes two tables; ``current()`` is None before any snapshot."""
+
+    def current(self) -> ItemEmbedder | None: ...
+
+
+def pinned(embedder: ItemEmbedder | None) -> ItemEmbedder | None:
+    """The embeddings one re-clustering uses: a :class:`LiveEmbedder` read once; None (by
+    category) when there is none or its version is 0 (no snapshot yet)."""
+    current = getattr(embedder, "current", None)
+    if callable(current):
+        embedder = current()
+    if embedder is None or int(embedder.version) <= 0:
+        return None
+    return embedder
+
+
 @dataclass(frozen=True)
 class ClusterState:
     """The clustered part of one user's log: blocks (oldest first) and their clusters."""
@@ -166,6 +184,7 @@ def update(
     embedder: ItemEmbedder | None = None,
 ) -> ClusterState:
     """Re-cluster ``log`` (structured, absolute positions ``lo ..``) reusing unchanged blocks."""
+    embedder = pinned(embedder)
     version = 0 if embedder is None else int(embedder.version)
     total = lo + log.shape[0]
     layout = advance_layout(state.blocks, lo, total, config)
@@ -290,7 +309,7 @@ def members_as_of(
 ) -> list[I64]:
     """The positions in ``log`` of each cluster's members, in the order of
     :func:`sequence_as_of` (for measuring what a cluster stands for, e.g. retrieval quality)."""
-    upto = clustered_upto(total, config)
+    upto, embedder = clustered_upto(total, config), pinned(embedder)
     out: list[I64] = []
     for block in advance_layout(np.zeros(0, BLOCK_DTYPE), 0, upto, config):
         first = int(block["built_from"])

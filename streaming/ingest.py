@@ -24,6 +24,7 @@ from contracts.schema import Event, InvalidEvent, Reason, parse_event
 from contracts.settings import Settings
 from feature_store import PartitionWorker
 from feature_store.ingest import BatchResult
+from serving.item_embeddings import ClusterMetrics
 from serving.scorer import ItemCatalog
 from streaming.changelog import (
     Records,
@@ -73,6 +74,7 @@ class IngestService:
         partition (the worker has one); without one every event is applied where it arrived."""
         self.settings, self.sink, self.partitions = settings, sink, partitions
         self.catalog, self.metrics, self.router = catalog, metrics, router
+        self.cluster_metrics: ClusterMetrics | None = None  # set by streaming.worker
 
     # --- the batch path --------------------------------------------------------------------------
 
@@ -212,6 +214,8 @@ class IngestService:
         for msg in messages:
             m.event_to_state_seconds.observe(max(0.0, now - msg.timestamp))
         m.observe_states(result.states.values(), self.partitions.config.state.recent_length)
+        if self.cluster_metrics is not None:
+            self.cluster_metrics.observe(result.states.values(), self.partitions.embedder)
 
 
 def _find(messages: list[RawMessage], offset: int) -> RawMessage:

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from contracts.settings import Settings
-from feature_store import FeatureConfig, PartitionWorker, RocksDBStore, UserState
+from feature_store import FeatureConfig, ItemEmbedder, PartitionWorker, RocksDBStore, UserState
 from streaming.changelog import restore_partition
 from streaming.metrics import IngestMetrics
 
@@ -47,6 +47,7 @@ class OwnedPartitions:
         self.paused: set[int] = set()
         self.lock = asyncio.Lock()
         self.failed: Exception | None = None  # the write that failed, once one did
+        self.embedder: ItemEmbedder | None = None  # TWIN-V2 clusters: the live model's items
 
     def path(self, partition: int) -> Path:
         """Per events topic: offsets stored for one topic must never gate another's events."""
@@ -93,7 +94,7 @@ class OwnedPartitions:
             for p in sorted(wanted - set(self.workers)):
                 store = RocksDBStore(self.path(p))
                 await asyncio.to_thread(restore_partition, self.settings, store, p)
-                self.workers[p] = PartitionWorker(store, p, self.config)
+                self.workers[p] = PartitionWorker(store, p, self.config, self.embedder)
             self.paused -= wanted
             self.metrics.assigned_partitions.set(len(self.workers))
 

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import faust
 
 from contracts.settings import Settings
+from serving.item_embeddings import ClusterMetrics, LiveItemEmbeddings
 from serving.metrics import ScoringMetrics
 from serving.scorer import ItemCatalog
 from streaming.agents.ingest import add_ingest_agent, add_rebalance_hooks
@@ -66,6 +67,8 @@ def build_worker(
         settings, ingest_sink, partitions, catalog, metrics, router("ingest", ingest_sink)
     )
     scoring = ScoringService(partitions, catalog, ScoringMetrics.create(metrics.registry))
+    partitions.embedder = LiveItemEmbeddings(scoring.holder)  # by category until a snapshot
+    ingest.cluster_metrics = ClusterMetrics(metrics.registry)
     fail_stop = FailStop(app, metrics)
     add_ingest_agent(app, settings, ingest, WorkerGauges(settings, partitions, metrics), fail_stop)
     requests = requests_topic(app, settings)
