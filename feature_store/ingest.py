@@ -114,7 +114,7 @@ class StateCache:
     def give(self, states: dict[str, UserState]) -> None:
         for user, state in states.items():
             self.take(user)
-            size = full_size(state)
+            size = full_size(state) + 8 * state.log.shape[0]  # and its item index
             self._states[user] = (state, size)
             self.size += size
         while self.size > self.budget and self._states:

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from contracts.schema import Event
 from feature_store.ids import hash_draws, hash_id
+from feature_store.item_index import ItemIndex
 
 I64 = npt.NDArray[np.int64]
 
@@ -112,7 +113,7 @@ class FrequencySampler:
     def sample(
         self,
         k: int,
-        exclude: I64,
+        exclude: I64 | ItemIndex,
         key: int,
         max_rounds: int = 8,
         *,
@@ -176,10 +177,13 @@ class _Membership:
 
     SMALL = 128  # up to this many, a Python list scan beats building arrays
 
-    def __init__(self, pool: I64, item: int | None = None) -> None:
+    def __init__(self, pool: I64 | ItemIndex, item: int | None = None) -> None:
         self.pool, self.item = pool, item
 
     def absent(self, values: list[int]) -> list[bool]:
+        if isinstance(self.pool, ItemIndex):  # a user's log, indexed: no scan of it
+            hits = self.pool.contains(values)
+            return [not hit and v != self.item for v, hit in zip(values, hits, strict=True)]
         if not self.pool.shape[0]:
             return [v != self.item for v in values]
         if self.pool.shape[0] <= self.SMALL:

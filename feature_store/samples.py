@@ -100,7 +100,7 @@ class SampleBuilder:
         item, category = stable_id(event.item_id), stable_id(event.category_id)
         key = event_key(self.config.seed, event)
         neg_items, neg_cats = self.sampler.sample(
-            self.config.negatives, state.log["item"], key, exclude_item=item
+            self.config.negatives, state.items(), key, exclude_item=item
         )
         blob = self.encode(state, event, neg_items, neg_cats, 1.0)
         self.sampler.observe(item, category)

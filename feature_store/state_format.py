@@ -81,6 +81,25 @@ def dense_width(records: np.ndarray) -> int:
     return int(shape[0]) if shape else 0
 
 
+class Behaviour(NamedTuple):
+    """One row of :func:`behaviour_dtype`, as assigned into a state's log."""
+
+    item: int
+    category: int
+    ts: float
+    type: int
+    session: int
+    dense: tuple[float, ...]
+
+
+def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:] = src`` for rows of one packed structured dtype, as whole rows: numpy copies
+    structured arrays field by field (10 µs for 500 behaviours, 1.4 µs as rows). Overlapping
+    ranges of one buffer are fine (numpy buffers an overlapping copy)."""
+    row = np.dtype((np.void, src.dtype.itemsize))
+    dst.view(row)[:] = src.view(row)
+
+
 class StateFormatError(ValueError):
     """Bytes that are not a user state of a known format version."""
 
