@@ -1,6 +1,7 @@
 """What one event of a lifelong user costs: CPU, bytes to RocksDB, bytes to the state changelog.
 
     python -m ops.bench.bench_lifelong [--sizes 1000,10000,100000] [--users 32] [--batches 20]
+                                       [--no-cycle] [--no-restore]
 
 For each history length, ``--users`` users are given a state of that many behaviours (a
 synthetic log, clustered by category as the worker would have), written to a fresh
@@ -13,14 +14,25 @@ statistic: keys, values, batch headers) and the bytes of the changelog records, 
 the ratio to the first (shortest) history of the same run: the goal is at most 2x for 100,000
 behaviours against 1,000. Also printed, as the baseline of the same run: the size of one user's
 whole encoded state, what a write of the full state per event would cost.
+
+Checkpoints (:mod:`feature_store.state_delta`) come once a user's deltas outweigh its state, so a
+20-batch run sees none: the cycle phase runs one user of each length one event per batch until
+its next checkpoint and prints the changelog bytes per event over that whole cycle (deltas,
+checkpoint, tombstones). The restore phase (needs a broker: ``KAFKA_BOOTSTRAP_SERVERS``) publishes
+the changelog records of the main phase (every user's first checkpoint, then its deltas and the
+batches' markers) to a fresh topic and restores the partition onto an empty disk with
+:func:`streaming.changelog.restore_partition`: time, records and bytes read, and a check that
+every restored state equals the worker's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +43,11 @@ from feature_store.cluster_config import ClusterConfig
 from feature_store.clustering import ClusterState, update
 from feature_store.ingest import PartitionWorker
 from feature_store.state import UserState
+from feature_store.state_delta import changelog_state_records, full_size
 from feature_store.state_format import behaviour_dtype
+from feature_store.state_layout import mark_written, state_parts
 from feature_store.store import RocksDBOptions, RocksDBStore
-from streaming.changelog import changelog_records
+from streaming.changelog import Records, changelog_records, restore_partition
 
 T0 = 1.6e9
 RING = 1_024
@@ -85,15 +99,27 @@ class Cost:
     rocks_bytes: float
     changelog_bytes: float
     state_bytes: int  # one user's whole encoded state at the end (the full-rewrite baseline)
+    changelog: Records  # every record of the run: first checkpoints, deltas, markers
+    states: dict[str, bytes]  # every user's state at the end, encoded
+
+
+def write_through(store: RocksDBStore, user: str, state: UserState) -> Records:
+    """Write a new user's state as the worker would (its first version: a checkpoint)."""
+    records = changelog_state_records(user, state)
+    store.write_batch({user: state_parts(user, state)}, {})
+    mark_written(state)
+    return records
 
 
 def measure(size: int, users: int, batches: int, seed: int = 0) -> Cost:
     options = CountingOptions()
     with tempfile.TemporaryDirectory(prefix="bench-lifelong-") as path:
         store = RocksDBStore(path, options)
-        base = lifelong_state(size, seed)
+        base = lifelong_state(size, seed).encode()
         names = [f"user-{size}-{u}" for u in range(users)]
-        store.write_batch({name: base for name in names}, {0: 0})
+        changelog: Records = []
+        for name in names:
+            changelog += write_through(store, name, UserState.decode(base))
         worker = PartitionWorker(store, 0)
         rng = np.random.default_rng(seed + 1)
         cpu = rocks = 0.0
@@ -110,21 +136,98 @@ def measure(size: int, users: int, batches: int, seed: int = 0) -> Cost:
             written = options.bytes_written()
             started = time.process_time()
             result = worker.process(records)
-            changelog = changelog_records(result)
+            sent = changelog_records(result)
             committed = time.process_time()
             worker.commit(result)
             ended = time.process_time()
+            changelog += sent
             if b:
                 cpu += ended - started
                 rocks += ended - committed
                 rocks_bytes += options.bytes_written() - written
-                changelog_bytes += sum(len(k or b"") + len(v or b"") for k, v in changelog)
-        state = store.get(names[0])
-        assert state is not None and state.total == size + batches + 1
-        state_bytes = len(state.encode())
+                changelog_bytes += sum(len(k or b"") + len(v or b"") for k, v in sent)
+        states = {
+            name: s.encode() for name, s in zip(names, store.get_many(names), strict=True) if s
+        }
+        assert UserState.decode(states[names[0]]).total == size + batches + 1
         store.close()
     n = users * batches
-    return Cost(1e6 * cpu / n, 1e6 * rocks / n, rocks_bytes / n, changelog_bytes / n, state_bytes)
+    return Cost(
+        1e6 * cpu / n,
+        1e6 * rocks / n,
+        rocks_bytes / n,
+        changelog_bytes / n,
+        len(states[names[0]]),
+        changelog,
+        states,
+    )
+
+
+def checkpoint_cycle(size: int, seed: int = 0) -> None:
+    """One user, one event per batch, until the checkpoint after its first one."""
+    with tempfile.TemporaryDirectory(prefix="bench-lifelong-") as path:
+        store = RocksDBStore(path)
+        user, state = f"cycle-{size}", lifelong_state(size, seed)
+        first = write_through(store, user, state)
+        worker, rng = PartitionWorker(store, 0), np.random.default_rng(seed + 2)
+        started, total, events = time.monotonic(), 0, 0
+        while True:
+            item = str(int(rng.integers(0, 1_000_000)))
+            ts = T0 + 60.0 * events
+            event = Event(user, item, EventType.CLICK, ts, str(int(item) % 500), f"c{events}")
+            result = worker.process([(events + 1, event)])
+            worker.commit(result)
+            events += 1
+            total += sum(len(k) + len(v or b"") for k, v in result.changelog)
+            if any(k == user.encode() for k, _ in result.changelog):
+                break
+        final = store.get(user)
+        store.close()
+    assert final is not None
+    print(
+        f"{size:>7,} behaviours: a checkpoint every {events:,} events "
+        f"(first {len(first[0][1] or b'') / 1024:,.0f} KiB, state now "
+        f"{full_size(final) / 1024:,.0f} KiB); changelog over the cycle "
+        f"{total / events:,.0f} bytes/event, checkpoint and tombstones included "
+        f"({time.monotonic() - started:.1f} s)",
+        flush=True,
+    )
+
+
+def restore(costs: dict[int, Cost]) -> None:
+    """Publish every length's changelog records to one fresh partition, restore onto an empty
+    disk, compare."""
+    from kafka import KafkaProducer
+
+    from contracts.settings import Settings
+    from streaming.admin import ensure_topics
+
+    env = dict(os.environ) | {"TWINSTREAM_TOPIC_PREFIX": f"bench-lifelong-{uuid.uuid4().hex[:6]}-"}
+    settings = Settings.from_env(env)
+    topic = settings.topics.state_changelog
+    ensure_topics(settings, {topic: 1})
+    producer = KafkaProducer(**settings.kafka_config(), max_request_size=16 * 2**20, linger_ms=20)
+    records = [r for cost in costs.values() for r in cost.changelog]
+    for key, value in records:
+        producer.send(topic, key=key, value=value, partition=0)
+    producer.flush()
+    producer.close()
+    sent = sum(len(k or b"") + len(v or b"") for k, v in records)
+    with tempfile.TemporaryDirectory(prefix="bench-restore-") as path:
+        store = RocksDBStore(path)
+        started = time.monotonic()
+        read = restore_partition(settings, store, 0)
+        seconds = time.monotonic() - started
+        want = {u: blob for cost in costs.values() for u, blob in cost.states.items()}
+        got = store.get_many(list(want))
+        store.close()
+    same = sum(s is not None and s.encode() == want[u] for u, s in zip(want, got, strict=True))
+    print(
+        f"restore onto an empty disk: {read:,} records, {sent / 2**20:,.1f} MiB in "
+        f"{seconds:.2f} s ({sent / 2**20 / seconds:,.0f} MiB/s); {same}/{len(want)} states "
+        "equal the worker's",
+        flush=True,
+    )
 
 
 def report(size: int, cost: Cost, first: Cost) -> None:
@@ -145,6 +248,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000", help="history lengths")
     parser.add_argument("--users", type=int, default=32, help="users per history length")
     parser.add_argument("--batches", type=int, default=20, help="batches of one event per user")
+    parser.add_argument("--no-cycle", action="store_true", help="skip the checkpoint cycles")
+    parser.add_argument("--no-restore", action="store_true", help="skip the restore (no broker)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"{args.users} users per length, {args.batches} batches of one event per user")
@@ -152,6 +257,12 @@ def main() -> None:
     for size in sizes:
         costs[size] = measure(size, args.users, args.batches)
         report(size, costs[size], costs[sizes[0]])
+    if not args.no_cycle:
+        print("checkpoint cycles: one user, one event per batch")
+        for size in sizes:
+            checkpoint_cycle(size)
+    if not args.no_restore:
+        restore(costs)
 
 
 if __name__ == "__main__":
