@@ -174,6 +174,11 @@ class IdMap:
         self._next_row += fresh.size
         return np.concatenate([reused, fresh])
 
+    def assigned(self) -> tuple[Int64, Int64]:
+        """The admitted ids (sorted) and their rows: the map's own arrays, never changed in place
+        (admitting or expiring ids makes new ones), so a reference stays what it was."""
+        return self._keys, self._rows
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything but the constructor arguments, as int64 tensors (safetensors-ready)."""
         scalars = {"step": self.step, "n_refused": self.n_refused, "next_row": self._next_row}

@@ -5,7 +5,8 @@ A snapshot that is truncated, has a wrong checksum, another model config or a ne
 is a symlink or a special file, is too large or too slow to read, or (where a key is set) is not
 signed by the trainer is refused, counted (``twinstream_model_reload_failures_total{reason}``,
 reasons :data:`FAILURE_REASONS`) and logged; the serving model stays. An announcement names a
-version, read from the worker's own snapshot folder, never a path. Loading runs on this
+version, read from the worker's own snapshot folder, never a path. Between checkpoints the
+trainer's deltas are applied in place (:mod:`serving.delta_follow`). Loading runs on this
 watcher's thread, never on the request path.
 """
 
@@ -24,6 +25,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from contracts.settings import Settings
 from models import ModelConfig
+from serving.delta_follow import DeltaFollower
 from serving.manifest import REASONS, SnapshotError
 from serving.metrics import ScoringMetrics
 from serving.scorer import ModelHolder
@@ -54,6 +56,8 @@ def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
 
 
 ANNOUNCEMENT_MAX_BYTES = 64 * 1024
+MAX_DELTA_BYTES = 4 << 30
+REPLAY_MARGIN_S = 120.0  # deltas are read again from this long before a checkpoint was made
 MAX_VERSION = 10**15  # beyond any real count of snapshots and deltas
 FAILURE_REASONS = (*REASONS, "bad_announcement")  # twinstream_model_reload_failures_total
 
@@ -83,6 +87,9 @@ class SnapshotWatcher:
         self.settings, self.holder, self.metrics = settings, holder, metrics
         self.snapshot_dir = snapshot_dir
         self.signer = Signer.of(settings.model_hmac_key)
+        max_delta = min(settings.model_max_file_bytes, MAX_DELTA_BYTES)
+        self.follower = DeltaFollower(holder, metrics, self.signer, max_delta, self.refuse)
+        self._consumer: KafkaConsumer | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
 
@@ -131,7 +138,7 @@ class SnapshotWatcher:
         lower_thread_priority()
         if self.snapshot_dir is not None:
             self._load_latest(self.snapshot_dir)
-        consumer = self._consumer()
+        self._consumer = consumer = self._new_consumer()
         try:
             while not self._stop.is_set():
                 batch = consumer.poll(timeout_ms=200)
@@ -141,15 +148,52 @@ class SnapshotWatcher:
             consumer.close()
 
     def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        """Act on a batch of ``model-updates`` records: only the newest valid announcement
-        matters (older ones are superseded); a refused one falls back to the one before."""
-        for record in reversed(records):
+        """Act on a batch of ``model-updates`` records in order: delta chunks go to the
+        follower; of the checkpoint announcements only the newest valid one matters (a refused
+        one falls back to the one before). When buffered deltas cannot chain on the serving
+        version, their checkpoint is loaded and the topic read again from its time."""
+        announcements = [r for r in records if header(r.headers, "kind") != b"delta"]
+        for record in records:
             try:
-                if self._announced(record.value, header(record.headers, "mac")):
-                    return
+                if header(record.headers, "kind") == b"delta":
+                    self.follower.chunk(record.value, header(record.headers, "mac"))
+                elif record is announcements[-1]:
+                    self._newest_announcement(announcements)
             except Exception:  # one bad message must never stop the watcher's thread
                 log.exception("model-updates offset %d", record.offset)
                 self.metrics.reload_failures.labels(reason="corrupt").inc()
+            wanted = self.follower.wants_checkpoint()
+            if wanted is not None and self._resync(wanted):
+                return
+
+    def _newest_announcement(self, announcements: Sequence[ConsumerRecord]) -> None:
+        for record in reversed(announcements):
+            if self._announced(record.value, header(record.headers, "mac")):
+                self.follower.catch_up()
+                return
+
+    def _resync(self, version: int) -> bool:
+        """Load checkpoint ``version`` and read the topic again from its time; True when the
+        consumer was moved (the rest of the batch is read again)."""
+        if self.snapshot_dir is None or not self.load(version_dir(self.snapshot_dir, version)):
+            return False
+        self.follower.catch_up()
+        return self._seek_to_model_time()
+
+    def _seek_to_model_time(self) -> bool:
+        """Move the consumer to a little before the serving model was made (the deltas after
+        it follow); False without a model or a consumer."""
+        model, consumer = self.holder.model, self._consumer
+        manifest = getattr(model, "manifest", None)
+        if manifest is None or consumer is None:
+            return False
+        tp = TopicPartition(self.settings.topics.model_updates, 0)
+        wanted = int((manifest.created - REPLAY_MARGIN_S) * 1000)
+        found = consumer.offsets_for_times({tp: max(0, wanted)}).get(tp)
+        if found is None:
+            return False
+        consumer.seek(tp, found.offset)
+        return True
 
     def _load_latest(self, folder: Path) -> None:
         """The newest snapshot of ``folder`` that verifies (a refused one never hides older
@@ -184,11 +228,20 @@ class SnapshotWatcher:
         path = version_dir(self.snapshot_dir, version)
         return self.load(path, digest if isinstance(digest, str) else None)
 
-    def _consumer(self) -> KafkaConsumer:
+    def _new_consumer(self) -> KafkaConsumer:
+        """A consumer of ``model-updates`` from a little before the serving model was made
+        (the deltas after it), or from the end."""
         topic = self.settings.topics.model_updates
-        consumer = KafkaConsumer(**self.settings.kafka_config(), enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            **self.settings.kafka_config(),
+            enable_auto_commit=False,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=16 << 20,
+        )
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         consumer.seek_to_end(tp)
         consumer.position(tp)
+        self._consumer = consumer
+        self._seek_to_model_time()
         return consumer

@@ -39,11 +39,13 @@ class ServingModel(Protocol):
 
 
 class ModelHolder:
-    """The serving model; swapped atomically (one reference assignment) on reload."""
+    """The serving model; swapped atomically (one reference assignment) on reload. A delta
+    (:mod:`serving.delta`) changes the serving model in place while holding :attr:`lock`, which
+    the scorer holds while it reads the model: a request sees one version, never half a delta."""
 
     def __init__(self) -> None:
         self._model: ServingModel | None = None
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     @property
     def model(self) -> ServingModel | None:
@@ -51,7 +53,7 @@ class ModelHolder:
 
     def swap(self, model: ServingModel) -> bool:
         """Serve ``model`` if it is newer than the current one; True when swapped."""
-        with self._lock:
+        with self.lock:
             if self._model is not None and model.version <= self._model.version:
                 return False
             self._model = model
@@ -102,18 +104,20 @@ class Scorer:
             recent_length=self.state_config.recent_length,
         )
         arrays = decode_samples([blob], recent_length=self.state_config.recent_length)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.holder.lock:
+            model = self.holder.model or model
+            version = model.version
             batch = candidates_batch(model, arrays, req.items, categories)
             out = model.model(batch)
             if self.drift is not None and out.attention is not None:
                 self.drift.observe(model, batch, out.attention, req.user_id)
-        scores = torch.sigmoid(out.logits.float()).cpu().numpy()
+            scores = torch.sigmoid(out.logits.float()).cpu().numpy()
         response: dict[str, Any] = {
             "request_id": req.request_id,
             "user_id": req.user_id,
             "items": list(req.items),
             "scores": [round(float(s), 6) for s in scores],
-            "model_version": model.version,
+            "model_version": version,
             "history_length": int(arrays.hist_mask[0].sum()),
         }
         if req.explain:

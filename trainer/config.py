@@ -32,6 +32,9 @@ class TrainerConfig:
     batch_size: int = 512  # sample messages per step (each holds a positive and its negatives)
     snapshot_every_steps: int | None = 50
     snapshot_every_s: float | None = 30.0
+    # deltas of the touched rows on model-updates every this many seconds (trainer.deltas);
+    # None: none, workers reload whole snapshots. One process only (not under torchrun).
+    delta_every_s: float | None = None
     keep: int = 5  # newest snapshots kept on disk
     metrics_window: int = 10_000  # target rows in the sliding AUC / GAUC / logloss window
     device: str = "auto"  # "auto": CUDA when available, else CPU
@@ -62,6 +65,8 @@ class TrainerConfig:
             "keep must be >= 1": self.keep >= 1,
             "metrics_window must be >= 1": self.metrics_window >= 1,
             "max_wait_s must be > 0": self.max_wait_s > 0,
+            "delta_every_s must be > 0 or None": self.delta_every_s is None
+            or self.delta_every_s > 0,
         }
         problems = [message for message, ok in checks.items() if not ok]
         if problems:

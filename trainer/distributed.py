@@ -147,8 +147,7 @@ class TorchComm:
             loss = learner.loss(batch.to(learner.device, non_blocking=True))
             loss.backward()
         self.sync_gradients(learner.model, 0 if batch is None else batch.size)
-        for opt in learner.optimizers:
-            opt.step()
+        learner.step_optimizers()
         learner.steps += 1
         return None if loss is None else float(loss.detach())
 

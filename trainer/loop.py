@@ -26,6 +26,7 @@ weights that one itself (``ModelConfig.aux_loss_weight``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,6 +98,8 @@ class Learner:
         self.model = model.to(self.device)
         self.optimizers = _optimizers(self.model, self.config, self.device)
         self.steps = 0
+        # called with (sparse table, rows) before each step changes them (trainer.deltas)
+        self.on_rows: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Training loss of a batch already on the device: BCE + the model's (weighted) aux loss."""
@@ -115,10 +118,19 @@ class Learner:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        for opt in self.optimizers:
-            opt.step()
+        self.step_optimizers()
         self.steps += 1
         return float(loss.detach())
+
+    def step_optimizers(self) -> None:
+        """Step every optimizer on the gradients in place; first tell :attr:`on_rows` (the
+        online trainer's delta log) which rows of each sparse table they change."""
+        if self.on_rows is not None:
+            for p in self.model.sparse_parameters():
+                if p.grad is not None and p.grad.is_sparse:
+                    self.on_rows(p, p.grad._indices()[0])
+        for opt in self.optimizers:
+            opt.step()
 
     @torch.inference_mode()
     def predict(self, batch: Batch) -> ModelOutput:

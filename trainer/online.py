@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -50,11 +49,12 @@ from serving.snapshot import (
 )
 from trainer.announce import SnapshotAnnouncer
 from trainer.config import RunReport, TrainerConfig
+from trainer.deltas import DeltaChain, DeltaPublisher, DeltaStats, TouchedRows, read_published
 from trainer.distributed import Agreement, Comm, init_comm
 from trainer.fresh_rows import EmbeddingTables
 from trainer.loop import Learner, LearnerConfig, resolve_device
 from trainer.metrics import SlidingWindowMetrics, across_ranks
-from trainer.pacing import LoopClock, stop_reason
+from trainer.pacing import LoopClock, stop_on_signals, stop_reason
 from trainer.resume import resume
 from trainer.sample_batch import DecodedBatch, decode_batch, labelled
 from trainer.source import KafkaSampleSource, SampleSource
@@ -74,6 +74,7 @@ class _Run:
     audit: IO[str] | None
     report: RunReport
     clock: LoopClock
+    chain: DeltaChain | None = None  # with delta_every_s (trainer.deltas)
 
 
 class OnlineTrainer:
@@ -113,12 +114,17 @@ class OnlineTrainer:
         self.attention = AttentionWindow(config.metrics_window)
         self.last_snapshot: WrittenSnapshot | None = None
         self._tables = EmbeddingTables.of(self.model)
+        self.touched = TouchedRows(self.model) if config.delta_every_s is not None else None
+        self.learner.on_rows = self.touched
+        self.delta_pauses: list[float] = []  # seconds the loop spent cutting each delta
+        self.delta_stats = DeltaStats()  # what the last run's publisher sent
         self._stop = threading.Event()
         self._loss = float("nan")  # moving average of the training loss
         resumed = resume(self.learner, self.mapper, config, self.topic, tidy=comm.is_main)
         self.learner.steps = resumed.step
         self.offsets = dict(resumed.offsets)  # partition → last offset consumed
-        self.version = resumed.version  # of the newest snapshot
+        # of the newest snapshot, or of the newest delta a previous run sent (numbered after)
+        self.version = max(resumed.version, read_published(config.snapshot_dir))
         self.rows_total = resumed.rows  # target rows trained since the first start
         self._check_same_start()
         self.comm.broadcast_model(self.model)
@@ -157,9 +163,14 @@ class OnlineTrainer:
         data on any partition for ``idle_timeout_s``; then snapshot and return. ``source``
         defaults to the ``samples`` topic, whose snapshots are announced on ``model-updates``;
         those of another source are not announced."""
-        with self._signals(), self._connect(source) as (src, announcer), self._audit() as audit:
+        with (
+            stop_on_signals(self.stop),
+            self._connect(source) as (src, announcer),
+            self._audit() as audit,
+        ):
             run = _Run(src, announcer, audit, RunReport(), LoopClock.of(self.config))
-            self._loop(run, max_steps, idle_timeout_s)
+            with self._deltas(run):
+                self._loop(run, max_steps, idle_timeout_s)
         return run.report
 
     def _loop(self, run: _Run, max_steps: int | None, idle_timeout_s: float | None) -> None:
@@ -167,6 +178,10 @@ class OnlineTrainer:
         while True:
             agreed = self._iteration(run, idle_timeout_s)
             run.source.sample_lag(self.telemetry)
+            if run.chain is not None and run.chain.live and clock.delta_due(time.monotonic()):
+                self.version += 1
+                run.chain.cut(self.version, self.model, self.mapper)
+                clock.delta_cut()
             if clock.dirty and (agreed.due or clock.steps_due(agreed.rows > 0, self.step)):
                 self._publish_snapshot(run)
                 clock.snapshotted()
@@ -189,6 +204,8 @@ class OnlineTrainer:
         if not run.source.assigned():  # still joining the group: not idle yet
             clock.last_data = time.monotonic()
         due, idle = clock.time_due(began), clock.idle(began, idle_timeout_s)
+        if run.chain is not None and not run.chain.live:
+            due = due or clock.delta_due(began)  # a delta chain starts with a checkpoint
         agreed = self.comm.agree(step.rows, self._stop.is_set(), due, idle)
         self._account(step, run)
         if agreed.rows > 0:
@@ -259,6 +276,13 @@ class OnlineTrainer:
     def _reset_rows(self, new: NewRows) -> None:
         """Fresh rows and zero moments for the rows the id maps just handed out, the same on
         every rank (seeded by the id maps' step)."""
+        if self.touched is not None:
+            for tables, rows in (
+                (self._tables.items, new.items),
+                (self._tables.categories, new.categories),
+            ):
+                for table in tables:
+                    self.touched(table.weight, rows)
         seed = self.config.seed * 1_000_003 + self.mapper.items.step
         self._tables.reset_rows(new, self.learner.optimizers, seed, self.learner.device)
 
@@ -282,10 +306,18 @@ class OnlineTrainer:
             raise RuntimeError(f"{what}() is for one process; ranks step together in run()")
 
     def _publish_snapshot(self, run: _Run, final: bool = False) -> None:
-        """Snapshot; rank 0 announces what it wrote and tells the source its offsets."""
-        written = self._snapshot(run.report, final)
+        """Snapshot; rank 0 announces what it wrote and tells the source its offsets. Following
+        a delta chain, the snapshot takes the version of a delta cut with it (the same state);
+        else it starts a new chain."""
+        chain = run.chain
+        chained = chain is not None and chain.live
+        if chain is not None and chained:
+            chain.cut(self.version + 1, self.model, self.mapper)
+        written = self._snapshot(run.report, final)  # version + 1: the delta's, when chained
         if written is None:
             return
+        if chain is not None:
+            chain.checkpointed(written.manifest.version, self.mapper, restart=not chained)
         if run.announcer is not None:
             run.announcer.announce(written)
         run.source.snapshot_written(written.manifest.offsets)
@@ -385,20 +417,22 @@ class OnlineTrainer:
                 announcer.close()
 
     @contextmanager
-    def _signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+    def _deltas(self, run: _Run) -> Iterator[None]:
+        """With ``delta_every_s``, a chain of deltas for this run (one process only)."""
+        if self.touched is None:
             yield
             return
-
-        def handler(signum: int, frame: object) -> None:
-            self.stop()
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        if self.comm.world_size > 1:
+            raise RuntimeError("delta_every_s is for one process; ranks publish snapshots")
+        if run.announcer is None:
+            run.announcer = SnapshotAnnouncer(self.settings)
+        publisher = DeltaPublisher(self.settings, self.config.snapshot_dir, {})
+        run.chain = DeltaChain(publisher, self.touched, self.config.model)
         try:
             yield
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            publisher.close()
+            self.delta_stats, self.delta_pauses = publisher.stats, run.chain.pauses
 
     @contextmanager
     def _audit(self) -> Iterator[IO[str] | None]:

@@ -1,0 +1,105 @@
+"""A worker following the trainer's delta chain (:mod:`serving.delta`) on ``model-updates``.
+
+Each delta is applied in place on exactly the version it names (``prev``): checked and prepared
+beside the serving model (id maps rebuilt), then written into the live tables under the model
+holder's lock, which the scorer holds while it reads the model, so a request sees one version.
+A delta that arrives early (a gap: one before it was lost or refused) waits in a small buffer;
+the watcher then loads the chain's checkpoint and replays what follows it
+(:meth:`DeltaFollower.wants_checkpoint`). A refused delta is logged and counted like a refused
+snapshot and never blocks a later one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from serving.delta import Delta, DeltaAssembler, apply_prepared, prepare
+from serving.manifest import SnapshotError
+from serving.metrics import ScoringMetrics
+from serving.scorer import ModelHolder
+from serving.signing import Signer
+
+log = logging.getLogger(__name__)
+BUFFERED_DELTAS = 64
+
+
+class DeltaFollower:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        metrics: ScoringMetrics,
+        signer: Signer,
+        max_bytes: int,
+        refuse: Callable[[str, object, object], None],
+    ) -> None:
+        self.holder, self.metrics, self.refuse = holder, metrics, refuse
+        self.assembler = DeltaAssembler(signer, max_bytes)
+        self._early: dict[int, Delta] = {}  # prev → delta, waiting for its predecessor
+        self.applied = 0
+        self.on_applied: Callable[[Delta, float], None] | None = None  # delta, apply seconds
+
+    @property
+    def version(self) -> int:
+        model = self.holder.model
+        return 0 if model is None else int(model.version)
+
+    def chunk(self, value: bytes, mac: bytes | None) -> None:
+        """One chunk from ``model-updates``: old versions skipped unread, others assembled."""
+        try:
+            if DeltaAssembler.peek(value)["version"] <= self.version:
+                return
+            delta = self.assembler.add(value, None if mac is None else mac.decode(errors="replace"))
+        except SnapshotError as err:
+            self.refuse(err.reason, "delta chunk", err)
+            return
+        if delta is not None:
+            self.offer(delta)
+
+    def offer(self, delta: Delta) -> None:
+        """Apply ``delta`` if it follows the serving version, else keep it for later."""
+        if delta.header.version <= self.version:
+            return
+        self._early[delta.header.prev] = delta
+        if len(self._early) > BUFFERED_DELTAS:
+            self._early.pop(min(self._early))
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Apply every buffered delta that chains on the serving version."""
+        for prev in [p for p in self._early if p < self.version]:
+            del self._early[prev]
+        while (delta := self._early.pop(self.version, None)) is not None:
+            if not self._apply(delta):
+                return
+
+    def wants_checkpoint(self) -> int | None:
+        """The checkpoint to load when buffered deltas cannot chain on the serving version."""
+        if not self._early or self.version in self._early:
+            return None
+        newest = max(self._early.values(), key=lambda d: d.header.version)
+        return newest.header.checkpoint if newest.header.checkpoint > self.version else None
+
+    def _apply(self, delta: Delta) -> bool:
+        model = self.holder.model
+        if model is None:
+            return False
+        began = time.perf_counter()
+        try:
+            prepared = prepare(model, delta)
+        except SnapshotError as err:
+            self.refuse(err.reason, f"delta v{delta.header.version}", err)
+            return False
+        with self.holder.lock:
+            if model is not self.holder.model or model.version != delta.header.prev:
+                return False  # a checkpoint was swapped in meanwhile
+            apply_prepared(model, prepared)
+        seconds = time.perf_counter() - began
+        self.applied += 1
+        self.metrics.model_version.set(delta.header.version)
+        self.metrics.model_created.set(delta.header.created)
+        if self.on_applied is not None:
+            self.on_applied(delta, seconds)
+        log.info("applied delta v%d in %.3f s", delta.header.version, seconds)
+        return True

@@ -1,0 +1,125 @@
+"""Delta sync on the real broker: a trainer publishing deltas every 0.3 s and a worker's watcher
+following them (in place, without reloading whole snapshots) serve exactly the trainer's weights;
+a worker that starts later from an old checkpoint replays the deltas after it and catches up.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from contracts.settings import Settings
+from feature_store import decode_samples
+from models import ModelConfig
+from serving.metrics import ScoringMetrics
+from serving.reload import SnapshotWatcher
+from serving.scorer import ModelHolder
+from serving.snapshot import list_snapshots
+from streaming.admin import ensure_topics
+from tests.support.events import sample_messages, synthetic_events
+from tests.support.waiting import wait_until
+from trainer.config import TrainerConfig
+from trainer.online import OnlineTrainer
+
+pytestmark = [pytest.mark.integration]
+CFG = ModelConfig(n_items=4096, n_categories=128, dim=8, seq_len=20, topk=5)
+
+
+def keyed(settings: Settings, **extra: str) -> Settings:
+    env = {
+        "TWINSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "TWINSTREAM_TOPIC_PREFIX": settings.topics.prefix,
+        "TWINSTREAM_MODEL_HMAC_KEY": "k",
+        "TWINSTREAM_DELTA_CHUNK_BYTES": "20000",  # several chunks per delta
+    }
+    return Settings.from_env(env | extra)
+
+
+def watcher(settings: Settings, folder: Path) -> tuple[SnapshotWatcher, ModelHolder]:
+    holder = ModelHolder()
+    w = SnapshotWatcher(settings, holder, ScoringMetrics.create(CollectorRegistry()), folder)
+    w.start()
+    return w, holder
+
+
+def counter(w: SnapshotWatcher, name: str) -> float:
+    return w.metrics.registry.get_sample_value(name) or 0.0
+
+
+def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = keyed(settings)
+    per_partition = sample_messages(synthetic_events())
+    ensure_topics(settings, {settings.topics.samples: 4, settings.topics.model_updates: 1})
+    config = TrainerConfig(
+        model_config=CFG,
+        snapshot_dir=tmp_path / "trainer",
+        batch_size=16,
+        snapshot_every_steps=None,
+        snapshot_every_s=4.0,
+        delta_every_s=0.3,
+        max_wait_s=0.05,
+        device="cpu",
+        metrics_window=500,
+    )
+    live, live_holder = watcher(settings, config.snapshot_dir)
+    trainer = OnlineTrainer(settings, config)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
+    thread.start()
+    for partition, blobs in per_partition.items():  # a trickle: training goes on for seconds
+        for i, blob in enumerate(blobs):
+            producer.send(settings.topics.samples, blob, partition=partition)
+            if i % 40 == 0:
+                producer.flush()
+                threading.Event().wait(0.05)
+    producer.close()
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    final = trainer.version
+    wait_until(
+        lambda: live_holder.model if live_holder.model and live_holder.model.version == final
+        else None,
+        timeout_s=60,
+        what=f"the live worker at v{final}",
+    )
+    live.stop()
+    sent = trainer.delta_stats.sent
+    assert len(sent) >= 5 and trainer.delta_stats.failed == 0
+    assert live.follower.applied >= len(sent) - 2  # by deltas, not by reloading checkpoints
+    assert counter(live, "twinstream_model_reloads_total") <= 2
+    assert counter(live, "twinstream_model_reload_failures_total") == 0
+    assert_same_model(trainer, live_holder)
+
+    # a worker starting now with only the first checkpoint replays every delta after it
+    late_folder = tmp_path / "late"
+    first = list_snapshots(config.snapshot_dir)[0]
+    shutil.copytree(first, late_folder / first.name)
+    late, late_holder = watcher(settings, late_folder)
+    wait_until(
+        lambda: late_holder.model if late_holder.model and late_holder.model.version == final
+        else None,
+        timeout_s=60,
+        what=f"the late worker at v{final}",
+    )
+    late.stop()
+    assert late.follower.applied >= 3
+    assert_same_model(trainer, late_holder)
+
+
+def assert_same_model(trainer: OnlineTrainer, holder: ModelHolder) -> None:
+    served = holder.model
+    assert served is not None
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(served.model.state_dict()[name], tensor), name
+    blobs = sample_messages(synthetic_events())[0][:40]
+    arrays = decode_samples(blobs, CFG.seq_len)
+    expected = trainer.learner.predict(trainer.mapper.to_batch(arrays, learn=False))
+    assert torch.equal(served.score(arrays).logits, expected.logits)  # type: ignore[attr-defined]

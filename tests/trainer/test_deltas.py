@@ -1,0 +1,120 @@
+"""Deltas without Kafka: a snapshot plus the deltas cut after it (chunked, signed, reassembled,
+applied in place) scores exactly like the trainer; the id-map changes cover new ids; a delta that
+does not fit, is altered or unsigned is refused before anything changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contracts.settings import Settings
+from contracts.topics import TopicNames
+from feature_store import decode_samples
+from models import ModelConfig
+from serving.delta import Delta, DeltaAssembler, DeltaHeader, apply_prepared, chunk_messages, prepare
+from serving.loading import load_snapshot
+from serving.manifest import SnapshotError
+from serving.signing import Signer
+from tests.support.events import sample_messages, synthetic_events
+from trainer.config import TrainerConfig
+from trainer.deltas import cut_delta, idmap_change
+from trainer.online import OnlineTrainer
+
+SETTINGS = Settings(topics=TopicNames(prefix="unit-"))
+CFG = ModelConfig(n_items=2048, n_categories=64, dim=8, seq_len=20, topk=5)
+SIGNER = Signer.of("k")
+
+
+def as_delta(cut, before) -> Delta:  # type: ignore[no-untyped-def]
+    changes = {n: idmap_change(before[n], cut.idmaps[n]) for n in cut.idmaps}
+    return Delta(cut.header, cut.rows, cut.dense, changes)
+
+
+def wire(delta: Delta, chunk_bytes: int = 4096) -> Delta:
+    """Through the wire format: chunks, each signed, reassembled and verified."""
+    assembler = DeltaAssembler(SIGNER, max_bytes=1 << 24)
+    out = None
+    for value, headers in chunk_messages(delta, SIGNER, chunk_bytes):
+        out = assembler.add(value, dict(headers)["mac"].decode())
+    assert out is not None
+    return out
+
+
+def test_a_snapshot_plus_deltas_scores_exactly_like_the_trainer(tmp_path: Path) -> None:
+    blobs = [b for p, part in sorted(sample_messages(synthetic_events()).items()) for b in part]
+    chunks = [decode_samples(blobs[i : i + 64], CFG.seq_len) for i in range(0, len(blobs), 64)]
+    config = TrainerConfig(
+        model_config=CFG, snapshot_dir=tmp_path, device="cpu", delta_every_s=1.0, metrics_window=500
+    )
+    trainer = OnlineTrainer(SETTINGS, config)
+    trainer.learn_arrays(chunks[0])
+    written = trainer.snapshot()
+    assert written is not None
+    served = load_snapshot(written.path)
+    assert trainer.touched is not None
+    trainer.touched.take()
+    maps = {"item": trainer.mapper.items.assigned(), "category": trainer.mapper.categories.assigned()}
+    version, sizes = written.manifest.version, []
+    for arrays in chunks[1:6]:
+        trainer.learn_arrays(arrays)
+        version += 1
+        header = DeltaHeader(version, version - 1, 1, 0.0, "dare")
+        cut = cut_delta(trainer.model, trainer.mapper, trainer.touched, header)
+        delta = wire(as_delta(cut, maps))
+        maps = cut.idmaps
+        sizes.append(sum(len(c) for c in delta.idmaps.values()))
+        apply_prepared(served, prepare(served, delta))
+    assert served.version == version and sum(sizes) > 0  # new ids arrived with the deltas
+    for arrays in chunks[6:9]:  # ids of every kind, known and unknown
+        expected = trainer.learner.predict(trainer.mapper.to_batch(arrays, learn=False))
+        assert torch.equal(served.score(arrays).logits, expected.logits)
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(served.model.state_dict()[name], tensor), name
+
+
+def test_a_delta_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
+    config = TrainerConfig(model_config=CFG, snapshot_dir=tmp_path, device="cpu")
+    written = OnlineTrainer(SETTINGS, config).snapshot()
+    assert written is not None
+    served = load_snapshot(written.path)
+    before = {k: v.clone() for k, v in served.model.state_dict().items()}
+    table = next(k for k in before if k.endswith("item.embedding.weight"))
+    header = DeltaHeader(2, 1, 1, 0.0, "dare")
+    outside = Delta(header, {table: (torch.tensor([1, CFG.n_items]), torch.ones(2, 8))}, {}, {})
+    wrong = Delta(header, {table: (torch.tensor([1]), torch.ones(1, 9))}, {}, {})
+    unknown = Delta(header, {}, {"nope": torch.ones(1)}, {})
+    for delta in (outside, wrong, unknown):
+        with pytest.raises(SnapshotError) as err:
+            prepare(served, wire(delta))
+        assert err.value.reason == "config"
+    assert all(torch.equal(before[k], v) for k, v in served.model.state_dict().items())
+    assert served.version == 1
+
+
+def test_altered_unsigned_or_oversized_chunks_are_refused() -> None:
+    delta = Delta(DeltaHeader(2, 1, 1, 0.0, "dare"), {}, {"w": torch.ones(3000)}, {})
+    (value, headers), *_ = chunk_messages(delta, SIGNER, 1 << 20)
+    mac = dict(headers)["mac"].decode()
+    reasons = []
+    for v, m, bound in (
+        (value[:-1] + bytes([value[-1] ^ 1]), mac, 1 << 20),  # altered
+        (value, None, 1 << 20),  # unsigned
+        (value, Signer.of("other").sign("delta", value), 1 << 20),  # another key
+        (value, mac, 100),  # larger than the worker allows
+    ):
+        with pytest.raises(SnapshotError) as err:
+            DeltaAssembler(SIGNER, max_bytes=bound).add(v, m)
+        reasons.append(err.value.reason)
+    assert reasons == ["signature", "signature", "signature", "unsafe"]
+    unsigned = DeltaAssembler(Signer.of(None), max_bytes=1 << 20)
+    (plain, _), *_ = chunk_messages(delta, Signer.of(None), 1 << 20)
+    broken = plain[:-1] + bytes([plain[-1] ^ 1])
+    with pytest.raises(SnapshotError) as err:
+        unsigned.add(broken, None)
+    assert err.value.reason == "checksum"  # without a key the sha256 still catches damage
+    assert np.array_equal(
+        unsigned.add(plain, None).dense["w"].numpy(), np.ones(3000, np.float32)  # type: ignore[union-attr]
+    )
