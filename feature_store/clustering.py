@@ -51,8 +51,9 @@ function, the worker :func:`update`, and both produce the same clusters (tests/t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -176,16 +177,66 @@ def sequence_as_of(
     return with_singletons(clustered, log[upto:total])
 
 
+class RebuildBudget:
+    """CPU time for re-clustering users whose clusters predate the embeddings: a token bucket in
+    seconds. Each applied event earns ``per_event_s`` (up to ``burst_s``); a rebuild runs only
+    while the balance is positive and spends what it took, so rebuilds cost at most
+    ``per_event_s`` per ingested event on average (plus one rebuild of debt)."""
+
+    def __init__(self, per_event_s: float = 5e-6, burst_s: float = 0.05) -> None:
+        self.per_event_s, self.burst_s, self.balance = per_event_s, burst_s, 0.0
+        self.rebuilds, self.deferred = 0, 0
+
+    def earn(self) -> None:
+        self.balance = min(self.burst_s, self.balance + self.per_event_s)
+
+
+def recluster(
+    state: ClusterState, log: np.ndarray, lo: int, config: ClusterConfig, embedder: Any
+) -> ClusterState | None:
+    """The worker's policy, run once per applied event; the new state, or None (nothing to do).
+
+    Growth (``recluster_every`` behaviours), a late insertion or the cap re-cluster what changed
+    (:func:`needs_update`). When the embeddings changed since the user was clustered (stale), the
+    whole log is rebuilt with them if ``embedder.budget`` (a :class:`RebuildBudget`; none: always)
+    allows; otherwise the user stays stale (its version unchanged) and growth clusters only the new
+    blocks, with the new embeddings, until a later touch finds budget."""
+    budget = getattr(embedder, "budget", None)
+    if budget is not None:
+        budget.earn()
+    live = pinned(embedder)
+    version = 0 if live is None else int(live.version)
+    total = lo + log.shape[0]
+    stale = state.version != version and state.blocks.shape[0] > 0
+    if stale and (budget is None or budget.balance > 0):
+        start = time.perf_counter()
+        rebuilt = update(state, log, lo, config, live)
+        if budget is not None:
+            budget.balance -= time.perf_counter() - start
+            budget.rebuilds += 1
+        return rebuilt
+    if not needs_update(state, lo, total, state.version if stale else version, config):
+        return None
+    if stale and budget is not None:
+        budget.deferred += 1
+    return update(state, log, lo, config, live, keep_version=stale)
+
+
 def update(
     state: ClusterState,
     log: np.ndarray,
     lo: int,
     config: ClusterConfig,
     embedder: ItemEmbedder | None = None,
+    keep_version: bool = False,
 ) -> ClusterState:
-    """Re-cluster ``log`` (structured, absolute positions ``lo ..``) reusing unchanged blocks."""
+    """Re-cluster ``log`` (structured, absolute positions ``lo ..``) reusing unchanged blocks.
+    ``keep_version``: reuse blocks built with other embeddings and keep the state's version (a
+    stale user that grew; see :func:`recluster`)."""
     embedder = pinned(embedder)
     version = 0 if embedder is None else int(embedder.version)
+    if keep_version:
+        version = state.version
     total = lo + log.shape[0]
     layout = advance_layout(state.blocks, lo, total, config)
     kept = _reusable(state, version)

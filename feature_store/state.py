@@ -46,9 +46,8 @@ from feature_store.clustering import (
     BLOCK_DTYPE,
     ClusterState,
     ItemEmbedder,
-    needs_update,
+    recluster,
     singletons,
-    update,
     with_singletons,
 )
 from feature_store.ids import hash_id, stable_id
@@ -294,12 +293,13 @@ class UserState:
         return verdict
 
     def maybe_recluster(self, config: ClusterConfig, embedder: ItemEmbedder | None = None) -> bool:
-        """Re-cluster when the log grew enough or the embeddings changed; True if it ran."""
-        version = 0 if embedder is None else int(embedder.version)
+        """Re-cluster when the log grew enough or the embeddings changed (the policy of
+        :func:`feature_store.clustering.recluster`); True if it ran."""
         lo = self._total - (self._hi - self._lo)
-        if not needs_update(self.cluster_state, lo, self._total, version, config):
+        new = recluster(self.cluster_state, self.log, lo, config, embedder)
+        if new is None:
             return False
-        self.cluster_state = update(self.cluster_state, self.log, lo, config, embedder)
+        self.cluster_state = new
         return True
 
     def splice(self, position: int, rows: np.ndarray, total: int, n_log: int) -> None:

@@ -8,14 +8,16 @@ the shared unknown row 0). Its ``version`` is the snapshot's.
 :class:`LiveItemEmbeddings` follows the scorer's :class:`serving.scorer.ModelHolder` for the
 ingest path. Before any snapshot it has version 0, and the feature store clusters by category.
 Its version is the serving snapshot's version when it last *adopted* one: at once the first time,
-then at most once every ``min_interval_s``. Every user whose clusters carry an older version
-re-clusters wholly when next touched (the version is kept in each user's cluster state), so the
-interval bounds how often one user pays a full re-clustering, whatever the trainer's snapshot
-rate. Clusters are always computed with the table of the snapshot serving at that moment (no old
-snapshot is kept alive for clustering: a Taobao-sized item table is 1 GB); between adoptions a user
-whose log grows re-clusters only its new blocks, with the newer table. Each re-clustering reads the
-serving snapshot once (:meth:`LiveItemEmbeddings.current`), so a swap in its middle never mixes two
-tables in one run.
+then at most once every ``min_interval_s``. A user whose clusters carry an older version (kept in
+each user's cluster state) re-clusters wholly when next touched, while its :class:`RebuildBudget`
+(CPU seconds earned per ingested event) has a positive balance; otherwise it stays stale and only
+its growth is clustered, until a later touch (:func:`feature_store.clustering.recluster`). So the
+interval bounds how often one user pays a full re-clustering, and the budget what all of them cost
+per event, whatever the trainer's snapshot rate. Clusters are always computed with the table of
+the snapshot serving at that moment (no old snapshot is kept alive for clustering: a Taobao-sized
+item table is 1 GB); between adoptions a user whose log grows re-clusters only its new blocks,
+with the newer table. Each re-clustering reads the serving snapshot once
+(:meth:`LiveItemEmbeddings.current`), so a swap in its middle never mixes two tables in one run.
 
 :class:`ClusterMetrics`: leaf sizes and staleness (adopted version minus the user's) of the users a
 batch touched, sampled as the worker's other per-state histograms are.
@@ -34,6 +36,7 @@ import numpy.typing as npt
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 
+from feature_store.clustering import RebuildBudget
 from feature_store.state import UserState
 from serving.scorer import ModelHolder, ServingModel
 
@@ -64,8 +67,10 @@ class LiveItemEmbeddings:
         holder: ModelHolder,
         min_interval_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        rebuild_budget: RebuildBudget | None = None,
     ) -> None:
         self.holder, self.min_interval_s, self.clock = holder, min_interval_s, clock
+        self.budget = rebuild_budget or RebuildBudget()  # read by feature_store's recluster
         self._version = 0
         self._adopted_at = -np.inf
         self._lock = threading.Lock()

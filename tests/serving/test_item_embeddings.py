@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from contracts.schema import Event, EventType
 from feature_store import FeatureConfig, MemoryStore, PartitionWorker
-from feature_store.clustering import ClusterState, update
+from feature_store.clustering import ClusterState, RebuildBudget, update
 from feature_store.ids import stable_ids
 from serving.item_embeddings import ClusterMetrics, LiveItemEmbeddings, SnapshotItemEmbeddings
 from serving.loading import LoadedSnapshot, load_snapshot
@@ -57,7 +57,8 @@ def test_snapshot_embeddings_are_the_models_item_rows(tmp_path: Path) -> None:
 
 def test_worker_clusters_by_category_then_with_the_live_snapshot(tmp_path: Path) -> None:
     holder, clock = ModelHolder(), Clock()
-    live = LiveItemEmbeddings(holder, min_interval_s=60.0, clock=clock)
+    budget = RebuildBudget(per_event_s=1.0, burst_s=10.0)  # ample: every stale touch rebuilds
+    live = LiveItemEmbeddings(holder, min_interval_s=60.0, clock=clock, rebuild_budget=budget)
     worker = PartitionWorker(MemoryStore(), 0, FeatureConfig(), embedder=live)
     worker.commit(worker.process(clicks("u", 130)))
     (state,) = worker.store.get_many(["u"])
@@ -104,3 +105,23 @@ def test_cluster_metrics_leaf_sizes_and_staleness(tmp_path: Path) -> None:
     state = result.states["u"]
     assert mean_leaf == float(state.cluster_state.clusters["size"].mean()) > 1.0
     assert registry.get_sample_value("twinstream_cluster_embedding_version") == 4.0
+
+
+def test_without_budget_a_stale_user_keeps_its_version_and_clusters_only_its_growth(
+    tmp_path: Path,
+) -> None:
+    holder = ModelHolder()
+    live = LiveItemEmbeddings(holder, rebuild_budget=RebuildBudget(per_event_s=0.0))
+    worker = PartitionWorker(MemoryStore(), 0, FeatureConfig(), embedder=live)
+    worker.commit(worker.process(clicks("u", 600)))  # by category: [0, 261), [261, 522), tail
+    (before,) = worker.store.get_many(["u"])
+    assert before is not None and before.cluster_state.version == 0
+    holder.swap(snapshot(tmp_path, 2))
+    worker.commit(worker.process(clicks("u", 100, start=600)))  # no budget: no rebuild
+    (after,) = worker.store.get_many(["u"])
+    assert after is not None and after.cluster_state.version == 0  # still stale
+    assert after.cluster_state.upto == 640 and live.budget.rebuilds == 0
+    assert live.budget.deferred > 0
+    old = before.cluster_state
+    n_first = int(old.blocks["n_clusters"][:2].sum())  # the two full blocks were kept as they were
+    assert after.cluster_state.clusters[:n_first].tobytes() == old.clusters[:n_first].tobytes()
