@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -58,6 +59,7 @@ def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
 ANNOUNCEMENT_MAX_BYTES = 64 * 1024
 MAX_DELTA_BYTES = 4 << 30
 REPLAY_MARGIN_S = 120.0  # deltas are read again from this long before a checkpoint was made
+RESYNC_RETRY_S = 5.0  # a refused checkpoint is tried again for a gap after this long
 MAX_VERSION = 10**15  # beyond any real count of snapshots and deltas
 FAILURE_REASONS = (*REASONS, "bad_announcement")  # twinstream_model_reload_failures_total
 
@@ -90,6 +92,7 @@ class SnapshotWatcher:
         max_delta = min(settings.model_max_file_bytes, MAX_DELTA_BYTES)
         self.follower = DeltaFollower(holder, metrics, self.signer, max_delta, self.refuse)
         self._consumer: KafkaConsumer | None = None
+        self._tried, self._tried_at = 0, 0.0  # the last checkpoint a resync tried, and when
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
 
@@ -175,7 +178,15 @@ class SnapshotWatcher:
     def _resync(self, version: int) -> bool:
         """Load checkpoint ``version`` and read the topic again from its time; True when the
         consumer was moved (the rest of the batch is read again)."""
-        if self.snapshot_dir is None or not self.load(version_dir(self.snapshot_dir, version)):
+        if self.snapshot_dir is None:
+            return False
+        path = version_dir(self.snapshot_dir, version)
+        if not os.path.lexists(path):
+            return False  # not written yet: its announcement will come
+        if self._tried == version and time.monotonic() - self._tried_at < RESYNC_RETRY_S:
+            return False
+        self._tried, self._tried_at = version, time.monotonic()
+        if not self.load(path):
             return False
         self.follower.catch_up()
         return self._seek_to_model_time()

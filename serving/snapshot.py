@@ -24,14 +24,16 @@ The manifest (:mod:`serving.manifest`) also carries the reference attention stat
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import struct
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +104,24 @@ def write_payloads(
     payloads: dict[str, bytes],
     signer: Signer | None = None,
 ) -> WrittenSnapshot:
-    """:func:`write_snapshot` with the files' bytes already made (:func:`snapshot_payloads`;
-    the trainer makes them on its thread and writes them on another)."""
+    """:func:`write_snapshot` with the files' bytes already made."""
+    writers = {name: _bytes_writer(data) for name, data in payloads.items()}
+    return write_files(directory, version, content, writers, signer)
+
+
+FileWriter = Callable[[Path], str]  # writes one file at the path, fsynced; returns its sha256
+
+
+def write_files(
+    directory: Path,
+    version: int,
+    content: SnapshotContent,
+    writers: dict[str, FileWriter],
+    signer: Signer | None = None,
+    created: float | None = None,
+) -> WrittenSnapshot:
+    """Write snapshot ``version`` atomically, each file by its writer (e.g. streamed from live
+    memory by :class:`SafetensorsWriter`), then the manifest (``created``: default now)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = version_dir(directory, version)
@@ -112,8 +130,8 @@ def write_payloads(
     tmp = directory / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        files = {name: _write(tmp / name, data) for name, data in payloads.items()}
-        manifest = _manifest(version, content, files)
+        files = {name: write(tmp / name) for name, write in writers.items()}
+        manifest = _manifest(version, content, files, created)
         raw = manifest.to_json()
         _write(tmp / MANIFEST_FILE, raw)
         mac = None if signer is None else signer.sign("manifest", raw)
@@ -126,6 +144,81 @@ def write_payloads(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return WrittenSnapshot(final, manifest, sha256_hex(raw))
+
+
+def _bytes_writer(data: bytes) -> FileWriter:
+    return lambda path: _write(path, data)
+
+
+_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+class SafetensorsWriter:
+    """A safetensors file streamed to disk tensor by tensor, chunk by chunk, hashed on the way
+    (no copy of the whole file in memory). ``tensors`` are (name, dtype, shape, chunks) in file
+    order, ``chunks`` a callable yielding the tensor's bytes as contiguous tensors."""
+
+    def __init__(
+        self,
+        tensors: Sequence[
+            tuple[str, torch.dtype, tuple[int, ...], Callable[[], Iterable[torch.Tensor]]]
+        ],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.tensors, self.metadata = list(tensors), metadata
+
+    def header(self) -> bytes:
+        doc: dict[str, Any] = {}
+        if self.metadata:
+            doc["__metadata__"] = self.metadata
+        at = 0
+        for name, dtype, shape, _ in self.tensors:
+            size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            doc[name] = {
+                "dtype": _DTYPE_NAMES[dtype],
+                "shape": list(shape),
+                "data_offsets": [at, at + size],
+            }
+            at += size
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw
+
+    def __call__(self, path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "wb") as fh:
+            head = self.header()
+            fh.write(head)
+            digest.update(head)
+            for name, dtype, shape, chunks in self.tensors:
+                expected = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+                written = 0
+                for chunk in chunks():
+                    flat = chunk.detach().cpu().flatten()
+                    if flat.numel() == 0:
+                        continue
+                    if flat.stride(0) != 1:
+                        flat = flat.clone()
+                    data = flat.view(torch.uint8).numpy()
+                    fh.write(data.data)
+                    digest.update(data.data)
+                    written += data.size
+                if written != expected:
+                    raise ValueError(f"{name}: {written} bytes written, {expected} expected")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return digest.hexdigest()
 
 
 def snapshot_payloads(content: SnapshotContent) -> dict[str, bytes]:
@@ -144,10 +237,12 @@ def _payloads(content: SnapshotContent) -> dict[str, bytes]:
     return out
 
 
-def _manifest(version: int, content: SnapshotContent, files: dict[str, str]) -> Manifest:
+def _manifest(
+    version: int, content: SnapshotContent, files: dict[str, str], created: float | None = None
+) -> Manifest:
     return Manifest(
         version=version,
-        created=time.time(),
+        created=time.time() if created is None else created,
         model=content.model_name,
         config=content.model.config,
         mapper=content.mapper.config,

@@ -32,6 +32,7 @@ from models.base import CTRModel
 from serving.delta import Delta, DeltaHeader, IdMapChange, chunk_messages
 from serving.features import FeatureMapper
 from serving.signing import Signer
+from trainer.checkpoint import CheckpointRun
 
 log = logging.getLogger("twinstream.trainer")
 PUBLISHED_FILE = "published.json"  # the newest version sent, beside the snapshots
@@ -126,14 +127,14 @@ class DeltaPublisher:
         self.broken = False
         self.on_sent: Callable[[int, int, float], None] | None = None  # version, bytes, created
         self._idmaps = idmaps
-        self._queue: queue.Queue[Cut | None] = queue.Queue(maxsize=QUEUED_CUTS)
+        self._queue: queue.Queue[Cut | dict[str, Arrays] | None] = queue.Queue(QUEUED_CUTS)
         self._thread = threading.Thread(target=self._run, name="delta-publisher", daemon=True)
         self._thread.start()
 
     def restart_chain(self, idmaps: dict[str, Arrays]) -> None:
-        """A checkpoint starts a new chain: later id-map changes are against ``idmaps``."""
-        self.drain()
-        self._idmaps, self.broken = idmaps, False
+        """A checkpoint starts a new chain: the cuts after it diff their id maps against
+        ``idmaps`` (queued behind the cuts before it)."""
+        self._queue.put(idmaps)
 
     def submit(self, cut: Cut) -> None:
         self._queue.put(cut)
@@ -153,9 +154,12 @@ class DeltaPublisher:
             try:
                 if cut is None:
                     return
-                self._publish(cut)
+                if isinstance(cut, dict):  # a new chain
+                    self._idmaps, self.broken = cut, False
+                else:
+                    self._publish(cut)
             except Exception:  # the trainer goes on; workers wait for the next checkpoint
-                log.exception("delta v%d not published", -1 if cut is None else cut.header.version)
+                log.exception("delta not published")
                 self.broken = True
                 self.stats.failed += 1
             finally:
@@ -180,18 +184,26 @@ class DeltaPublisher:
 
 
 class DeltaChain:
-    """One run's chain of deltas: its publisher, the rows touched since the last cut and the
-    checkpoint the chain started from (0: none yet; a chain starts with a checkpoint)."""
+    """One run's chain of deltas: its publisher, the rows touched since the last cut, the
+    checkpoint the chain started from (0: none yet; a chain starts with a checkpoint) and the
+    checkpoint being written on its own thread (:mod:`trainer.checkpoint`)."""
 
     def __init__(self, publisher: DeltaPublisher, touched: TouchedRows, model_name: str):
         self.publisher, self.touched, self.model_name = publisher, touched, model_name
         self.checkpoint = 0
         self.pauses: list[float] = []  # seconds the training thread spent cutting each delta
+        self.writing: CheckpointRun | None = None
 
     @property
     def live(self) -> bool:
         """Deltas can follow: a checkpoint started the chain and no send failed since."""
         return self.checkpoint > 0 and not self.publisher.broken
+
+    def on_rows(self, table: torch.Tensor, rows: torch.Tensor) -> None:
+        """``rows`` of ``table`` are about to change (``Learner.on_rows``)."""
+        self.touched(table, rows)
+        if self.writing is not None:
+            self.writing.cow.before_change(table, rows)
 
     def cut(self, version: int, model: CTRModel, mapper: FeatureMapper) -> None:
         """Delta ``version`` (on ``version - 1``), sent by the publisher's thread."""
@@ -200,15 +212,28 @@ class DeltaChain:
         self.pauses.append(cut.pause_s)
         self.publisher.submit(cut)
 
-    def checkpointed(self, version: int, mapper: FeatureMapper, restart: bool) -> None:
-        """Checkpoint ``version`` was written; with ``restart`` it starts a new chain."""
+    def started(self, run: CheckpointRun, mapper: FeatureMapper, restart: bool) -> None:
+        """Checkpoint ``run.version`` was cut; with ``restart`` it starts a new chain."""
         if restart:
             self.touched.take()  # the checkpoint holds them
             self.publisher.restart_chain(
                 {"item": mapper.items.assigned(), "category": mapper.categories.assigned()}
             )
-        self.checkpoint = version
-        self.publisher.drain()  # every delta up to this version is out before it is announced
+        self.checkpoint, self.writing = run.version, run
+
+    def busy(self) -> bool:
+        return self.writing is not None and not self.writing.done()
+
+    def finished(self, wait: bool = False) -> CheckpointRun | None:
+        """The checkpoint run that ended since the last call (None while it is written); every
+        delta up to its version has been sent by then (it may be announced)."""
+        run = self.writing
+        if run is None or (not wait and not run.done()):
+            return None
+        run.wait()
+        self.writing = None
+        self.publisher.drain()
+        return run
 
 
 def write_published(path: Path, version: int) -> None:

@@ -48,8 +48,9 @@ from serving.snapshot import (
     write_snapshot,
 )
 from trainer.announce import SnapshotAnnouncer
+from trainer.chained import checkpoint_done, delta_chain, publish_checkpoint
 from trainer.config import RunReport, TrainerConfig
-from trainer.deltas import DeltaChain, DeltaPublisher, DeltaStats, TouchedRows, read_published
+from trainer.deltas import DeltaChain, DeltaStats, TouchedRows, read_published
 from trainer.distributed import Agreement, Comm, init_comm
 from trainer.fresh_rows import EmbeddingTables
 from trainer.loop import Learner, LearnerConfig, resolve_device
@@ -118,6 +119,7 @@ class OnlineTrainer:
         self.learner.on_rows = self.touched
         self.delta_pauses: list[float] = []  # seconds the loop spent cutting each delta
         self.delta_stats = DeltaStats()  # what the last run's publisher sent
+        self.checkpoint_times: list[tuple[float, float]] = []  # (paused, written) seconds each
         self._stop = threading.Event()
         self._loss = float("nan")  # moving average of the training loss
         resumed = resume(self.learner, self.mapper, config, self.topic, tidy=comm.is_main)
@@ -169,7 +171,7 @@ class OnlineTrainer:
             self._audit() as audit,
         ):
             run = _Run(src, announcer, audit, RunReport(), LoopClock.of(self.config))
-            with self._deltas(run):
+            with delta_chain(self, run):
                 self._loop(run, max_steps, idle_timeout_s)
         return run.report
 
@@ -178,6 +180,8 @@ class OnlineTrainer:
         while True:
             agreed = self._iteration(run, idle_timeout_s)
             run.source.sample_lag(self.telemetry)
+            if run.chain is not None:
+                checkpoint_done(self, run.chain, run)
             if run.chain is not None and run.chain.live and clock.delta_due(time.monotonic()):
                 self.version += 1
                 run.chain.cut(self.version, self.model, self.mapper)
@@ -276,13 +280,13 @@ class OnlineTrainer:
     def _reset_rows(self, new: NewRows) -> None:
         """Fresh rows and zero moments for the rows the id maps just handed out, the same on
         every rank (seeded by the id maps' step)."""
-        if self.touched is not None:
+        if (on_rows := self.learner.on_rows) is not None:
             for tables, rows in (
                 (self._tables.items, new.items),
                 (self._tables.categories, new.categories),
             ):
                 for table in tables:
-                    self.touched(table.weight, rows)
+                    on_rows(table.weight, rows)
         seed = self.config.seed * 1_000_003 + self.mapper.items.step
         self._tables.reset_rows(new, self.learner.optimizers, seed, self.learner.device)
 
@@ -306,31 +310,32 @@ class OnlineTrainer:
             raise RuntimeError(f"{what}() is for one process; ranks step together in run()")
 
     def _publish_snapshot(self, run: _Run, final: bool = False) -> None:
-        """Snapshot; rank 0 announces what it wrote and tells the source its offsets. Following
-        a delta chain, the snapshot takes the version of a delta cut with it (the same state);
-        else it starts a new chain."""
-        chain = run.chain
-        chained = chain is not None and chain.live
-        if chain is not None and chained:
-            chain.cut(self.version + 1, self.model, self.mapper)
-        written = self._snapshot(run.report, final)  # version + 1: the delta's, when chained
+        """Snapshot; rank 0 announces what it wrote and tells the source its offsets. With
+        deltas, a checkpoint written on its own thread (:meth:`_checkpoint`)."""
+        if run.chain is not None:
+            publish_checkpoint(self, run.chain, run, final)
+            return
+        written = self._snapshot(run.report, final)
         if written is None:
             return
-        if chain is not None:
-            chain.checkpointed(written.manifest.version, self.mapper, restart=not chained)
         if run.announcer is not None:
             run.announcer.announce(written)
         run.source.snapshot_written(written.manifest.offsets)
 
-    def _snapshot(self, report: RunReport, final: bool = False) -> WrittenSnapshot | None:
-        """All ranks: gather offsets, metrics, attention; rank 0 writes and returns the snapshot.
-        A failed periodic write (disk full) is logged and training goes on (None); a failed final
-        one raises."""
+    def _gather(self) -> tuple[dict[int, int], dict[str, float | None], np.ndarray]:
+        """All ranks: offsets, metrics and attention counts for the next snapshot version."""
         self.comm.before_snapshot(self.model)
         offsets = self.comm.gather_offsets(self.offsets)
         metrics = self._metrics()
         counts = self.comm.sum_counts(self.attention.counts())
         self.version += 1
+        return offsets, metrics, counts
+
+    def _snapshot(self, report: RunReport, final: bool = False) -> WrittenSnapshot | None:
+        """All ranks: gather offsets, metrics, attention; rank 0 writes and returns the snapshot.
+        A failed periodic write (disk full) is logged and training goes on (None); a failed final
+        one raises."""
+        offsets, metrics, counts = self._gather()
         if not self.comm.is_main:
             self.telemetry.snapshot(self.version, time.time(), metrics)
             return None
@@ -415,24 +420,6 @@ class OnlineTrainer:
             source.close()
             if announcer is not None:
                 announcer.close()
-
-    @contextmanager
-    def _deltas(self, run: _Run) -> Iterator[None]:
-        """With ``delta_every_s``, a chain of deltas for this run (one process only)."""
-        if self.touched is None:
-            yield
-            return
-        if self.comm.world_size > 1:
-            raise RuntimeError("delta_every_s is for one process; ranks publish snapshots")
-        if run.announcer is None:
-            run.announcer = SnapshotAnnouncer(self.settings)
-        publisher = DeltaPublisher(self.settings, self.config.snapshot_dir, {})
-        run.chain = DeltaChain(publisher, self.touched, self.config.model)
-        try:
-            yield
-        finally:
-            publisher.close()
-            self.delta_stats, self.delta_pauses = publisher.stats, run.chain.pauses
 
     @contextmanager
     def _audit(self) -> Iterator[IO[str] | None]:

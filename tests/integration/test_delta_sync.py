@@ -85,8 +85,9 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     assert not thread.is_alive()
     final = trainer.version
     wait_until(
-        lambda: live_holder.model if live_holder.model and live_holder.model.version == final
-        else None,
+        lambda: (
+            live_holder.model if live_holder.model and live_holder.model.version == final else None
+        ),
         timeout_s=60,
         what=f"the live worker at v{final}",
     )
@@ -104,8 +105,9 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     shutil.copytree(first, late_folder / first.name)
     late, late_holder = watcher(settings, late_folder)
     wait_until(
-        lambda: late_holder.model if late_holder.model and late_holder.model.version == final
-        else None,
+        lambda: (
+            late_holder.model if late_holder.model and late_holder.model.version == final else None
+        ),
         timeout_s=60,
         what=f"the late worker at v{final}",
     )

@@ -14,7 +14,14 @@ from contracts.settings import Settings
 from contracts.topics import TopicNames
 from feature_store import decode_samples
 from models import ModelConfig
-from serving.delta import Delta, DeltaAssembler, DeltaHeader, apply_prepared, chunk_messages, prepare
+from serving.delta import (
+    Delta,
+    DeltaAssembler,
+    DeltaHeader,
+    apply_prepared,
+    chunk_messages,
+    prepare,
+)
 from serving.loading import load_snapshot
 from serving.manifest import SnapshotError
 from serving.signing import Signer
@@ -56,7 +63,10 @@ def test_a_snapshot_plus_deltas_scores_exactly_like_the_trainer(tmp_path: Path) 
     served = load_snapshot(written.path)
     assert trainer.touched is not None
     trainer.touched.take()
-    maps = {"item": trainer.mapper.items.assigned(), "category": trainer.mapper.categories.assigned()}
+    maps = {
+        "item": trainer.mapper.items.assigned(),
+        "category": trainer.mapper.categories.assigned(),
+    }
     version, sizes = written.manifest.version, []
     for arrays in chunks[1:6]:
         trainer.learn_arrays(arrays)
@@ -116,5 +126,6 @@ def test_altered_unsigned_or_oversized_chunks_are_refused() -> None:
         unsigned.add(broken, None)
     assert err.value.reason == "checksum"  # without a key the sha256 still catches damage
     assert np.array_equal(
-        unsigned.add(plain, None).dense["w"].numpy(), np.ones(3000, np.float32)  # type: ignore[union-attr]
+        unsigned.add(plain, None).dense["w"].numpy(),
+        np.ones(3000, np.float32),  # type: ignore[union-attr]
     )
