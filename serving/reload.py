@@ -27,11 +27,12 @@ from kafka.consumer.fetcher import ConsumerRecord
 from contracts.settings import Settings
 from models import ModelConfig
 from serving.delta_follow import DeltaFollower
+from serving.fetch import fetch_checkpoint, latest_version
 from serving.manifest import REASONS, SnapshotError
 from serving.metrics import ScoringMetrics
 from serving.scorer import ModelHolder
 from serving.signing import Signer
-from serving.snapshot import list_snapshots, version_dir
+from serving.snapshot import list_snapshots, prune_snapshots, version_dir
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
 ANNOUNCEMENT_MAX_BYTES = 64 * 1024
 MAX_DELTA_BYTES = 4 << 30
 REPLAY_MARGIN_S = 120.0  # deltas are read again from this long before a checkpoint was made
+FETCHED_KEPT = 2  # checkpoints fetched from the trainer kept in the worker's folder
 RESYNC_RETRY_S = 5.0  # a refused checkpoint is tried again for a gap after this long
 MAX_VERSION = 10**15  # beyond any real count of snapshots and deltas
 FAILURE_REASONS = (*REASONS, "bad_announcement")  # twinstream_model_reload_failures_total
@@ -180,13 +182,14 @@ class SnapshotWatcher:
         consumer was moved (the rest of the batch is read again)."""
         if self.snapshot_dir is None:
             return False
-        path = version_dir(self.snapshot_dir, version)
-        if not os.path.lexists(path):
+        remote = bool(self.settings.checkpoint_url)
+        if not remote and not os.path.lexists(version_dir(self.snapshot_dir, version)):
             return False  # not written yet: its announcement will come
         if self._tried == version and time.monotonic() - self._tried_at < RESYNC_RETRY_S:
             return False
         self._tried, self._tried_at = version, time.monotonic()
-        if not self.load(path):
+        path = self._local(version)
+        if path is None or not self.load(path):
             return False
         self.follower.catch_up()
         return self._seek_to_model_time()
@@ -212,6 +215,11 @@ class SnapshotWatcher:
         for path in reversed(list_snapshots(folder)):
             if self.load(path):
                 return
+        url = self.settings.checkpoint_url
+        if url and (version := latest_version(url.rstrip("/"))) > 0:
+            fetched = self._local(version)
+            if fetched is not None:
+                self.load(fetched)
 
     def _announced(self, value: bytes | None, mac: bytes | None) -> bool:
         """Load the announced snapshot; True when it is served (or already served)."""
@@ -233,11 +241,35 @@ class SnapshotWatcher:
         current = self.holder.model
         if current is not None and current.version >= version:
             return True
+        digest = digest if isinstance(digest, str) else None
+        path = self._local(version, digest)
+        return path is not None and self.load(path, digest)
+
+    def _local(self, version: int, digest: str | None = None) -> Path | None:
+        """Checkpoint ``version`` in this worker's folder, fetched from the trainer first when
+        it is not there and ``checkpoint_url`` is set; None (refusal counted) when neither."""
         if self.snapshot_dir is None:
             self.refuse("missing", f"snapshot v{version}", "this worker has no snapshot folder")
-            return False
+            return None
         path = version_dir(self.snapshot_dir, version)
-        return self.load(path, digest if isinstance(digest, str) else None)
+        url = self.settings.checkpoint_url
+        if os.path.lexists(path) or not url:
+            return path
+        try:
+            fetched = fetch_checkpoint(
+                url.rstrip("/"),
+                version,
+                self.snapshot_dir,
+                self.signer,
+                self.settings.model_max_file_bytes,
+                self.settings.model_read_timeout_s,
+                digest,
+            )
+        except SnapshotError as err:
+            self.refuse(err.reason, f"checkpoint v{version} from {url}", err)
+            return None
+        prune_snapshots(self.snapshot_dir, FETCHED_KEPT)
+        return fetched
 
     def _new_consumer(self) -> KafkaConsumer:
         """A consumer of ``model-updates`` from a little before the serving model was made

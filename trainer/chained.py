@@ -15,6 +15,7 @@ from serving.signing import Signer
 from serving.snapshot import prune_snapshots
 from trainer.announce import SnapshotAnnouncer
 from trainer.checkpoint import start_checkpoint
+from trainer.checkpoint_server import CheckpointServer
 from trainer.deltas import DeltaChain, DeltaPublisher
 
 if TYPE_CHECKING:
@@ -26,7 +27,24 @@ Run = Any  # trainer.online._Run (source, announcer, report, chain)
 
 @contextmanager
 def delta_chain(trainer: OnlineTrainer, run: Run) -> Iterator[None]:
-    """With ``delta_every_s``, a chain of deltas for this run (one process only)."""
+    """With ``delta_every_s``, a chain of deltas for this run (one process only); with
+    ``checkpoint_http_port``, the checkpoints served over HTTP meanwhile."""
+    port = trainer.settings.checkpoint_http_port
+    if port is not None and trainer.comm.is_main:
+        server = CheckpointServer(trainer.config.snapshot_dir, trainer.settings.http_host, port)
+        trainer.checkpoint_server = server.start()
+        try:
+            with _deltas(trainer, run):
+                yield
+        finally:
+            server.close()
+    else:
+        with _deltas(trainer, run):
+            yield
+
+
+@contextmanager
+def _deltas(trainer: OnlineTrainer, run: Run) -> Iterator[None]:
     if trainer.touched is None:
         yield
         return

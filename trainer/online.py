@@ -120,6 +120,7 @@ class OnlineTrainer:
         self.delta_pauses: list[float] = []  # seconds the loop spent cutting each delta
         self.delta_stats = DeltaStats()  # what the last run's publisher sent
         self.checkpoint_times: list[tuple[float, float]] = []  # (paused, written) seconds each
+        self.checkpoint_server: object | None = None  # trainer.checkpoint_server, while it runs
         self._stop = threading.Event()
         self._loss = float("nan")  # moving average of the training loss
         resumed = resume(self.learner, self.mapper, config, self.topic, tidy=comm.is_main)

@@ -6,6 +6,7 @@ a worker that starts later from an old checkpoint replays the deltas after it an
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -114,6 +115,64 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     late.stop()
     assert late.follower.applied >= 3
     assert_same_model(trainer, late_holder)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_worker_on_another_host_fetches_checkpoints_over_http_and_follows_deltas(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """No shared folder: the workers' folders are never written by the trainer; they fetch its
+    checkpoints from its HTTP server (verified against its HMAC and sha256) and apply deltas."""
+    port = free_port()
+    trainer_settings = keyed(settings, TWINSTREAM_CHECKPOINT_HTTP_PORT=str(port))
+    worker_settings = keyed(settings, TWINSTREAM_CHECKPOINT_URL=f"http://127.0.0.1:{port}")
+    ensure_topics(settings, {settings.topics.samples: 4, settings.topics.model_updates: 1})
+    config = TrainerConfig(
+        model_config=CFG,
+        snapshot_dir=tmp_path / "trainer",
+        batch_size=16,
+        snapshot_every_steps=None,
+        snapshot_every_s=3.0,
+        delta_every_s=0.3,
+        max_wait_s=0.05,
+        device="cpu",
+        metrics_window=500,
+    )
+    remote, remote_holder = watcher(worker_settings, tmp_path / "worker")
+    trainer = OnlineTrainer(trainer_settings, config)
+    thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
+    thread.start()
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    for partition, blobs in sample_messages(synthetic_events()).items():
+        for i, blob in enumerate(blobs):
+            producer.send(settings.topics.samples, blob, partition=partition)
+            if i % 40 == 0:
+                producer.flush()
+                threading.Event().wait(0.05)
+    producer.flush()
+    # a second worker, started while the trainer runs, with an empty folder of its own
+    late, late_holder = watcher(worker_settings, tmp_path / "late-worker")
+    thread.join(timeout=300)
+    producer.close()
+    final = trainer.version
+    for holder, name in ((remote_holder, "remote"), (late_holder, "late")):
+        wait_until(
+            lambda h=holder: h.model if h.model and h.model.version == final else None,
+            timeout_s=60,
+            what=f"the {name} worker at v{final}",
+        )
+    remote.stop()
+    late.stop()
+    assert remote.follower.applied >= 3 and late.follower.applied >= 1
+    assert_same_model(trainer, remote_holder)
+    assert_same_model(trainer, late_holder)
+    assert list_snapshots(tmp_path / "worker")  # its own copies, fetched over HTTP
+    assert counter(remote, "twinstream_model_reload_failures_total") == 0
 
 
 def assert_same_model(trainer: OnlineTrainer, holder: ModelHolder) -> None:
