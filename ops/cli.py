@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from contracts.settings import Settings
-from ops import commands, evaluate_cli, report_cli, train_cli
+from ops import commands, drift_cli, evaluate_cli, report_cli, train_cli
 from ops.kafka_login import login_refused
 
 Command = tuple[
@@ -81,6 +81,7 @@ COMMANDS: list[Command] = [
         report_cli.add_arguments,
         report_cli.run,
     ),
+    ("drift-ack", drift_cli.HELP, drift_cli.add_arguments, drift_cli.run),
 ]
 
 

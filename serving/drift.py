@@ -64,6 +64,8 @@ from serving.drift_window import LiveWindow, mixed_js, stratified_histograms
 log = logging.getLogger(__name__)
 BIN_EDGES = np.linspace(0.0, 1.0, BINS + 1).round(6).tolist()
 BASELINE_FILE = "drift-baseline.json"  # in the state folder unless drift_baseline_path says
+# the anchor model's (batch, attention) for the given candidates of the request being observed
+Rescore = Callable[[Any, list[int]], tuple[Batch, "torch.Tensor | None"]]
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,25 @@ def parse_reference(version: int, attention: dict[str, Any] | None) -> Reference
     return Reference(version, str(attention.get("sequence")), counts)
 
 
+def reference_of(model: Any) -> Reference | None:
+    """The attention reference in ``model``'s manifest, if it covers the sequence it attends."""
+    manifest = getattr(model, "manifest", None)
+    ref = parse_reference(model.version, getattr(manifest, "attention", None))
+    attends = getattr(type(model.model), "attends", None)
+    return ref if ref is not None and ref.sequence == attends else None
+
+
+def _row_stats(
+    attends: str, batch: Batch, attention: torch.Tensor, rows: list[int]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """(strata, statistics) of ``rows`` of a scored batch (those with weight on a position)."""
+    mask, category = attended_sequence(batch, attends)
+    att, mask = attention[rows], mask[rows]
+    stats = attention_stats(att, mask, category[rows], batch.target_category[rows])
+    lengths = mask.sum(1)[(att.float() * mask).sum(1) > 0]  # the rows attention_stats kept
+    return stratum_of(lengths.cpu().numpy().astype(np.int64)), stats
+
+
 def user_key(user: str | None, fallback: int) -> int:
     """A stable integer per user id (CRC32); ``fallback`` (one per request) without an id."""
     return fallback if user is None else zlib.crc32(user.encode())
@@ -156,98 +177,96 @@ class AttentionDrift(Collector):
         self._baseline: Baseline | None = None
         self._learner = BaselineLearner(epoch=0, since=clock())
         self._learnt_at = -np.inf  # when the learner last took a window
-        self._reference: Reference | None = None
+        self._anchor: Any = None  # the model the baseline and the live window are scored with
+        self._reference: Reference | None = None  # the serving snapshot's
         self._version: int | None = None  # the serving version the reference was read from
         self._requests = 0
         self._lock = threading.Lock()
-        self._adopt(self._file.changed(), clock())
+        state = self._file.changed()
+        if state is not None:
+            self._learner = BaselineLearner(state.epoch, clock())
         registry.register(self)
 
     # ---------------------------------------------------------------- feeding
 
     def observe(
-        self, model: Any, batch: Batch, attention: torch.Tensor, user: str | None = None
+        self,
+        model: Any,
+        batch: Batch,
+        attention: torch.Tensor,
+        user: str | None = None,
+        rescore: Rescore | None = None,
     ) -> None:
         """Feed one scored request of ``user``: ``model`` served it (a ``ServingModel``),
         ``attention`` is its (B, S) output over the sequence ``type(model.model).attends``
-        names."""
-        attends = getattr(type(model.model), "attends", None)
-        if attends is None:
+        names. While another model is the anchor, ``rescore(anchor, rows)`` gives the anchor's
+        batch and attention for those candidates (without it, ``model``'s are taken)."""
+        if getattr(type(model.model), "attends", None) is None:
             return
         n = attention.shape[0]
-        rows = slice(None, None, -(-n // self.config.rows_per_request))  # ≤ rows_per_request
-        mask, category = attended_sequence(batch, attends)
-        att, mask = attention[rows], mask[rows]
-        stats = attention_stats(att, mask, category[rows], batch.target_category[rows])
-        lengths = mask.sum(1)[(att.float() * mask).sum(1) > 0]  # the rows attention_stats kept
-        strata = stratum_of(lengths.cpu().numpy().astype(np.int64))
-        now = self.clock()
+        rows = list(range(0, n, -(-n // self.config.rows_per_request)))  # ≤ rows_per_request
         with self._lock:
-            self._requests += 1
             if model.version != self._version:
                 self._use(model)
+            if self._anchor is None:
+                self._anchor = model
+            anchor = self._anchor
+        scored = (batch, attention, rows)
+        if anchor.version != model.version and rescore is not None:
+            batch_a, attention_a = rescore(anchor, rows)
+            if attention_a is None:
+                return
+            scored = (batch_a, attention_a, list(range(len(rows))))
+        strata, stats = _row_stats(type(anchor.model).attends, *scored)
+        now = self.clock()
+        with self._lock:
+            if self._anchor is not anchor:  # acknowledged meanwhile
+                return
+            self._requests += 1
             self._window.add(now, user_key(user, -self._requests), strata, stats)
             self._tick(now)
 
     def _use(self, model: Any) -> None:
-        manifest = getattr(model, "manifest", None)
-        ref = parse_reference(model.version, getattr(manifest, "attention", None))
-        attends = getattr(type(model.model), "attends", None)
-        self._reference = ref if ref is not None and ref.sequence == attends else None
+        self._reference = reference_of(model)
         self._version = model.version
 
     # ---------------------------------------------------------------- the baseline
 
     def _tick(self, now: float) -> None:
-        """Adopt what the shared file says; while learning, take the window every half window
-        age and pin once ``baseline_s`` has passed; roll a pinned baseline after
+        """Follow acknowledgements in the shared file; while learning, take the window every
+        ``learn_every_s`` and pin once ``baseline_s`` has passed; roll a pinned baseline after
         ``baseline_roll_s``."""
-        self._adopt(self._file.changed(), now)
+        state = self._file.changed()
+        if state is not None and state.epoch > self._learner.epoch:
+            self._restart(state.epoch, now)  # acknowledged: learn a new baseline from now
         cfg = self.config
         if self._baseline is not None:
-            if (
-                cfg.baseline_roll_s is not None
-                and now - self._baseline.pinned_at >= cfg.baseline_roll_s
-            ):
+            roll = cfg.baseline_roll_s
+            if roll is not None and now - self._baseline.pinned_at >= roll:
                 self._restart(self._baseline.epoch + 1, now)
-                self._file.write({"epoch": self._learner.epoch, "rolled_at": now})
+                self._file.write({"format": 1, "epoch": self._learner.epoch, "rolled_at": now})
             return
-        if now - self._learnt_at >= cfg.window_age_s / 2:
+        if now - self._learnt_at >= min(cfg.window_age_s / 2, cfg.baseline_s / 4):
             hist, users = stratified_histograms(self._window.rows(now))
             if users.sum() > 0:
                 self._learner.add(hist, users)
                 self._learnt_at = now
         learner = self._learner
         if now - learner.since >= cfg.baseline_s and learner.users.sum() >= cfg.min_users:
-            self._pin(now)
-
-    def _pin(self, now: float) -> None:
-        ref = self._reference
-        self._baseline = self._learner.pin(
-            now,
-            None if ref is None else coarsen(ref.counts),
-            None if ref is None else ref.sequence,
-        )
-        on_file = self._file.read() if self._file.path and self._file.path.exists() else None
-        if on_file is None or on_file.epoch <= self._baseline.epoch:
-            self._file.write(self._baseline.to_json())
-        log.info("attention drift baseline pinned (epoch %d)", self._baseline.epoch)
-
-    def _adopt(self, state: Any, now: float) -> None:
-        if state is None:
-            return
-        if state.baseline is not None:
-            if self._baseline is None or state.baseline.epoch >= self._baseline.epoch:
-                self._baseline = state.baseline
-        elif state.epoch > self._learner.epoch or (
-            self._baseline is not None and state.epoch > self._baseline.epoch
-        ):
-            self._restart(state.epoch, now)  # acknowledged: learn a new baseline from now
+            ref = None if self._anchor is None else reference_of(self._anchor)
+            self._baseline = learner.pin(
+                now,
+                None if ref is None else coarsen(ref.counts),
+                None if ref is None else ref.sequence,
+            )
+            log.info("attention drift baseline pinned (epoch %d)", self._baseline.epoch)
 
     def _restart(self, epoch: int, now: float) -> None:
-        self._baseline = None
+        """Learn a new baseline with the model served next as the anchor."""
+        self._baseline, self._anchor = None, None
         self._learner = BaselineLearner(epoch, now)
         self._learnt_at = -np.inf
+        self._window.clear()
         log.info("attention drift baseline: learning a new one (epoch %d)", epoch)
 
     # ---------------------------------------------------------------- reading

@@ -2,11 +2,13 @@
 
 Drift compares live attention with a *baseline* that does not follow the newest snapshot: the
 live traffic's own statistics, accumulated over ``baseline_s`` seconds (the learning horizon)
-and then pinned. A lasting change of what the model attends to on live traffic therefore stays
-visible until someone acknowledges it (``twinstream drift-ack``, which starts a new baseline) or
-the optional ``roll_s`` horizon rolls it forward. The baseline also pins the attention reference
-of the snapshot that served when it was pinned, so that each new snapshot's reference can be
-compared with it (model drift).
+and then pinned. Both are scored with one *anchor* model, the snapshot served when the baseline
+began (:mod:`serving.drift` re-scores a request's sampled candidates with it once newer
+snapshots serve), so that traffic drift moves when the traffic moves, not when the model learns.
+The anchor's attention reference is pinned beside the baseline, so that each new snapshot's
+reference can be compared with it (model drift). A lasting shift stays visible until someone
+acknowledges it (``twinstream drift-ack``) or the optional ``roll_s`` horizon passes; either
+starts a new baseline with the model served then as the anchor.
 
 Statistics are *stratified* by the length of the attended sequence (``STRATA``) and *weighted*
 so that every user counts once per stratum, whatever the number of requests or candidates
@@ -15,9 +17,10 @@ compared with the baseline re-weighted to the same shares (post-stratification).
 who is scored (fewer users, longer histories, one heavy client) then leaves drift unchanged;
 what the users of each stratum look like moves it.
 
-The baseline lives in a JSON file that every worker process of a deployment shares: the first to
-pin writes it, the others adopt it, and an acknowledgement written there (a higher ``epoch``,
-no histograms) makes each of them learn a new one.
+Acknowledgements go through a small JSON file that every worker process of a deployment reads
+(``epoch``: a higher one than a process learnt its baseline under makes it learn a new one).
+Baselines themselves stay in each process (the anchor model is in its memory): a restarted
+worker learns a new one.
 
 >>> h = np.zeros((len(STRATA), 7, DRIFT_BINS)); h[1, :, 3] = 10.0
 >>> learning = BaselineLearner(epoch=1, since=0.0)
@@ -79,36 +82,6 @@ class Baseline:
     reference: npt.NDArray[np.float64] | None  # (statistics, DRIFT_BINS) counts, or None
     sequence: str | None  # the sequence the pinned reference covers
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "epoch": self.epoch,
-            "pinned_at": self.pinned_at,
-            "strata": list(STRATA),
-            "bins": DRIFT_BINS,
-            "weights": self.weights.tolist(),
-            "dists": self.dists.tolist(),
-            "users": self.users,
-            "reference": None if self.reference is None else self.reference.tolist(),
-            "sequence": self.sequence,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Baseline | None:
-        """None for a document of another layout (then it is learnt again)."""
-        if doc.get("strata") != list(STRATA) or doc.get("bins") != DRIFT_BINS:
-            return None
-        ref = doc.get("reference")
-        return cls(
-            epoch=int(doc["epoch"]),
-            pinned_at=float(doc["pinned_at"]),
-            weights=np.asarray(doc["weights"], dtype=np.float64),
-            dists=np.asarray(doc["dists"], dtype=np.float64),
-            users=float(doc["users"]),
-            reference=None if ref is None else np.asarray(ref, dtype=np.float64),
-            sequence=doc.get("sequence"),
-        )
-
 
 class BaselineLearner:
     """Accumulates the live window's stratified, per-user-weighted histograms until pinned."""
@@ -136,10 +109,9 @@ class BaselineLearner:
 
 @dataclass(frozen=True)
 class BaselineFileState:
-    """What the shared file says: its ``epoch`` and, once pinned, the baseline."""
+    """What the shared file says: the epoch baselines are learnt under now."""
 
     epoch: int
-    baseline: Baseline | None
 
 
 class BaselineFile:
@@ -167,11 +139,9 @@ class BaselineFile:
         if self.path is None:
             return None
         try:
-            doc = json.loads(self.path.read_text())
-            pinned = Baseline.from_json(doc) if "pinned_at" in doc else None
-            return BaselineFileState(int(doc["epoch"]), pinned)
+            return BaselineFileState(int(json.loads(self.path.read_text())["epoch"]))
         except (OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("drift baseline %s unreadable (%s); learning one", self.path, err)
+            log.warning("drift baseline file %s unreadable (%s); ignored", self.path, err)
             return None
 
     def write(self, doc: dict[str, Any]) -> None:
@@ -185,13 +155,13 @@ class BaselineFile:
 
 
 def acknowledge(path: Path, now: float | None = None) -> int:
-    """Drop the pinned baseline in ``path``: every worker learns a new one from now on.
-    Returns the new epoch.
+    """Acknowledge the drift: every worker reading ``path`` drops its pinned baseline and
+    learns a new one from now on. Returns the new epoch.
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "b.json"
-    >>> acknowledge(p, now=5.0), acknowledge(p, now=6.0), BaselineFile(p).read().baseline is None
-    (1, 2, True)
+    >>> acknowledge(p, now=5.0), acknowledge(p, now=6.0), BaselineFile(p).read()
+    (1, 2, BaselineFileState(epoch=2))
     """
     state = BaselineFile(path).read() if path.exists() else None
     epoch = (state.epoch if state is not None else 0) + 1

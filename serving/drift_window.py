@@ -53,6 +53,9 @@ class LiveWindow:
         self._stats[slots] = stats
         self._next += stats.shape[0]
 
+    def clear(self) -> None:
+        self._ts[:] = -np.inf
+
     def rows(self, now: float) -> Rows:
         """(users, strata, stats) of the rows scored within ``age_s`` before ``now``."""
         keep = self._ts >= now - self.age_s
@@ -68,8 +71,8 @@ def stratified_histograms(
     >>> users = np.array([1, 1, 1, 2]); strata = np.zeros(4, dtype=np.int64)
     >>> stats = np.array([[0.05] * 7, [0.05] * 7, [0.05] * 7, [0.95] * 7])
     >>> hist, n = stratified_histograms((users, strata, stats))
-    >>> n.tolist(), float(hist[0, 0, 0]), float(hist[0, 0, -1])  # 3 rows of user 1 weigh 1
-    ([2, 0, 0, 0], 1.0, 1.0)
+    >>> n[:3].tolist(), float(hist[0, 0, 0]), float(hist[0, 0, -1])  # 3 rows of user 1 weigh 1
+    ([2, 0, 0], 1.0, 1.0)
     """
     users, strata, stats = rows
     hist = np.zeros((len(STRATA), len(STAT_NAMES), DRIFT_BINS))

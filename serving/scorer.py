@@ -110,7 +110,15 @@ class Scorer:
             batch = candidates_batch(model, arrays, req.items, categories)
             out = model.model(batch)
             if self.drift is not None and out.attention is not None:
-                self.drift.observe(model, batch, out.attention, req.user_id)
+                self.drift.observe(
+                    model,
+                    batch,
+                    out.attention,
+                    req.user_id,
+                    rescore=lambda anchor, rows: attend(
+                        anchor, arrays, [req.items[i] for i in rows], [categories[i] for i in rows]
+                    ),
+                )
             scores = torch.sigmoid(out.logits.float()).cpu().numpy()
         response: dict[str, Any] = {
             "request_id": req.request_id,
@@ -141,6 +149,15 @@ def candidates_batch(
         label=None,
         user=None if one.user is None else one.user.expand(n),
     )
+
+
+def attend(
+    model: ServingModel, arrays: SampleArrays, items: Sequence[str], categories: Sequence[str]
+) -> tuple[Batch, torch.Tensor | None]:
+    """``model``'s batch and attention for ``items`` (the drift's anchor model re-scoring a
+    request's sampled candidates)."""
+    batch = candidates_batch(model, arrays, items, categories)
+    return batch, model.model(batch).attention
 
 
 def explain(

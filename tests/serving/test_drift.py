@@ -194,21 +194,57 @@ def test_model_drift_compares_each_snapshot_reference_with_the_pinned_one() -> N
 def test_acknowledging_learns_a_new_baseline_in_every_process(tmp_path: Path) -> None:
     config = replace(QUICK, baseline_path=tmp_path / "drift-baseline.json")
     first, clock, model = pinned(config)
-    assert config.baseline_path is not None and config.baseline_path.exists()
     registry = CollectorRegistry()
     second = AttentionDrift(config, registry, clock=clock)  # another worker process
-    assert second.baseline is not None and second.baseline.pinned_at == first.baseline.pinned_at
+    traffic(second, clock, config.baseline_s + 20, range(60), model)
     traffic(first, clock, 60, range(60), model, sharp=True)
     assert js_of(first)["same_category"] > 0.1
+    assert config.baseline_path is not None
     assert acknowledge(config.baseline_path) == 1
     clock.t += 1
     for drift in (first, second):
         assert drift.traffic_drift() is None and drift.baseline is None
     assert registry.get_sample_value("twinstream_attention_baseline_learning") == 1
+    assert registry.get_sample_value("twinstream_attention_window_rows") == 0  # cleared
     traffic(first, clock, config.baseline_s + 20, range(60), model, sharp=True)
     assert max(js_of(first).values()) < 0.05  # the shifted traffic is the new normal
-    second.traffic_drift()  # a scrape: the second process reads the file again
-    assert second.baseline is not None and second.baseline.epoch == 1
+    assert first.baseline is not None and first.baseline.epoch == 1
+
+
+def test_traffic_drift_is_scored_with_the_anchor_model() -> None:
+    """A newer snapshot whose model attends differently (other, larger weights) serves the same
+    traffic: re-scored with the anchor (the model the baseline was learnt with), the traffic
+    drift stays low; fed the newer model's attention instead, it would not."""
+    other = build_model("dare", CFG).eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(4.0)
+    drift, clock, model = pinned()
+    newer = serving(2, None, other)
+
+    def rescore(anchor: Any, rows: list[int], b: Batch) -> tuple[Batch, torch.Tensor]:
+        part = replace(
+            b.expand_history(len(rows)),
+            target_item=b.target_item[rows],
+            target_category=b.target_category[rows],
+        )
+        out = anchor.model(part)
+        return part, out.attention
+
+    plain = AttentionDrift(QUICK, CollectorRegistry(), clock=clock)
+    traffic(plain, clock, QUICK.baseline_s + 20, range(60), model)
+    end = clock.t + 60
+    while clock.t < end:
+        for u in range(100, 160):
+            b = request(u)
+            with torch.no_grad():
+                att = other(b).attention
+                assert att is not None
+                drift.observe(newer, b, att, f"u{u}", rescore=lambda a, r, b=b: rescore(a, r, b))
+                plain.observe(newer, b, att, f"u{u}")
+        clock.t += 10.0
+    assert max(js_of(drift).values()) < 0.05, js_of(drift)
+    assert max(js_of(plain).values()) > 0.1, js_of(plain)
 
 
 def test_a_baseline_rolls_forward_after_its_horizon_when_told() -> None:
