@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from contracts.schema import Event, EventType
 from contracts.settings import RECENT_LENGTH
 from feature_store.delayed_labels import PendingImpressions
 from feature_store.ids import stable_id
+from feature_store.item_index import ItemIndex
 from feature_store.negatives import FrequencySampler, event_key
 from feature_store.sample_format import (
     F32,
@@ -40,6 +42,8 @@ from feature_store.sample_format import (
 )
 from feature_store.state import StateConfig, UserState
 from feature_store.state_format import TYPE_CODES
+
+SHORT_HISTORY = 128  # up to this many behaviours, negatives are checked against the log itself
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class SampleBuilder:
         item, category = stable_id(event.item_id), stable_id(event.category_id)
         key = event_key(self.config.seed, event)
         neg_items, neg_cats = self.sampler.sample(
-            self.config.negatives, state.items(), key, exclude_item=item
+            self.config.negatives, _history_items(state), key, exclude_item=item
         )
         blob = self.encode(state, event, neg_items, neg_cats, 1.0)
         self.sampler.observe(item, category)
@@ -164,3 +168,10 @@ def request_sample(
         recent=state.recent(recent_length, as_of=ts),
         clusters=state.clusters(),
     )
+
+
+def _history_items(state: UserState) -> npt.NDArray[np.int64] | ItemIndex:
+    """What a negative must not be: the items of the user's log, indexed once it is long (a
+    scan of a short one costs less than the index)."""
+    log = state.log
+    return log["item"] if log.shape[0] <= SHORT_HISTORY else state.items()

@@ -2,9 +2,11 @@
 
     python -m ops.bench.bench_ingest [--data PATH] [--rate 5000] [--seconds 20] [--processes 1,2]
 
-1. Throughput: the same pre-published topic is consumed by a bare Faust agent (consume only) and
-   by one ``twinstream worker`` (validation, RocksDB, sessions, clusters, samples, changelog),
-   one after the other, each in its own process; events/s from its first to its last batch.
+1. Throughput: the same pre-published topic is consumed by a plain aiokafka consumer that decodes
+   each value with orjson (what Kafka hands a Python consumer), by a bare Faust agent (consume
+   only) and by one ``twinstream worker`` (validation, RocksDB, sessions, clusters, samples,
+   changelog), one after the other, each in its own process; events/s from its first to its
+   last batch. ``--processes 0`` skips the latency runs.
 2. Latency: events are published at ``--rate`` events/s into a running worker; per event, the
    time from its Kafka timestamp to the changelog marker that covers it (written just before the
    local state commit), from the broker's own records; once per ``--processes`` count (one
@@ -71,6 +73,40 @@ def load(path: str | None) -> list[Event]:
         generate(GeneratorConfig(users=20_000, long_users=0, mean_sessions=1.0)).write(path)
     events, _ = read_events(path, "taobao")
     return events
+
+
+PLAIN_CONSUMER = """
+import asyncio, json, sys, time
+import orjson
+from aiokafka import AIOKafkaConsumer
+async def main(bootstrap, topic, n):
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    seen, first = 0, 0.0
+    try:
+        while seen < n:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                if not seen:
+                    first = time.time()
+                for r in records:
+                    orjson.loads(r.value)
+                seen += len(records)
+    finally:
+        await consumer.stop()
+    print("RESULT " + json.dumps({"first": first, "last": time.time()}))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def plain_rate(settings: Settings, n: int) -> float:
+    """A plain aiokafka consumer decoding each value with orjson, in its own process."""
+    cmd = [sys.executable, "-c", PLAIN_CONSUMER, settings.bootstrap_servers]
+    cmd += [settings.topics.events, str(n)]
+    out = subprocess.run(cmd, env=child_env(settings), capture_output=True, text=True, timeout=600)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
+    seen = json.loads(line.removeprefix("RESULT "))
+    return n / max(seen["last"] - seen["first"], 1e-9)
 
 
 def bare_rate(settings: Settings, n: int) -> float:
@@ -327,12 +363,18 @@ def main() -> None:
     ensure_topics(settings)
     with EventProducer(settings) as producer:
         replay(events, producer, progress=False)
+    plain = plain_rate(settings, len(events))
     bare = bare_rate(settings, len(events))
     worker = worker_rate(settings, len(events))
     print(f"events: {len(events)}")
+    print(f"plain aiokafka + orjson          {plain:10,.0f} events/s")
     print(f"bare Faust agent (consume only)  {bare:10,.0f} events/s")
-    print(f"twinstream worker (full ingest)  {worker:10,.0f} events/s   ratio {worker / bare:.2f}x")
-    for processes in (int(n) for n in args.processes.split(",")):
+    print(
+        f"twinstream worker (full ingest)  {worker:10,.0f} events/s   ratio {worker / bare:.2f}x "
+        f"of bare Faust, {worker / plain:.3f}x of plain aiokafka",
+        flush=True,
+    )
+    for processes in (int(n) for n in args.processes.split(",") if int(n) > 0):
         paced = fresh_settings()
         ensure_topics(paced)
         lat = latency(paced, events[: int(args.rate * args.seconds)], args.rate, processes)

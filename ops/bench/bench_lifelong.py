@@ -105,7 +105,7 @@ class Cost:
 
 def write_through(store: RocksDBStore, user: str, state: UserState) -> Records:
     """Write a new user's state as the worker would (its first version: a checkpoint)."""
-    records = changelog_state_records(user, state)
+    records: Records = [*changelog_state_records(user, state)]
     store.write_batch({user: state_parts(user, state)}, {})
     mark_written(state)
     return records

@@ -1,13 +1,18 @@
 """The ``ingest`` agent over ``events``, the timer that closes attribution windows, and the
 rebalance hooks that hand partitions over.
 
-Events arrive in batches of up to ``BATCH_SIZE`` (or what came within ``BATCH_WITHIN_S``) and go
-to :class:`streaming.ingest.IngestService`. On a rebalance the revoked partitions of ``events``
-are paused at once and the new assignment is owned (caught up from the changelog) when it comes.
-
-``take_events`` acknowledges a batch's events to Faust, which commits their offsets, only once
-:meth:`IngestService.handle` has returned: once the broker has acknowledged every record the batch
-made (samples, dead letters, copies, changelog) and the local stores hold it. A batch, tick or
+The consumer diverts the records of ``events`` (:class:`streaming.transport.Diverted`): each fetch
+(up to ``broker_max_poll_records``, every owned partition's records together) goes to
+:class:`streaming.ingest.IngestService` as one batch, without a Faust message per record, and
+once :meth:`IngestService.handle` has returned (the broker has acknowledged every record the batch
+made: samples, dead letters, copies, changelog; the local stores hold it) the batch's last offset
+of each partition is acknowledged (:meth:`streaming.transport.Consumer.ack_batch`) and Faust
+commits it. A batch fetched before a rebalance is dropped; a partition paused meanwhile is not
+acknowledged. The ``ingest`` agent stays subscribed to ``events`` (Faust assigns the partitions of
+the topics its agents read) and applies what reaches it through Faust (its test context) in
+batches of up to ``BATCH_SIZE``, acknowledged by ``take_events`` once handled. On a rebalance the
+revoked partitions of ``events`` are paused at once and the new assignment is owned (caught up
+from the changelog) when it comes. A batch, tick or
 catch-up that fails (a state write, or a record the broker refused) stops the worker
 (:mod:`streaming.failstop`): the agent takes no further batch and the failed one is never
 committed.
@@ -27,6 +32,7 @@ from streaming.failstop import FailStop
 from streaming.gauges import WorkerGauges
 from streaming.ingest import IngestService, RawMessage
 from streaming.partitions import OwnedPartitions
+from streaming.transport import Consumer, Diverted, FetchedBatch
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 2_000
@@ -50,7 +56,23 @@ def add_ingest_agent(
     gauges: WorkerGauges,
     fail_stop: FailStop,
 ) -> None:
-    """The agent, then the timer: expired windows closed, then the gauges sampled."""
+    """The diverted fetches and the agent, then the timer: expired windows closed, then the
+    gauges sampled."""
+    diverted = Diverted({settings.topics.events})
+    app.diverted = diverted  # type: ignore[attr-defined]  # read by streaming.transport.Consumer
+
+    @app.task
+    async def ingest_fetched() -> None:
+        while fail_stop.healthy:
+            batch = await diverted.batches.get()
+            if batch.generation != app.consumer_generation_id:
+                continue  # fetched before a rebalance: fetched again from the committed offset
+            try:
+                await service.handle(fetched_messages(batch))
+            except Exception as exc:
+                await fail_stop.halt(exc)
+                return
+            acknowledge(app, service, batch)
 
     @app.agent(events_topic(app, settings), name="ingest")
     async def ingest(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
@@ -96,6 +118,24 @@ def events_partitions(tps: Iterable[TP], settings: Settings) -> set[int]:
     [2]
     """
     return {tp.partition for tp in tps if tp.topic == settings.topics.events}
+
+
+def fetched_messages(batch: FetchedBatch) -> list[RawMessage]:
+    return [
+        RawMessage(tp.partition, r.offset, r.value, (r.timestamp or 0) / 1000)
+        for tp, records in batch.records.items()
+        for r in records
+    ]
+
+
+def acknowledge(app: faust.App, service: IngestService, batch: FetchedBatch) -> None:
+    """Let Faust commit the handled batch's partitions, unless a rebalance came in between."""
+    consumer = app.consumer
+    if not isinstance(consumer, Consumer) or batch.generation != app.consumer_generation_id:
+        return
+    for tp, records in batch.records.items():
+        if service.partitions.applying(tp.partition):
+            consumer.ack_batch(tp, records[-1].offset, len(records))
 
 
 def raw_message(event: faust.EventT) -> RawMessage:

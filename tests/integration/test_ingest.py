@@ -15,14 +15,17 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from contracts.metrics import GroupLag
 from contracts.schema import Event, EventType
 from contracts.settings import Settings
 from feature_store import UserState, decode_samples, stable_id
 from streaming.admin import ensure_topics, read_topic
+from streaming.app import APP_NAME
 from streaming.producer import EventProducer
 from streaming.replay import replay
 from streaming.sources import read_events
 from tests.support.data import BehaviourLog
+from tests.support.waiting import wait_until
 from tests.support.workers import (
     WorkerProcess,
     owned_partitions,
@@ -59,6 +62,27 @@ def send(settings: Settings, events: list[Event]) -> None:
         replay(events, producer, progress=False)
 
 
+def wait_until_committed(settings: Settings) -> dict[int, int]:
+    """The group's lag on ``events`` once it is 0 on every partition: the offsets the worker
+    acknowledged batch by batch are committed, up to the end and not beyond."""
+    lag = GroupLag(settings.kafka_config(), f"{settings.topics.prefix}{APP_NAME}")
+    partitions = range(settings.topics.events_partitions)
+    topics = {"ingest": settings.topics.events}
+    seen: dict[int, int] = {}
+
+    def committed() -> dict[int, int] | None:
+        seen.clear()
+        seen.update(lag.sample(topics, partitions)["ingest"])
+        return dict(seen) if not any(seen.values()) else None
+
+    try:
+        return wait_until(
+            committed, timeout_s=30, what="the offsets committed", detail=lambda: seen
+        )
+    finally:
+        lag.close()
+
+
 def assert_states_match(states: dict[str, UserState], events: list[Event]) -> None:
     expected = offline_sessions(events)
     assert set(states) == set(expected)
@@ -77,7 +101,9 @@ def test_sessions_and_recent_sequences_match_an_offline_computation(
     send(settings, events)
     with WorkerProcess(settings, tmp_path / "w", tmp_path / "w.log"):
         states = wait_caught_up(settings)
+        lags = wait_until_committed(settings)
     assert_states_match(states, events)
+    assert set(lags) == set(range(settings.topics.events_partitions))
     samples = read_topic(settings, settings.topics.samples, idle_timeout_s=5)
     batch = decode_samples([r.value for r in samples])
     history: dict[int, list[tuple[float, int]]] = defaultdict(list)

@@ -14,7 +14,7 @@ from faust.types import TP
 
 from contracts.settings import Settings
 from streaming.app import create_app
-from streaming.transport import FETCH_MAX_WAIT_MS, ConsumerThread, Transport
+from streaming.transport import FETCH_MAX_WAIT_MS, Consumer, ConsumerThread, Diverted, Transport
 
 SETTINGS = Settings.from_env({})
 PORT = 28_401  # member i's canonical URL has port PORT + i (nothing listens)
@@ -112,3 +112,41 @@ def test_co_partitioned_through_workers_joining_and_leaving() -> None:
     cluster = Cluster(SETTINGS, apps[0])
     for group in (apps[:3], apps, [apps[3], apps[1]]):
         assert_co_partitioned_and_routed(group, rebalance(group, cluster), SETTINGS)
+
+
+class FetchedRecord:
+    """What the diverted batches carry of an aiokafka ConsumerRecord."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset, self.value, self.timestamp = offset, b"{}", 1_000
+
+
+def test_a_diverted_topic_comes_as_one_batch_and_commits_the_offset_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events, requests = TP(SETTINGS.topics.events, 1), TP(SETTINGS.topics.score_requests, 1)
+    fetched = {events: [FetchedRecord(5), FetchedRecord(6)], requests: [FetchedRecord(9)]}
+
+    async def fetch(self: Any, timeout: float) -> tuple[Any, Any]:
+        return dict(fetched), {events, requests}
+
+    monkeypatch.setattr(faust.transport.consumer.Consumer, "_wait_next_records", fetch)
+    app = create_app(SETTINGS)
+
+    async def run() -> None:
+        diverted = Diverted({SETTINGS.topics.events})
+        app.diverted = diverted  # type: ignore[attr-defined]
+        consumer = app.consumer
+        assert isinstance(consumer, Consumer)
+        left, _ = await consumer._wait_next_records(1.0)
+        assert left == {requests: fetched[requests]}  # Faust's streams get the rest as before
+        batch = diverted.batches.get_nowait()
+        assert batch.records == {events: fetched[events]}
+        assert batch.generation == app.consumer_generation_id
+        assert consumer._filter_committable_offsets([events]) == {}  # nothing acknowledged yet
+        consumer.ack_batch(events, 6, 2)
+        assert consumer._filter_committable_offsets([events]) == {events: 7}
+        await consumer.on_partitions_revoked({events})
+        assert consumer._filter_committable_offsets([events]) == {}
+
+    asyncio.run(run())
