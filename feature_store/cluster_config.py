@@ -27,8 +27,8 @@ class ClusterConfig:
     max_leaf: int = 20  # gamma
     max_clusters: int = 1_000  # bound on the cluster sequence of one user
     lifelong_cap: int = 100_000
-    recluster_every: int = 64  # delta: behaviours added before re-clustering
-    lloyd_iters: int = 4
+    recluster_every: int = 128  # delta: behaviours added before re-clustering (bench_clustering)
+    lloyd_iters: int = 2  # per 2-means split, after farthest-point initialisation
     min_split_fraction: float = 0.25  # rho
     remnant_slack: float = 0.25  # share of a capped oldest block that may leave before a rebuild
     block: int | None = None  # B

@@ -183,7 +183,7 @@ class RebuildBudget:
     while the balance is positive and spends what it took, so rebuilds cost at most
     ``per_event_s`` per ingested event on average (plus one rebuild of debt)."""
 
-    def __init__(self, per_event_s: float = 5e-6, burst_s: float = 0.05) -> None:
+    def __init__(self, per_event_s: float = 3e-6, burst_s: float = 0.05) -> None:
         self.per_event_s, self.burst_s, self.balance = per_event_s, burst_s, 0.0
         self.rebuilds, self.deferred = 0, 0
 

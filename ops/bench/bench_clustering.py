@@ -28,7 +28,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +148,15 @@ def run(
     chunk: int,
     snapshots: Snapshots | None,
     adopt_s: float,
-    rebuild_us: float = 5.0,
+    features: FeatureConfig,
+    rebuild_us: float = 3.0,
 ) -> Run:
     live = None
     if snapshots is not None:
         clock_ts = [0.0]
         budget = RebuildBudget(per_event_s=rebuild_us * 1e-6)
         live = LiveItemEmbeddings(snapshots.holder, adopt_s, lambda: clock_ts[0], budget)
-    worker = PartitionWorker(MemoryStore(), 0, FeatureConfig(), embedder=live)
+    worker = PartitionWorker(MemoryStore(), 0, features, embedder=live)
     versions = set()
     with Timed() as timed:
         start = time.perf_counter()
@@ -209,7 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=500)
     p.add_argument("--snapshot-every-s", type=float, default=60.0, help="event time")
     p.add_argument("--adopt-every-s", type=float, default=600.0, help="event time")
-    p.add_argument("--rebuild-us", type=float, default=5.0, help="rebuild budget per event (µs)")
+    p.add_argument("--rebuild-us", type=float, default=3.0, help="rebuild budget per event (µs)")
+    default = FeatureConfig().clusters
+    p.add_argument("--recluster-every", type=int, default=default.recluster_every)
+    p.add_argument("--lloyd-iters", type=int, default=default.lloyd_iters)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     name, log = the_log(args)
@@ -217,10 +221,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{name}: {len(records):,} events, {len(np.unique(log.user_id)):,} users; "
           f"snapshot every {args.snapshot_every_s:g} s, adopted at most every "
           f"{args.adopt_every_s:g} s of event time; dim {args.dim}; torch threads 1")  # fmt: skip
-    base = run("baseline", records, args.chunk, None, args.adopt_every_s)
+    clusters = replace(
+        FeatureConfig().clusters,
+        recluster_every=args.recluster_every,
+        lloyd_iters=args.lloyd_iters,
+        block=None,  # B derived again
+    )
+    features = replace(FeatureConfig(), clusters=clusters)
+    print(
+        f"ClusterConfig: recluster_every {clusters.recluster_every}, lloyd_iters "
+        f"{clusters.lloyd_iters}, B {clusters.base}, max_clusters {clusters.max_clusters}"
+    )
+    base = run("baseline", records, args.chunk, None, args.adopt_every_s, features)
     print(base.line() + "  (by category, no snapshot)", flush=True)
     snaps = Snapshots(log, args.dim, args.snapshot_every_s)
-    live = run("live", records, args.chunk, snaps, args.adopt_every_s, args.rebuild_us)
+    live = run("live", records, args.chunk, snaps, args.adopt_every_s, features, args.rebuild_us)
     ratio = live.cluster_s / max(base.cluster_s, 1e-12)
     print(live.line() + f"  ({ratio:.1f}x the baseline's clustering time)")
     per_event = live.cluster_s / live.events * 1e6

@@ -99,7 +99,7 @@ def test_builder_encoding_equals_the_structured_reference(
     for i in range(behaviours):
         state.apply(event(10.0 * i, item=str(i), features={"dwell": 1.5 * i}), scfg)
         if i == 64:
-            assert state.maybe_recluster(ClusterConfig())
+            assert state.maybe_recluster(ClusterConfig(recluster_every=64))
     assert 0 < state.cluster_state.upto < behaviours or behaviours < 64
     e = event(at, item="9", features={"dwell": 2.5, "price": 7.0})
     negatives, neg_cats = np.array([3, 11]), np.array([4, 12])

@@ -113,7 +113,7 @@ def test_without_budget_a_stale_user_keeps_its_version_and_clusters_only_its_gro
     holder = ModelHolder()
     live = LiveItemEmbeddings(holder, rebuild_budget=RebuildBudget(per_event_s=0.0))
     worker = PartitionWorker(MemoryStore(), 0, FeatureConfig(), embedder=live)
-    worker.commit(worker.process(clicks("u", 600)))  # by category: [0, 261), [261, 522), tail
+    worker.commit(worker.process(clicks("u", 600)))  # by category: [0, 242), [242, 484), tail
     (before,) = worker.store.get_many(["u"])
     assert before is not None and before.cluster_state.version == 0
     holder.swap(snapshot(tmp_path, 2))
