@@ -204,13 +204,12 @@ def recluster(
     budget = getattr(embedder, "budget", None)
     if budget is not None:
         budget.earn()
-    live = pinned(embedder)
-    version = 0 if live is None else int(live.version)
+    version = 0 if embedder is None else max(int(embedder.version), 0)
     total = lo + log.shape[0]
     stale = state.version != version and state.blocks.shape[0] > 0
     if stale and (budget is None or budget.balance > 0):
         start = time.perf_counter()
-        rebuilt = update(state, log, lo, config, live)
+        rebuilt = update(state, log, lo, config, embedder)
         if budget is not None:
             budget.balance -= time.perf_counter() - start
             budget.rebuilds += 1
@@ -219,7 +218,7 @@ def recluster(
         return None
     if stale and budget is not None:
         budget.deferred += 1
-    return update(state, log, lo, config, live, keep_version=stale)
+    return update(state, log, lo, config, embedder, keep_version=stale)
 
 
 def update(

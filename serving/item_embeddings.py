@@ -72,6 +72,8 @@ class LiveItemEmbeddings:
         self.holder, self.min_interval_s, self.clock = holder, min_interval_s, clock
         self.budget = rebuild_budget or RebuildBudget()  # read by feature_store's recluster
         self._version = 0
+        self._embeddings: SnapshotItemEmbeddings | None = None  # of the last current()
+        self._of: ServingModel | None = None  # ... and the snapshot it reads
         self._adopted_at = -np.inf
         self._lock = threading.Lock()
 
@@ -87,7 +89,11 @@ class LiveItemEmbeddings:
         if serving is None:
             return None
         self._adopt(serving)
-        return SnapshotItemEmbeddings(serving, self._version)
+        cached = self._embeddings
+        if cached is None or self._of is not serving or cached.version != self._version:
+            cached = SnapshotItemEmbeddings(serving, self._version)
+            self._embeddings, self._of = cached, serving
+        return cached
 
     def _adopt(self, serving: ServingModel | None) -> None:
         if serving is None or serving.version <= self._version:
