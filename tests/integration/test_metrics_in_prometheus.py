@@ -34,8 +34,8 @@ from tests.support.processes import REPO, TWINSTREAM, deployment_env
 from tests.support.prometheus import (
     GRAFANA_DIR,
     Prometheus,
+    drift_rule,
     free_port,
-    interest_rule,
     rules_with_short_for,
 )
 from tests.support.waiting import wait_until
@@ -45,11 +45,19 @@ pytestmark = [pytest.mark.integration]
 MODEL_ARGS = ["--model", "dare", "--dim", "8", "--seq-len", "50", "--topk", "5"]
 CAPACITY_ARGS = ["--item-capacity", "65536", "--category-capacity", "8192"]
 TRAIN_ARGS = ["--batch-size", "256", "--snapshot-every-s", "2", "--snapshot-every-steps", "10"]
+# a drift baseline pinned within seconds from the 40 users scored (README "Attention drift")
+QUICK_DRIFT = {
+    "TWINSTREAM_DRIFT_BASELINE_S": "4",
+    "TWINSTREAM_DRIFT_MIN_USERS": "20",
+    "TWINSTREAM_DRIFT_MIN_STRATUM_USERS": "3",
+    "TWINSTREAM_DRIFT_WINDOW_AGE_S": "600",
+}
 TWINSTREAM_LABELS = {"outcome", "reason", "transport", "agent", "partition", "statistic", "le"}
 
 
 def spawn(settings: Settings, cwd: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {**deployment_env(settings), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env |= QUICK_DRIFT
     with open(log, "ab") as out:  # cwd: Faust's data folder goes to the test's tmp folder
         return subprocess.Popen(
             [*TWINSTREAM, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -157,7 +165,7 @@ def _drive(settings: Settings, events: list[Event]) -> None:
             what="the worker to serve a snapshot",
             interval_s=1.0,
         )
-        for user in users:  # 25 rows of each into the drift window (default config)
+        for user in users:  # 32 rows of each into the drift window, which pins its baseline
             assert "error" not in client.score(user, items, timeout=30)
 
 
@@ -170,6 +178,8 @@ def _check_prometheus(prom: Prometheus) -> None:
     )
     assert len(drift) == 7 and all(0.0 <= v <= 1.0 for v in drift.values())
     assert len(prom.query("twinstream_attention_drift_psi")) == 7
+    assert len(prom.query("twinstream_attention_model_drift_js")) == 7
+    assert prom.query("twinstream_attention_baseline_learning == 0")
     auc = wait_until(
         lambda: [v for v in prom.query("twinstream_streaming_auc").values() if not math.isnan(v)],
         timeout_s=60,
@@ -208,7 +218,7 @@ def _figures(prom: Prometheus) -> dict[str, float]:
         "sample_to_model_p50_s": quantile.format(0.5, "twinstream_sample_to_model_seconds"),
         "sample_to_model_p99_s": quantile.format(0.99, "twinstream_sample_to_model_seconds"),
     }
-    exprs["interest_rise_peak"] = f"max_over_time(({interest_rule()[0]})[1h:1s])"
+    exprs["traffic_drift_peak"] = f"max_over_time(({drift_rule()[0]})[1h:1s])"
     out = {k: round(max(prom.query(e).values(), default=math.nan), 4) for k, e in exprs.items()}
     js = prom.query("twinstream_attention_drift_js")
     return out | {f"js_{key.rsplit('=', 1)[1]}": round(v, 4) for key, v in js.items()}

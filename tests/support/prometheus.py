@@ -3,7 +3,7 @@
 ``Prometheus`` runs ``prometheus`` on 127.0.0.1 with ops/prometheus/prometheus.yml's jobs
 pointed at the test's own targets, scraping and evaluating every second, and answers instant
 queries, alerts and how far its rule evaluation has got. ``binary`` finds ``prometheus`` or
-``promtool`` (or skips the test); ``alert_rules``, ``rules_with_short_for`` and ``interest_rule``
+``promtool`` (or skips the test); ``alert_rules``, ``rules_with_short_for`` and ``drift_rule``
 read ops/prometheus/alerts.yml.
 """
 
@@ -29,7 +29,7 @@ from tests.support.waiting import wait_until
 
 PROMETHEUS_DIR = REPO / "ops" / "prometheus"
 GRAFANA_DIR = REPO / "ops" / "grafana"
-INTEREST_ALERT = "TwinstreamAttentionInterestShift"
+TRAFFIC_DRIFT_ALERT = "TwinstreamAttentionTrafficDrift"
 SHORT_FOR_S = 2  # the alert rules' ``for`` in the tests, instead of minutes
 LAST_EVALUATION = "prometheus_rule_group_last_evaluation_timestamp_seconds"
 
@@ -68,9 +68,9 @@ def rules_with_short_for(folder: Path) -> Path:
     return path
 
 
-def interest_rule() -> tuple[str, float]:
-    """The interest-shift alert's expression split at its threshold: (the drift rise, 0.04)."""
-    expr = next(r["expr"] for r in alert_rules() if r["alert"] == INTEREST_ALERT).strip()
+def drift_rule() -> tuple[str, float]:
+    """The traffic drift alert's expression split at its threshold: (the drift, the threshold)."""
+    expr = next(r["expr"] for r in alert_rules() if r["alert"] == TRAFFIC_DRIFT_ALERT).strip()
     match = re.fullmatch(r"(.*)>\s*([0-9.]+)", expr, re.S)
     assert match is not None, expr
     return match.group(1).strip(), float(match.group(2))
