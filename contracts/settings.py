@@ -43,6 +43,7 @@ class Settings:
     lifelong_cap: int = LIFELONG_CAP
     state_dir: str = "./twinstream-state"
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
+    worker_compression: str = "none"  # the worker's records (samples...): none/gzip/lz4/zstd
     snapshot_dir: str = "./twinstream-snapshots"
     # Model sync (serving.signing, serving.reload, serving.delta): the HMAC key that signs
     # manifests, announcements and deltas (unset: nothing is signed or checked), the bounds of a
@@ -83,6 +84,8 @@ class Settings:
             raise ValueError("need 0 < recent_length <= lifelong_cap")
         if self.sample_mode not in ("implicit", "explicit"):
             raise ValueError("sample_mode must be 'implicit' or 'explicit'")
+        if self.worker_compression not in ("none", "gzip", "lz4", "zstd"):
+            raise ValueError("worker_compression must be none, gzip, lz4 or zstd")
         if self.http_idle_timeout_s <= 0 or self.http_body_timeout_s <= 0:
             raise ValueError("http_idle_timeout_s and http_body_timeout_s must be positive")
 

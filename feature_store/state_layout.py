@@ -66,8 +66,12 @@ def cluster_key(user: str) -> bytes:
 
 
 def chunk_key(user: str, chunk: int) -> bytes:
+    return _chunk_prefix(user) + _CHUNK.pack(chunk)
+
+
+def _chunk_prefix(user: str) -> bytes:
     raw = _user(user)
-    return CHUNK_PREFIX + _USER_LEN.pack(len(raw)) + raw + _CHUNK.pack(chunk)
+    return CHUNK_PREFIX + _USER_LEN.pack(len(raw)) + raw
 
 
 def _user(user: str) -> bytes:
@@ -79,21 +83,21 @@ def _user(user: str) -> bytes:
 
 def state_parts(user: str, state: UserState) -> Parts:
     """The records that bring the stored state up to ``state`` (pure: marks nothing written)."""
-    ch, parts = state.changes, Parts()
+    ch, parts, prefix, pack = state.changes, Parts(), _chunk_prefix(user), _CHUNK.pack
     parts.records.append((head_key(user), encode_head(state)))
     first, last = state.lo // CHUNK_ROWS, (state.total - 1) // CHUNK_ROWS
     if ch.whole:
-        parts.deleted_ranges.append((chunk_key(user, 0), chunk_key(user, first)))
-        parts.deleted_ranges.append((chunk_key(user, last + 1), chunk_key(user, 2**64 - 1)))
+        parts.deleted_ranges.append((prefix + pack(0), prefix + pack(max(first, 0))))
+        parts.deleted_ranges.append((prefix + pack(last + 1), prefix + pack(2**64 - 1)))
         changed_from = first
     else:
         parts.records += [
-            (chunk_key(user, c), None) for c in range(ch.stored_lo // CHUNK_ROWS, first)
+            (prefix + pack(c), None) for c in range(ch.stored_lo // CHUNK_ROWS, first)
         ]
         changed_from = last + 1 if ch.log_from is None else max(first, ch.log_from // CHUNK_ROWS)
     if state.total > state.lo:
         parts.records += [
-            (chunk_key(user, c), _chunk(state, c)) for c in range(changed_from, last + 1)
+            (prefix + pack(c), _chunk(state, c)) for c in range(changed_from, last + 1)
         ]
     if ch.whole or state.cluster_state is not ch.stored_clusters:
         parts.records.append((cluster_key(user), encode_clusters(state.cluster_state)))

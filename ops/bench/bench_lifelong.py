@@ -99,6 +99,7 @@ class Cost:
     rocks_bytes: float
     changelog_bytes: float
     state_bytes: int  # one user's whole encoded state at the end (the full-rewrite baseline)
+    samples: list[bytes]  # every sample message of the measured batches
     changelog: Records  # every record of the run: first checkpoints, deltas, markers
     states: dict[str, bytes]  # every user's state at the end, encoded
 
@@ -124,6 +125,7 @@ def measure(size: int, users: int, batches: int, seed: int = 0) -> Cost:
         rng = np.random.default_rng(seed + 1)
         cpu = rocks = 0.0
         rocks_bytes = changelog_bytes = 0
+        samples: list[bytes] = []
         offset = 1
         for b in range(batches + 1):  # batch 0 warms up (first reads, caches) and is not counted
             records = []
@@ -146,6 +148,7 @@ def measure(size: int, users: int, batches: int, seed: int = 0) -> Cost:
                 rocks += ended - committed
                 rocks_bytes += options.bytes_written() - written
                 changelog_bytes += sum(len(k or b"") + len(v or b"") for k, v in sent)
+                samples += result.samples
         states = {
             name: s.encode() for name, s in zip(names, store.get_many(names), strict=True) if s
         }
@@ -158,9 +161,28 @@ def measure(size: int, users: int, batches: int, seed: int = 0) -> Cost:
         rocks_bytes / n,
         changelog_bytes / n,
         len(states[names[0]]),
+        samples,
         changelog,
         states,
     )
+
+
+def sample_sizes(size: int, cost: Cost) -> None:
+    """Bytes per sample message, raw and compressed alone, with the codecs aiokafka uses (record
+    framing not counted). Alone: the users of this run share one history, so a record batch of
+    their samples would compress far better than one of users who share nothing; one sample
+    per batch is the bound for a lifelong user's one event per batch."""
+    from aiokafka.codec import gzip_encode, lz4_encode, zstd_encode
+
+    blobs = cost.samples
+    raw = sum(map(len, blobs)) / len(blobs)
+    line = f"{size:>7,} behaviours: {raw / 1024:5.1f} KiB per sample"
+    for name, encode in (("lz4", lz4_encode), ("zstd", zstd_encode), ("gzip", gzip_encode)):
+        started = time.process_time()
+        packed = sum(len(encode(blob)) for blob in blobs) / len(blobs)
+        us = 1e6 * (time.process_time() - started) / len(blobs)
+        line += f", {name} {packed / 1024:5.2f} KiB (x{raw / packed:.1f}, {us:.0f} us)"
+    print(line, flush=True)
 
 
 def checkpoint_cycle(size: int, seed: int = 0) -> None:
@@ -257,6 +279,9 @@ def main() -> None:
     for size in sizes:
         costs[size] = measure(size, args.users, args.batches)
         report(size, costs[size], costs[sizes[0]])
+    print("samples: raw, and compressed one by one (ratio, CPU per sample)")
+    for size in sizes:
+        sample_sizes(size, costs[size])
     if not args.no_cycle:
         print("checkpoint cycles: one user, one event per batch")
         for size in sizes:

@@ -150,3 +150,19 @@ def test_a_diverted_topic_comes_as_one_batch_and_commits_the_offset_acknowledged
         assert consumer._filter_committable_offsets([events]) == {}
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(("setting", "codec"), [(None, None), ("zstd", "zstd"), ("lz4", "lz4")])
+def test_the_worker_producer_compresses_as_the_deployment_says(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, codec: str | None
+) -> None:
+    if setting is not None:
+        monkeypatch.setenv("TWINSTREAM_WORKER_COMPRESSION", setting)
+    producer = create_app(SETTINGS).producer
+    assert producer._settings_extra()["compression_type"] == codec
+    assert producer._settings_extra()["enable_idempotence"] is True
+
+
+def test_an_unknown_compression_is_refused() -> None:
+    with pytest.raises(ValueError, match="worker_compression"):
+        Settings.from_env({"TWINSTREAM_WORKER_COMPRESSION": "brotli"})
