@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "batch_size": Flag("sample messages per step", positive_int),
         "snapshot_every_steps": Flag(type=positive_int),
         "snapshot_every_s": Flag(type=positive_seconds),
+        "delta_every_s": Flag("deltas of the touched rows on model-updates", positive_seconds),
         "keep": Flag("newest snapshots kept", positive_int),
     })  # fmt: skip
     model = p.add_argument_group("model")

@@ -26,7 +26,7 @@ import hashlib
 import json
 import struct
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,7 @@ class DeltaHeader:
     checkpoint: int  # the newest checkpoint of its chain (where a scorer can start)
     created: float  # Unix seconds: when the trainer cut it
     model: str
+    offsets: dict[int, int] = field(default_factory=dict)  # samples trained (partition → last)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class Delta:
             if n > len(data) - 8:
                 raise ValueError("header larger than the delta")
             meta = json.loads(data[8 : 8 + n]).get("__metadata__", {})
-            header = DeltaHeader(**json.loads(meta["header"]))
+            fields = json.loads(meta["header"])
+            fields["offsets"] = {int(p): int(o) for p, o in fields.get("offsets", {}).items()}
+            header = DeltaHeader(**fields)
             tensors = safetensors.torch.load(data)
             return cls._of(header, tensors)
         except (ValueError, KeyError, TypeError, struct.error) as err:
@@ -138,6 +141,8 @@ def chunk_messages(
             "count": count,
             "size": len(body),
             "sha256": sha,
+            "created": h.created,
+            "offsets": h.offsets,  # what it covers, readable without the body (benchmarks)
         }
         raw = json.dumps(head).encode()
         value = struct.pack("<I", len(raw)) + raw + part

@@ -95,6 +95,7 @@ class SnapshotWatcher:
         self.follower = DeltaFollower(holder, metrics, self.signer, max_delta, self.refuse)
         self._consumer: KafkaConsumer | None = None
         self._tried, self._tried_at = 0, 0.0  # the last checkpoint a resync tried, and when
+        self._asked_at = 0.0  # when the trainer was last asked for its newest checkpoint
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
 
@@ -149,6 +150,7 @@ class SnapshotWatcher:
                 batch = consumer.poll(timeout_ms=200)
                 records = [r for part in batch.values() for r in part]
                 self.handle(sorted(records, key=lambda r: r.offset))
+                self._fetch_while_empty()
         finally:
             consumer.close()
 
@@ -170,6 +172,20 @@ class SnapshotWatcher:
             wanted = self.follower.wants_checkpoint()
             if wanted is not None and self._resync(wanted):
                 return
+
+    def _fetch_while_empty(self) -> None:
+        """Without a model, ask the trainer for its newest checkpoint every few seconds (a
+        worker may start before the trainer's checkpoint server)."""
+        url = self.settings.checkpoint_url
+        if self.holder.model is not None or not url or self.snapshot_dir is None:
+            return
+        if time.monotonic() - self._asked_at < RESYNC_RETRY_S:
+            return
+        self._asked_at = time.monotonic()
+        version = latest_version(url.rstrip("/"))
+        if version > 0 and (path := self._local(version)) is not None and self.load(path):
+            self.follower.catch_up()
+            self._seek_to_model_time()
 
     def _newest_announcement(self, announcements: Sequence[ConsumerRecord]) -> None:
         for record in reversed(announcements):

@@ -74,7 +74,7 @@ def publish_checkpoint(trainer: OnlineTrainer, chain: DeltaChain, run: Run, fina
     began = time.perf_counter()
     chained = chain.live
     if chained:
-        chain.cut(trainer.version + 1, trainer.model, trainer.mapper)
+        chain.cut(trainer.version + 1, trainer.model, trainer.mapper, trainer.offsets)
     offsets, metrics, counts = trainer._gather()  # version + 1: the delta's, when chained
     content = trainer._content(offsets, metrics, counts)
     optimizers = trainer.learner.optimizers if trainer.config.save_optimizer else []

@@ -205,12 +205,19 @@ class DeltaChain:
         if self.writing is not None:
             self.writing.cow.before_change(table, rows)
 
-    def cut(self, version: int, model: CTRModel, mapper: FeatureMapper) -> None:
-        """Delta ``version`` (on ``version - 1``), sent by the publisher's thread."""
-        header = DeltaHeader(version, version - 1, self.checkpoint, time.time(), self.model_name)
+    def cut(
+        self, version: int, model: CTRModel, mapper: FeatureMapper, offsets: dict[int, int]
+    ) -> None:
+        """Delta ``version`` (on ``version - 1``, covering ``offsets``), sent by the publisher's
+        thread."""
+        header = DeltaHeader(
+            version, version - 1, self.checkpoint, time.time(), self.model_name, dict(offsets)
+        )
         cut = cut_delta(model, mapper, self.touched, header)
         self.pauses.append(cut.pause_s)
         self.publisher.submit(cut)
+        rows = sum(r.numel() for r, _ in cut.rows.values())
+        log.info("delta v%d: %d rows, training paused %.4f s", version, rows, cut.pause_s)
 
     def started(self, run: CheckpointRun, mapper: FeatureMapper, restart: bool) -> None:
         """Checkpoint ``run.version`` was cut; with ``restart`` it starts a new chain."""

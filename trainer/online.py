@@ -185,7 +185,7 @@ class OnlineTrainer:
                 checkpoint_done(self, run.chain, run)
             if run.chain is not None and run.chain.live and clock.delta_due(time.monotonic()):
                 self.version += 1
-                run.chain.cut(self.version, self.model, self.mapper)
+                run.chain.cut(self.version, self.model, self.mapper, self.offsets)
                 clock.delta_cut()
             if clock.dirty and (agreed.due or clock.steps_due(agreed.rows > 0, self.step)):
                 self._publish_snapshot(run)

@@ -1,12 +1,16 @@
 """Freshness of the online loop, measured on real processes (broker, one worker, one trainer).
 
     python -m ops.bench.bench_freshness [--trials 50] [--seconds 30] [--rate 100]
+    python -m ops.bench.bench_freshness --items 4068792 --dim 64 [--seconds 60] [--rate 100]
 
 1. Event → score: publish one new click for a user, then ask for scores until the answer's
    history includes it; the time from publishing to that answer.
 2. Sample → served model: stream events at ``--rate`` for ``--seconds``; each training
    sample's Kafka timestamp against the moment the worker first serves a snapshot whose
    manifest covers its offset (polled on the worker's /healthz every 0.1 s).
+
+With ``--items N --dim D``: delta sync at that table size instead
+(:mod:`ops.bench.freshness_scale`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import orjson
 
 from contracts.schema import Event, EventType
 from contracts.settings import Settings
+from ops.bench.freshness_scale import run_scale
 from ops.demo import (
     HTTP_PORT,
     TRAINER_ARGS,
@@ -153,8 +158,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=100.0, help="events/s while streaming")
     parser.add_argument("--out", default="twinstream-out/bench-freshness")
+    scale = parser.add_argument_group("production size (ops/bench/freshness_scale.py)")
+    scale.add_argument("--items", type=int, help="item rows (full id maps); turns this mode on")
+    scale.add_argument("--dim", type=int, default=64)
+    scale.add_argument("--categories", type=int, default=9_440)
+    scale.add_argument("--delta-every-s", type=float, default=2.0)
+    scale.add_argument("--checkpoint-every-s", type=float, default=60.0)
+    scale.add_argument("--batch", type=int, default=256, help="sample messages per step")
     args = parser.parse_args()
     settings = settings_for_demo()
+    if args.items:
+        run_scale(args, settings)
+        return
     ensure_topics(settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

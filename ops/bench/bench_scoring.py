@@ -2,6 +2,7 @@
 the pause that hot reloads cause, all measured in one run.
 
     python -m ops.bench.bench_scoring [--runs 300] [--device cpu|cuda] [--threads 1]
+    python -m ops.bench.bench_scoring --items 4068792 --dim 64 [--delta-rows 20000] [--deltas 20]
 
 A. Model level at the issue's shape: TWIN-V2 (recent branch on) scoring 100 candidates that share
    one history of 200 recent behaviours plus 1,000 clusters, dim 64, a Taobao-sized vocabulary
@@ -11,6 +12,8 @@ B. The whole scorer (``serving.scorer.Scorer``: state → request sample → dec
    model → answer) for a real 100,000-behaviour user's state (recent 200 + its TWIN-V2 clusters).
 C. B again while another thread hot-reloads verified snapshots (``SnapshotWatcher``), one at a
    time, against as many requests right after each reload with none running.
+D. With ``--items N --dim D``: B while deltas apply at that table size, against B right after each
+   (:mod:`ops.bench.scoring_deltas`).
 """
 
 from __future__ import annotations
@@ -195,6 +198,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--default-malloc", action="store_true", help="skip the worker's tuning")
+    scale = parser.add_argument_group("deltas at production size (ops/bench/scoring_deltas.py)")
+    scale.add_argument("--items", type=int, help="item rows (full id maps); turns this mode on")
+    scale.add_argument("--dim", type=int, default=64)
+    scale.add_argument("--categories", type=int, default=9_440)
+    scale.add_argument("--delta-rows", type=int, default=20_000, help="rows per item table")
+    scale.add_argument("--deltas", type=int, default=20)
     args = parser.parse_args()
     tuned = not args.default_malloc and tune_malloc()
     torch.set_num_threads(args.threads)
@@ -203,6 +212,11 @@ def main() -> None:
         f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s), "
         f"malloc tuned as in the worker: {tuned}"
     )
+    if args.items:
+        from ops.bench import scoring_deltas
+
+        scoring_deltas.run(args, long_user_state(), timed)
+        return
     model_level(args.runs, args.uncompressed, args.device)
     scorer_path(args.runs, args.reloads)
 

@@ -1,0 +1,123 @@
+"""``bench_scoring --items N --dim D``: scoring latency while deltas apply, at that table size.
+
+A DARE checkpoint with N item rows of width D and full id maps (as ``bench_freshness --items``
+writes it) is loaded by the worker's loader; the whole scorer then answers requests (100
+candidates, a user with a 100,000-behaviour history) while, on another thread at the watcher's
+priority, :class:`serving.delta_follow.DeltaFollower` applies deltas of ``--delta-rows`` rows per
+item table with all dense tensors and ``--delta-rows / 10`` id-map changes (new ids on recycled
+rows, the vocabulary being full). Requests timed during each apply alternate with as many right
+after it with none running (the baseline, measured in the same run); the ratio of their p99 is the
+figure (goal <= 1.3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+
+from feature_store import UserState
+from ops.bench.freshness_scale import KEY, model_flags
+from serving.delta import Delta, DeltaHeader, IdMapChange
+from serving.delta_follow import DeltaFollower
+from serving.loading import load_snapshot
+from serving.metrics import ScoringMetrics
+from serving.requests import ScoreRequest
+from serving.scorer import ItemCatalog, ModelHolder, Scorer
+from serving.signing import Signer
+from serving.snapshot import version_dir
+
+
+def synthetic_delta(served: Any, version: int, rows: int, seed: int) -> Delta:
+    """A delta of ``rows`` random rows per item table, every dense tensor and rows / 10 ids moved
+    to recycled rows."""
+    rng = np.random.default_rng(seed)
+    state = served.model.state_dict()
+    n_items = served.mapper.items.capacity
+    tables = {k: v for k, v in state.items() if v.ndim == 2 and v.shape[0] == n_items}
+    picked = {}
+    for name, table in tables.items():
+        index = torch.from_numpy(np.unique(rng.integers(1, n_items, rows)))
+        picked[name] = (index, torch.randn(index.numel(), table.shape[1]) * 0.01)
+    dense = {k: v.clone() for k, v in state.items() if k not in tables}
+    keys, map_rows = served.mapper.items.assigned()
+    moved = np.unique(rng.integers(0, keys.size, max(1, rows // 10)))
+    fresh = np.arange(moved.size, dtype=np.int64) + 10**12 + version * 10**6
+    change = IdMapChange(fresh, map_rows[moved].copy(), keys[moved].copy())
+    header = DeltaHeader(version, version - 1, 1, time.time(), "dare")
+    empty = IdMapChange(*(np.zeros(0, np.int64) for _ in range(3)))
+    return Delta(header, picked, dense, {"item": change, "category": empty})
+
+
+def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[float]]) -> None:
+    folder = Path(tempfile.mkdtemp())
+    a = args
+    flags = model_flags(a.items, a.dim, a.categories)
+    subprocess.run(
+        [sys.executable, "-m", "ops.bench.freshness_scale", str(folder), *flags], check=True
+    )
+    began = time.perf_counter()
+    served = load_snapshot(version_dir(folder, 1), signer=Signer.of(KEY))
+    took = time.perf_counter() - began
+    print(f"D. {a.items:,} items, dim {a.dim}: checkpoint loaded in {took:.1f} s")
+    holder = ModelHolder()
+    holder.swap(served)
+    follower = DeltaFollower(
+        holder, ScoringMetrics.create(CollectorRegistry()), Signer.of(KEY), 1 << 34,
+        lambda *x: print("refused", x),
+    )  # fmt: skip
+    scorer = Scorer(holder, ItemCatalog())
+    items = tuple(str(i) for i in range(1, 101))
+    req = ScoreRequest("r", "u", items, tuple("1" for _ in items))
+
+    def score() -> object:
+        return scorer.score(req, state)
+
+    quiet = timed(score, 200)
+    during: list[float] = []
+    between: list[float] = []
+    applied: list[float] = []
+    for i in range(a.deltas):
+        delta = synthetic_delta(served, served.version + 1, a.delta_rows, seed=i)
+        thread = threading.Thread(target=_apply, args=(follower, delta, applied))
+        thread.start()
+        window: list[float] = []
+        while thread.is_alive():
+            window += timed(score, 2, warmup=0)
+        thread.join()
+        during += window
+        between += timed(score, max(len(window), 20), warmup=0)
+    q99, d99, b99 = (float(np.percentile(np.array(x) * 1000, 99)) for x in (quiet, during, between))
+    d50 = float(np.percentile(np.array(during) * 1000, 50))
+    print(
+        f"   {follower.applied} deltas of {a.delta_rows:,} rows per item table applied, "
+        f"{np.mean(applied):.3f} s each (check, id maps rebuilt, rows written under the lock)"
+    )
+    print(
+        f"   scoring p99 quiet {q99:.2f} ms; while deltas apply ({len(during)} requests) p50 "
+        f"{d50:.2f} ms p99 {d99:.2f} ms; right after each ({len(between)} requests) p99 "
+        f"{b99:.2f} ms; p99 during / after {d99 / b99:.2f}x (goal <= 1.3x)"
+    )
+
+
+def _apply(follower: DeltaFollower, delta: Delta, applied: list[float]) -> None:
+    from serving.reload import lower_thread_priority
+
+    lower_thread_priority()  # as the watcher's own thread does
+    began = time.perf_counter()
+    follower.offer(delta)
+    applied.append(time.perf_counter() - began)
+
+
+logging.getLogger("serving.delta_follow").setLevel(logging.WARNING)
