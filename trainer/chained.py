@@ -54,6 +54,8 @@ def _deltas(trainer: OnlineTrainer, run: Run) -> Iterator[None]:
         run.announcer = SnapshotAnnouncer(trainer.settings)
     publisher = DeltaPublisher(trainer.settings, trainer.config.snapshot_dir, {})
     run.chain = DeltaChain(publisher, trainer.touched, trainer.config.model)
+    if trainer.resumed_from:  # nothing was published after the checkpoint resumed from
+        run.chain.resume(trainer.resumed_from, trainer.mapper)
     trainer.learner.on_rows = run.chain.on_rows
     try:
         yield

@@ -94,6 +94,9 @@ def cut_delta(
 def idmap_change(before: Arrays, after: Arrays) -> IdMapChange:
     """Ids given a (new) row between two states of an id map, and ids that lost theirs."""
     (k0, r0), (k1, r1) = before, after
+    if k0 is k1 and r0 is r1:  # the map made no new arrays: nothing changed
+        empty = np.zeros(0, np.int64)
+        return IdMapChange(empty, empty, empty)
     pos = np.minimum(np.searchsorted(k0, k1), max(k0.size - 1, 0))
     same = (k0[pos] == k1) & (r0[pos] == r1) if k0.size else np.zeros(k1.size, bool)
     removed = np.setdiff1d(k0, k1, assume_unique=True)
@@ -172,13 +175,14 @@ class DeltaPublisher:
         delta = Delta(cut.header, cut.rows, cut.dense, changes)
         messages = chunk_messages(delta, self.signer, self.chunk_bytes)
         key = cut.header.model.encode()
+        # recorded before it is sent: a trainer restarted after a crash mid-send numbers after it
+        write_published(self.published_path, cut.header.version)
         futures = [self.producer.send(self.topic, key=key, value=v, headers=h) for v, h in messages]
         for future in futures:
             future.get(30)
         self._idmaps = cut.idmaps
         size = sum(len(v) for v, _ in messages)
         self.stats.sent.append((cut.header.version, size, cut.header.created, time.time()))
-        write_published(self.published_path, cut.header.version)
         if self.on_sent is not None:
             self.on_sent(cut.header.version, size, cut.header.created)
 
@@ -227,6 +231,15 @@ class DeltaChain:
                 {"item": mapper.items.assigned(), "category": mapper.categories.assigned()}
             )
         self.checkpoint, self.writing = run.version, run
+
+    def resume(self, checkpoint: int, mapper: FeatureMapper) -> None:
+        """Chain on ``checkpoint``, which holds exactly the trainer's state (it resumed from it
+        and nothing was published after it): no new checkpoint is needed to start."""
+        self.touched.take()
+        self.publisher.restart_chain(
+            {"item": mapper.items.assigned(), "category": mapper.categories.assigned()}
+        )
+        self.checkpoint = checkpoint
 
     def busy(self) -> bool:
         return self.writing is not None and not self.writing.done()

@@ -128,6 +128,8 @@ class OnlineTrainer:
         self.offsets = dict(resumed.offsets)  # partition → last offset consumed
         # of the newest snapshot, or of the newest delta a previous run sent (numbered after)
         self.version = max(resumed.version, read_published(config.snapshot_dir))
+        # the checkpoint holding exactly this state (deltas may chain on it), 0 when none does
+        self.resumed_from = resumed.loaded if resumed.loaded == self.version else 0
         self.rows_total = resumed.rows  # target rows trained since the first start
         self._check_same_start()
         self.comm.broadcast_model(self.model)

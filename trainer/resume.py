@@ -36,6 +36,7 @@ class Resumed:
     rows: int = 0  # target rows trained since the first start
     version: int = 0  # of the newest snapshot folder; the next one is version + 1
     offsets: dict[int, int] = field(default_factory=dict)  # partition → last offset trained
+    loaded: int = 0  # the version of the snapshot loaded (0: none)
 
 
 def resume(
@@ -79,7 +80,7 @@ def _load(
     else:
         log.warning("snapshot offsets are for %r; %r from the start", m.topic, topic)
     log.info("resumed from %s: step %d, offsets %s", path, m.step, offsets)
-    return Resumed(m.step, m.samples, m.version, offsets)
+    return Resumed(m.step, m.samples, m.version, offsets, loaded=m.version)
 
 
 def _load_moments(path: Path, blob: bytes, learner: Learner) -> None:
