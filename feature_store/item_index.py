@@ -46,11 +46,17 @@ class ItemIndex:
         self.changes += items.shape[0]
 
     def contains(self, values: list[int]) -> list[bool]:
-        probe = np.array(values, dtype=np.int64)
-        left = np.searchsorted(self._base, probe, side="left")
-        right = np.searchsorted(self._base, probe, side="right")
-        added, dropped = self._added, self._dropped
-        return [
-            n + added.get(v, 0) - dropped.get(v, 0) > 0
-            for v, n in zip(values, (right - left).tolist(), strict=True)
-        ]
+        base, added, dropped = self._base, self._added, self._dropped
+        at, n = base.searchsorted(values).tolist(), base.shape[0]
+        out = []
+        for v, i in zip(values, at, strict=True):
+            in_base = i < n and base[i] == v
+            if v not in added and v not in dropped:
+                out.append(bool(in_base))
+                continue
+            count = (self._count(v, i) if in_base else 0) + added.get(v, 0) - dropped.get(v, 0)
+            out.append(count > 0)
+        return out
+
+    def _count(self, value: int, first: int) -> int:
+        return int(self._base.searchsorted(value, side="right")) - first

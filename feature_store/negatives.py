@@ -139,9 +139,9 @@ class FrequencySampler:
     def _find(self, targets: list[int]) -> list[int]:
         """The item index at each position ``t`` of the occurrence multiset."""
         cum, recent, folded = self._cum, self._recent, self._folded_total
+        found = cum.searchsorted(targets, side="right").tolist()  # one call for all targets
         return [
-            recent[t - folded] if t >= folded else int(cum.searchsorted(t, side="right"))
-            for t in targets
+            recent[t - folded] if t >= folded else i for t, i in zip(targets, found, strict=True)
         ]
 
     def encode(self) -> bytes:
