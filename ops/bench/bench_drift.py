@@ -27,6 +27,9 @@ goes to ``OUT/<run>/timeline.jsonl``; the last line is one JSON object::
     {"shift_detected": bool, "detection_delay_s": float|null, "control_alerts": int,
      "stale_alert_on_stopped_trainer": bool, ...}
 
+with, as the ratio against the baseline measured in the same run, ``separation``: the largest
+traffic drift after the shift over the largest on the control (peaks per phase are in the line).
+
 ``twinstream generate A.csv --users 2000 --long-users 0 --shift-at 0.5 --seed S`` (and the same
 without ``--shift-at`` for B) writes such a pair; TS is then 1511740800 (start + 7 days).
 """
@@ -87,6 +90,7 @@ class Run:
     scoring: Scoring
     phase: str = "warm-up"
     fired: dict[str, list[float]] = field(default_factory=dict)  # alert -> firing starts
+    peak: dict[str, float] = field(default_factory=dict)  # phase -> largest traffic JS seen
     _firing: set[str] = field(default_factory=set)
     _t0: float = field(default_factory=time.time)
 
@@ -117,6 +121,8 @@ class Run:
         with open(self.procs.out / "timeline.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         top = max(traffic.items(), key=lambda kv: kv[1], default=("-", float("nan")))
+        if traffic:
+            self.peak[self.phase] = max(self.peak.get(self.phase, 0.0), top[1])
         mtop = max(model.values(), default=float("nan"))
         print(
             f"[{self.name} {row['t']:6.0f}s {self.phase:>9}] events {self.replay.sent:,} "
@@ -188,6 +194,8 @@ def shift_run(log: Path, cfg: BenchConfig) -> dict[str, Any]:
             "shift_detected": delay is not None and delay <= cfg.post_shift_s,
             "detection_delay_s": None if delay is None else round(delay, 1),
             "alerts_before_shift": false_before,
+            "pre_shift_peak_js": round(run.peak.get("pre-shift", 0.0), 4),
+            "shift_peak_js": round(run.peak.get("shifted", 0.0), 4),
             "first_alert": None if not starts else _first(run, min(starts)),
         }
     finally:
@@ -222,6 +230,7 @@ def control_run(log: Path, cfg: BenchConfig) -> dict[str, Any]:
         stale_delay = None if stale_at is None or stale_at < stopped else stale_at - stopped
         return {
             "control_alerts": drift_alerts,
+            "control_peak_js": round(max(run.peak.values(), default=0.0), 4),
             "quiet_window_rows": rows,
             "quiet_drift_absent": absent,
             "stale_alert_on_stopped_trainer": stale_delay is not None,
