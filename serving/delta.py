@@ -274,9 +274,11 @@ def _changed(idmap: IdMap, change: IdMapChange | None) -> IdMap:
     if change is None or len(change) == 0:
         return idmap
     keys, rows = idmap.assigned()
-    gone = np.union1d(change.removed, change.keys)
-    keep = ~np.isin(keys, gone, assume_unique=True)
-    keys, rows = keys[keep], rows[keep]
+    gone = np.union1d(change.removed, change.keys)  # small, sorted
+    pos = np.searchsorted(keys, gone)  # O(changes · log n), not a pass over every id
+    inside = pos < keys.size
+    hit = pos[inside][keys[pos[inside]] == gone[inside]]
+    keys, rows = np.delete(keys, hit), np.delete(rows, hit)
     at = np.searchsorted(keys, change.keys)
     keys, rows = np.insert(keys, at, change.keys), np.insert(rows, at, change.rows)
     if rows.size and (rows.min() < 1 or rows.max() >= idmap.capacity):
