@@ -178,20 +178,26 @@ def load_states(get_many: MultiGet, users: list[str]) -> list[UserState | None]:
     return out
 
 
+def _log(chunks: list[bytes], lo: int, total: int, row: np.dtype) -> np.ndarray:
+    """The log rows [lo, total) from its chunks, oldest first (read-only: copied on the first
+    write). Each chunk holds the rows from its start on, and starts where the one before ends."""
+    starts = [_START.unpack_from(chunk)[0] for chunk in chunks]
+    ends = [s + (len(c) - _START.size) // row.itemsize for s, c in zip(starts, chunks, strict=True)]
+    if starts and (starts[0] > lo or ends[-1] != total or starts[1:] != ends[:-1]):
+        raise StateFormatError(
+            f"stored chunks {list(zip(starts, ends, strict=True))} do not cover [{lo}, {total})"
+        )
+    rows = np.frombuffer(b"".join(c[_START.size :] for c in chunks), dtype=row)
+    return rows[lo - starts[0] :] if starts else rows
+
+
 def _assemble(user: str, blob: bytes, h: tuple, values: Sequence[bytes | None]) -> UserState:
     (_, _, n_dense, _, n_log, ring_size, fill, pos, total, watermark, seq, ckpt, since) = h
     if any(v is None for v in values):
         raise StateFormatError(f"a stored part of {user!r} is missing")
     parts = [bytes(v) for v in values if v is not None]
-    lo, row = total - n_log, behaviour_dtype(n_dense)
-    log = np.zeros(n_log, dtype=row)
-    for chunk in parts[:-1]:
-        (start,) = _START.unpack_from(chunk)
-        rows = np.frombuffer(chunk, dtype=row, offset=_START.size)
-        skip = max(0, lo - start)
-        whole_rows = np.dtype((np.void, row.itemsize))  # copied as rows, not field by field
-        dst = log[start + skip - lo : start - lo + rows.shape[0]]
-        dst.view(whole_rows)[:] = rows[skip:].view(whole_rows)
+    log = _log(parts[:-1], total - n_log, total, behaviour_dtype(n_dense))
+    lo = total - n_log
     ring = np.zeros(ring_size, dtype=np.int64)
     ring[:fill] = np.frombuffer(blob, dtype="<i8", count=fill, offset=HEAD.size)
     cs = decode_clusters(parts[-1], n_dense)
