@@ -2,8 +2,10 @@
 
 Keys of one user (``U`` = the user id in UTF-8):
 
-- ``u/U``, the head: counts, watermark, write history (:class:`feature_store.state.Changes`) and
-  the dedupe ring; written with every change.
+- ``u/U``, the head: counts, watermark, write history (:class:`feature_store.state.Changes`);
+  written with every change.
+- ``r/<len U>U<block>``, the dedupe ring in blocks of :data:`RING_BLOCK` event-id hashes: an event
+  rewrites the block its id went to (1 KiB, not the 8 KiB ring).
 - ``l/<len U>U<chunk>``, the lifelong log in chunks of :data:`CHUNK_ROWS` behaviours by absolute
   position (chunk ``c`` holds positions ``[c * CHUNK_ROWS, (c + 1) * CHUNK_ROWS)``; each value
   starts with the position of its first row). An appended behaviour rewrites the tail chunk only;
@@ -32,15 +34,18 @@ from feature_store.state import Changes, UserState
 from feature_store.state_format import BlockReader, StateFormatError, behaviour_dtype
 
 CHUNK_ROWS = 128  # behaviours per chunk: 4.6 KiB of rows without dense features
+RING_BLOCK = 128  # event-id hashes per block of the dedupe ring: 1 KiB
 USER_PREFIX = b"u/"
 CHUNK_PREFIX = b"l/"
+RING_PREFIX = b"r/"
 CLUSTER_PREFIX = b"k/"
 HEAD_MAGIC = b"TWUH"
-HEAD_VERSION = 1
+HEAD_VERSION = 2
 HEAD = struct.Struct("<4sHHHIIIIqdqqq")
 _START = struct.Struct("<q")
 _USER_LEN = struct.Struct(">H")
 _CHUNK = struct.Struct(">Q")
+_BLOCK = struct.Struct(">H")
 CLUSTER_HEAD = struct.Struct("<qqqII")
 Records = list[tuple[bytes, bytes | None]]  # None: delete the key
 MultiGet = Callable[[list[bytes]], Sequence[bytes | None]]
@@ -69,9 +74,13 @@ def chunk_key(user: str, chunk: int) -> bytes:
     return _chunk_prefix(user) + _CHUNK.pack(chunk)
 
 
-def _chunk_prefix(user: str) -> bytes:
+def _chunk_prefix(user: str, prefix: bytes = CHUNK_PREFIX) -> bytes:
     raw = _user(user)
-    return CHUNK_PREFIX + _USER_LEN.pack(len(raw)) + raw
+    return prefix + _USER_LEN.pack(len(raw)) + raw
+
+
+def ring_key(user: str, block: int) -> bytes:
+    return _chunk_prefix(user, RING_PREFIX) + _BLOCK.pack(block)
 
 
 def _user(user: str) -> bytes:
@@ -101,7 +110,25 @@ def state_parts(user: str, state: UserState) -> Parts:
         ]
     if ch.whole or state.cluster_state is not ch.stored_clusters:
         parts.records.append((cluster_key(user), encode_clusters(state.cluster_state)))
+    _ring_parts(user, state, parts)
     return parts
+
+
+def _ring_parts(user: str, state: UserState, parts: Parts) -> None:
+    """The blocks of the dedupe ring that ids went to since the last write (all of them when it
+    grew, was never written, or took more ids than it holds)."""
+    ch, (ring, fill, pos) = state.changes, state.ring
+    n_blocks, prefix = -(-fill // RING_BLOCK), _chunk_prefix(user, RING_PREFIX)
+    if ch.whole or ch.ring_resized or ch.ring_added >= fill:
+        blocks: range | set[int] = range(n_blocks)
+        if ch.whole:
+            parts.deleted_ranges.append((prefix + _BLOCK.pack(n_blocks), prefix + b"\xff\xff\xff"))
+    else:
+        size = ring.shape[0]
+        blocks = {((pos - 1 - k) % size) // RING_BLOCK for k in range(ch.ring_added)}
+    for b in sorted(blocks):
+        ids = ring[b * RING_BLOCK : min((b + 1) * RING_BLOCK, fill)]
+        parts.records.append((prefix + _BLOCK.pack(b), ids.tobytes()))
 
 
 def mark_written(state: UserState) -> None:
@@ -126,7 +153,7 @@ def encode_head(state: UserState) -> bytes:
         fill, pos, state.total, np.nan if watermark is None else watermark, ch.seq,
         ch.checkpoint_seq, ch.since_checkpoint,
     )  # fmt: skip
-    return head + ring[:fill].tobytes()
+    return head
 
 
 def encode_clusters(cs: ClusterState) -> bytes:
@@ -164,7 +191,9 @@ def load_states(get_many: MultiGet, users: list[str]) -> list[UserState | None]:
         chunks = (
             range((total - n_log) // chunk_rows, (total - 1) // chunk_rows + 1) if n_log else []
         )
-        keys = [chunk_key(user, c) for c in chunks] + [cluster_key(user)]
+        ring_blocks = range(-(-h[6] // RING_BLOCK))  # the filled part of the ring
+        keys = [chunk_key(user, c) for c in chunks] + [ring_key(user, b) for b in ring_blocks]
+        keys.append(cluster_key(user))
         plans.append((blob, h, len(wanted), len(keys)))
         wanted += keys
     values = get_many(wanted) if wanted else []
@@ -196,10 +225,12 @@ def _assemble(user: str, blob: bytes, h: tuple, values: Sequence[bytes | None]) 
     if any(v is None for v in values):
         raise StateFormatError(f"a stored part of {user!r} is missing")
     parts = [bytes(v) for v in values if v is not None]
-    log = _log(parts[:-1], total - n_log, total, behaviour_dtype(n_dense))
+    n_ring = -(-fill // RING_BLOCK)
+    chunks, ring_blocks = parts[: len(parts) - 1 - n_ring], parts[len(parts) - 1 - n_ring : -1]
+    log = _log(chunks, total - n_log, total, behaviour_dtype(n_dense))
     lo = total - n_log
     ring = np.zeros(ring_size, dtype=np.int64)
-    ring[:fill] = np.frombuffer(blob, dtype="<i8", count=fill, offset=HEAD.size)
+    ring[:fill] = np.frombuffer(b"".join(ring_blocks), dtype="<i8")
     cs = decode_clusters(parts[-1], n_dense)
     changes = Changes(seq, ckpt, since, whole=False, stored_lo=lo, stored_clusters=cs)
     return UserState(
