@@ -27,7 +27,8 @@ the cap already dropped (their sizes sum to ``end - built_from``, ``built_from <
 
 **Incremental.** A block is clustered once and then kept; re-clustering (:func:`needs_update`) runs
 when the log grew by ``recluster_every`` behaviours, when the embedding version changes (all blocks
-rebuilt), or when a late insertion touched a clustered block. A merge re-clusters ``B * 2**(t+1)``
+rebuilt, within a CPU budget per event: :func:`recluster`, the worker's policy), or when a late
+insertion touched a clustered block. A merge re-clusters ``B * 2**(t+1)``
 behaviours, so each behaviour is re-clustered O(log(n / B)) times. Until the next run, the newest
 (fewer than ``recluster_every``) behaviours enter the cluster sequence as clusters of one
 (:func:`with_singletons`), so the sequence always covers the whole log: re-clustering only makes it
@@ -43,7 +44,8 @@ coarser, and a user with a short log costs no clustering at all on the ingest pa
 **Online and offline alike.** A worker that applies an in-order log one behaviour at a time with
 one embedder re-clusters at every multiple of ``recluster_every``, so before behaviour ``p`` it
 holds :func:`sequence_as_of` ``(log, p)``: the offline path (``trainer/dataset.py``) calls that
-function, the worker :func:`update`, and both produce the same clusters (tests/trainer).
+function, the worker :func:`recluster` (:func:`update`), and both produce the same clusters
+(``tests/trainer/test_offline_clusters.py``).
 
 >>> sequence_as_of(log, 10, cfg)["size"].tolist()  # clustered up to 8, then 2 singletons
 [4, 4, 1, 1]
