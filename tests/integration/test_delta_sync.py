@@ -117,6 +117,64 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     assert_same_model(trainer, late_holder)
 
 
+def send_trickle(settings: Settings, per_partition: dict[int, list[bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    for partition, blobs in per_partition.items():
+        for i, blob in enumerate(blobs):
+            producer.send(settings.topics.samples, blob, partition=partition)
+            if i % 40 == 0:
+                producer.flush()
+                threading.Event().wait(0.05)
+    producer.close()
+
+
+def test_a_restarted_trainer_chains_on_its_checkpoint_and_workers_keep_following(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The second run resumes from the first run's final checkpoint, after which nothing was
+    published: its deltas chain on it, and a worker serving it follows without a reload."""
+    settings = keyed(settings)
+    ensure_topics(settings, {settings.topics.samples: 4, settings.topics.model_updates: 1})
+    everything = sample_messages(synthetic_events())
+    halves = [{p: b[: len(b) // 2] for p, b in everything.items()}]
+    halves.append({p: b[len(b) // 2 :] for p, b in everything.items()})
+    config = TrainerConfig(
+        model_config=CFG,
+        snapshot_dir=tmp_path / "trainer",
+        batch_size=16,
+        snapshot_every_steps=None,
+        snapshot_every_s=600.0,
+        delta_every_s=0.3,
+        max_wait_s=0.05,
+        device="cpu",
+        metrics_window=500,
+    )
+    live, holder = watcher(settings, config.snapshot_dir)
+    versions = []
+    for half in halves:
+        trainer = OnlineTrainer(settings, config)
+        thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
+        thread.start()
+        send_trickle(settings, half)
+        thread.join(timeout=300)
+        versions.append((trainer.resumed_from, trainer.version, len(trainer.delta_stats.sent)))
+        final = trainer.version
+        wait_until(
+            lambda final=final: (
+                holder.model if holder.model and holder.model.version == final else None
+            ),
+            timeout_s=60,
+            what=f"the worker at v{final}",
+        )
+    live.stop()
+    (first_from, first_end, _), (second_from, _, second_deltas) = versions
+    assert first_from == 0 and second_from == first_end  # the chain went on from its checkpoint
+    assert second_deltas >= 3
+    assert counter(live, "twinstream_model_reloads_total") == 1  # the first chain's checkpoint
+    assert counter(live, "twinstream_model_reload_failures_total") == 0
+    assert_same_model(trainer, holder)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,6 +1,7 @@
 """Only the trainer's weights are served: with a key set, a worker's snapshot watcher (real, on
 the real broker) is sent each kind of forgery, then one genuine snapshot. None of the forgeries is
-served, each is refused with its reason, none stalls the watcher, and the genuine one is served.
+served or applied, each is refused with its reason, none stalls the watcher, and the genuine one
+is served.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from contracts.settings import Settings
+from serving.delta import Delta, DeltaHeader, chunk_messages
 from serving.manifest import MAC_FILE, MANIFEST_FILE, MODEL_FILE, sha256_hex
 from serving.metrics import ScoringMetrics
 from serving.reload import SnapshotWatcher
@@ -114,6 +117,18 @@ def test_no_forgery_is_served_and_none_blocks_the_genuine_snapshot(
     replayed = write_scoring_snapshot(snaps, 8, ITEMS, CATS)
     shutil.copy(version_dir(snaps, 1) / MAC_FILE, replayed.path / MAC_FILE)
     send(replayed, trainer)
+    # 9. deltas on v1: unsigned, and signed with another key (chunked like the trainer's)
+    state = holder.model.model.state_dict()  # type: ignore[union-attr]
+    table = next(k for k in state if k.endswith("item.embedding.weight"))
+    forged = Delta(
+        DeltaHeader(2, 1, 1, 0.0, "dare"), {table: (torch.tensor([1]), torch.ones(1, 8))}, {}, {}
+    )
+    for signer in (Signer.of(None), forger):
+        before = refused()
+        for value, headers in chunk_messages(forged, signer, 1 << 20):
+            producer.send(topic, value=value, headers=headers).get(30)
+        wait_until(lambda b=before: refused() > b or None, timeout_s=30, what="a forged delta")
+    assert holder.model is not None and holder.model.version == 1
     # and then the genuine one
     announce(producer, topic, write_scoring_snapshot(snaps, 9, ITEMS, CATS, trainer), trainer)
 
@@ -128,10 +143,10 @@ def test_no_forgery_is_served_and_none_blocks_the_genuine_snapshot(
     assert not watcher._thread.is_alive()  # stopped: it was never stuck in a read
 
     assert metrics.registry.get_sample_value("twinstream_model_reloads_total") == 2  # v1, v9
-    assert refused("signature") == 3  # unsigned, another key, a replayed manifest MAC
+    assert refused("signature") == 5  # unsigned, another key, a replayed MAC, 2 forged deltas
     assert refused("checksum") == 2  # an altered manifest, altered weights
     assert refused("unsafe") == 3  # symlinked folder, /dev/zero symlink, FIFO
-    assert refused() == 8
+    assert refused() == 10
 
     # a worker starting on this folder skips every forged folder and serves the newest genuine
     restarted = ModelHolder()
