@@ -56,6 +56,9 @@ class Settings:
     checkpoint_url: str | None = None
     checkpoint_http_port: int | None = None
     delta_chunk_bytes: int = 512 * 1024
+    # model-updates keeps deltas this long (each several MiB at full size, one every few seconds);
+    # it must exceed the trainer's checkpoint interval, from whose time workers replay deltas
+    model_updates_retention_s: float = 3600.0
     http_host: str = "127.0.0.1"  # the worker's HTTP binds here; other hosts only when told
     # a connection without a whole request head this long after opening or its last response is
     # closed (idle or half-sent); a request body not whole this long after its head gets 408

@@ -55,12 +55,17 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
 
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:
     """A topic's settings: the in-sync replicas an ``acks=all`` write needs (all of the
-    deployment's topics), compaction (the state changelog).
+    deployment's topics), compaction (the state changelog), how long ``model-updates`` keeps
+    its deltas.
 
     >>> topic_configs(Settings(), "events")
     {'min.insync.replicas': '1'}
+    >>> topic_configs(Settings(), "model-updates")["retention.ms"]
+    '3600000'
     """
     configs = {"min.insync.replicas": str(settings.topics.min_insync_replicas)}
+    if name == settings.topics.model_updates:  # deltas: bounded, not kept for the default week
+        configs["retention.ms"] = str(int(settings.model_updates_retention_s * 1000))
     return configs | COMPACTED if name.endswith("changelog") else configs
 
 
