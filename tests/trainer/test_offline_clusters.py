@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -123,3 +124,29 @@ def test_clusters_follow_the_models_table_after_the_warmup() -> None:
     table = learner.model.item.weight.detach().numpy()
     items = np.arange(1, ds.n_items)
     assert np.array_equal(ds.clusters.embedder(items), table[items])
+
+
+def test_retrieval_against_the_truth_over_the_whole_history(tmp_path: Path) -> None:
+    """TWIN's top-k behaviours and TWIN-V2's top-k clusters are scored on one scale: a unit
+    gains its share of relevant members (trainer.retrieval.history_ndcg)."""
+    from streaming.sources import load_log
+    from streaming.synthetic import GeneratorConfig, generate
+    from trainer.offline import EvalConfig, train_one
+    from trainer.retrieval import load_truth
+
+    synth = generate(GeneratorConfig(users=0, long_users=4, long_history=400, seed=5))
+    truth = load_truth(synth.write(tmp_path / "log.csv"))
+    every_type = ("click", "cart", "fav", "buy")
+    ds = build_dataset(
+        load_log(tmp_path / "log.csv", "taobao"),
+        DatasetConfig(seq_len=40, behaviour_types=every_type, train_stride=10, max_clusters=500),
+    )
+    cfg = EvalConfig(epochs=2, max_batches=1, dim=8, topk=5, batch_size=64, progress=False)
+    for name, length in (("twin", 40.0), ("twin_v2", None)):
+        result = train_one(name, 0, ds, cfg, truth)
+        assert result.ndcg_history is not None and 0.0 <= result.ndcg_history <= 1.0, name
+        assert result.attended_length is not None
+        if length is not None:
+            assert result.attended_length == length  # every window full
+        else:  # clusters: fewer than the behaviours they stand for, more than 400 / gamma
+            assert 400 / 20 < result.attended_length < 400
