@@ -46,17 +46,25 @@ STALENESS_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 1_000)
 
 
 class SnapshotItemEmbeddings:
-    """Item embeddings of one loaded snapshot (an ``ItemEmbedder``), under ``version``."""
+    """Item embeddings of one loaded snapshot (an ``ItemEmbedder``), under ``version``. With
+    ``lock`` (the holder's, which a delta holds while it changes the model in place) a call reads
+    one consistent table and id map."""
 
-    def __init__(self, snapshot: ServingModel, version: int | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: ServingModel,
+        version: int | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self.version = int(snapshot.version if version is None else version)
-        self._weight = snapshot.model.item.weight  # (n_rows, dim), on the snapshot's device
-        self._items = snapshot.mapper.items  # models.embedding.IdMap: keys -> rows
+        self._snapshot, self._lock = snapshot, lock or threading.Lock()
 
     @torch.inference_mode()
     def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        rows = self._items.lookup(items).to(self._weight.device)  # (n,)
-        return self._weight[rows].float().cpu().numpy()  # (n, dim)
+        with self._lock:
+            weight = self._snapshot.model.item.weight  # (n_rows, dim), on the snapshot's device
+            rows = self._snapshot.mapper.items.lookup(items).to(weight.device)  # (n,)
+            return weight[rows].float().cpu().numpy()  # (n, dim)
 
 
 class LiveItemEmbeddings:
@@ -91,7 +99,7 @@ class LiveItemEmbeddings:
         self._adopt(serving)
         cached = self._embeddings
         if cached is None or self._of is not serving or cached.version != self._version:
-            cached = SnapshotItemEmbeddings(serving, self._version)
+            cached = SnapshotItemEmbeddings(serving, self._version, self.holder.lock)
             self._embeddings, self._of = cached, serving
         return cached
 
