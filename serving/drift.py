@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -138,6 +139,13 @@ def parse_reference(version: int, attention: dict[str, Any] | None) -> Reference
     return Reference(version, str(attention.get("sequence")), counts)
 
 
+def anchor_copy(model: Any) -> Any:
+    """A copy of the serving model that stays as it is: deltas (serving/delta_follow.py) update
+    the serving model in place. Copied once per baseline, beside the serving one in memory."""
+    with torch.inference_mode():
+        return copy.deepcopy(model)
+
+
 def reference_of(model: Any) -> Reference | None:
     """The attention reference in ``model``'s manifest, if it covers the sequence it attends."""
     manifest = getattr(model, "manifest", None)
@@ -211,7 +219,7 @@ class AttentionDrift(Collector):
             if model.version != self._version:
                 self._use(model)
             if self._anchor is None:
-                self._anchor = model
+                self._anchor = anchor_copy(model)
             anchor = self._anchor
         scored = (batch, attention, rows)
         if anchor.version != model.version and rescore is not None:

@@ -296,3 +296,22 @@ def test_live_means_are_the_means_of_the_window_rows() -> None:
     assert means is not None
     for j, name in enumerate(STAT_NAMES):
         assert means[name] == pytest.approx(float(np.concatenate(exact)[:, j].mean()))
+
+
+def test_the_anchor_is_a_copy_that_updates_in_place_do_not_reach() -> None:
+    """Deltas update the serving model in place (serving/delta_follow.py): the anchor keeps the
+    weights and version it was taken with."""
+    model = build_model("dare", CFG).eval()
+    served = serving(1, None, model)
+    drift = AttentionDrift(QUICK, CollectorRegistry())
+    b = request(1)
+    with torch.inference_mode():
+        drift.observe(served, b, model(b).attention, "u1")
+        before = [p.clone() for p in model.parameters()]
+        for p in model.parameters():
+            p.add_(1.0)  # a delta applied in place
+        served.version = 2
+    anchor = drift._anchor  # the model traffic drift is scored with
+    assert anchor is not served and anchor.version == 1
+    for p, q in zip(anchor.model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
