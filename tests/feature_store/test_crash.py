@@ -11,10 +11,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from feature_store.cluster_config import ClusterConfig
 from feature_store.ingest import PartitionWorker
 from feature_store.sample_format import decode_samples
+from feature_store.state import StateConfig
+from feature_store.store import RocksDBStore
 from tests.support.events import event
 from tests.support.ingest import CONFIG, dump, run, stream
+from tests.support.lifelong import applied, lifelong_state, tail_events
 from tests.support.stores import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,4 +94,44 @@ def test_after_a_sigkill_the_reopened_store_holds_the_sampler_of_its_offset(
     first, expected = (w.process([(last + 1, newcomer)]) for w in (restarted, reference))
     assert decode_samples(first.samples).size == 1 + config.samples.negatives
     assert first.samples == expected.samples
+    recovered.close()
+
+
+LONG_CHILD = """
+import sys
+from feature_store.ingest import PartitionWorker
+from feature_store.store import RocksDBStore
+from tests.support.lifelong import lifelong_state, tail_events, write_through
+store = RocksDBStore(sys.argv[1])
+write_through(store, "long", lifelong_state(10_000, seed=1))
+print("written", flush=True)
+worker, events = PartitionWorker(store, 0), tail_events("long", 3_000, seed=2)
+for k in range(0, len(events), 10):
+    worker.commit(worker.process([(k + i, e) for i, e in enumerate(events[k : k + 10])]))
+    print(k, flush=True)
+"""
+
+
+def test_sigkill_mid_stream_of_a_10k_behaviour_user_leaves_its_state_at_the_stored_offset(
+    tmp_path: Path,
+) -> None:
+    """Each batch rewrites some of the user's parts (head, ring block, tail chunks, clusters)
+    in one RocksDB batch: killed mid-stream, the reopened store's state is the one applied in
+    memory up to the stored offset, late events and duplicates included."""
+    path = tmp_path / "db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", LONG_CHILD, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    for _ in range(30):
+        child.stdout.readline()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    recovered = RocksDBStore(path)
+    last = recovered.last_offset(0)
+    assert last is not None and (last + 1) % 10 == 0 and last < 2_999
+    events = tail_events("long", 3_000, seed=2)[: last + 1]
+    want = applied(lifelong_state(10_000, seed=1), events, StateConfig(), ClusterConfig())
+    got = recovered.get("long")
+    assert got is not None and got.total > 10_000 and got.encode() == want.encode()
     recovered.close()
