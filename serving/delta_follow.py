@@ -12,8 +12,11 @@ snapshot and never blocks a later one.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 from serving.delta import Delta, DeltaAssembler, apply_prepared, prepare
 from serving.manifest import SnapshotError
@@ -38,6 +41,7 @@ class DeltaFollower:
         self.assembler = DeltaAssembler(signer, max_bytes)
         self._early: dict[int, Delta] = {}  # prev → delta, waiting for its predecessor
         self.applied = 0
+        self.locked_s: list[float] = []  # how long each apply held the scorer off (recent ones)
         self.on_applied: Callable[[Delta, float], None] | None = None  # delta, apply seconds
 
     @property
@@ -91,15 +95,37 @@ class DeltaFollower:
         except SnapshotError as err:
             self.refuse(err.reason, f"delta v{delta.header.version}", err)
             return False
-        with self.holder.lock:
+        with _full_priority(), self.holder.lock:
             if model is not self.holder.model or model.version != delta.header.prev:
                 return False  # a checkpoint was swapped in meanwhile
+            locked = time.perf_counter()
             apply_prepared(model, prepared)
+            self.locked_s.append(time.perf_counter() - locked)
         seconds = time.perf_counter() - began
         self.applied += 1
+        del self.locked_s[:-1000]
         self.metrics.model_version.set(delta.header.version)
         self.metrics.model_created.set(delta.header.created)
         if self.on_applied is not None:
             self.on_applied(delta, seconds)
         log.info("applied delta v%d in %.3f s", delta.header.version, seconds)
         return True
+
+
+@contextmanager
+def _full_priority() -> Iterator[None]:
+    """The calling thread at its process's priority while it holds the scorer's lock (the
+    watcher's thread runs nicer; descheduled while holding the lock it would stall requests).
+    Where the platform does not let a thread raise its priority again, nothing changes."""
+    tid = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, os.getpid()))
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, before)

@@ -102,7 +102,9 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
     d50 = float(np.percentile(np.array(during) * 1000, 50))
     print(
         f"   {follower.applied} deltas of {a.delta_rows:,} rows per item table applied, "
-        f"{np.mean(applied):.3f} s each (check, id maps rebuilt, rows written under the lock)"
+        f"{np.mean(applied):.3f} s each (check, id maps rebuilt, rows written under the lock); "
+        f"the lock held {np.median(follower.locked_s) * 1000:.1f} ms median, "
+        f"{max(follower.locked_s) * 1000:.1f} ms max"
     )
     print(
         f"   scoring p99 quiet {q99:.2f} ms; while deltas apply ({len(during)} requests) p50 "
