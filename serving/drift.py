@@ -204,13 +204,11 @@ class AttentionDrift(Collector):
         attention: torch.Tensor,
         user: str | None = None,
         rescore: Rescore | None = None,
-        behaviours: int | None = None,
     ) -> None:
         """Feed one scored request of ``user``: ``model`` served it (a ``ServingModel``),
         ``attention`` is its (B, S) output over the sequence ``type(model.model).attends``
-        names; ``behaviours``: the user's history length (the stratum; without it, each row's
-        attended positions). While another model is the anchor, ``rescore(anchor, rows)`` gives
-        the anchor's batch and attention for those candidates (without it, ``model``'s)."""
+        names. While another model is the anchor, ``rescore(anchor, rows)`` gives the anchor's
+        batch and attention for those candidates (without it, ``model``'s are taken)."""
         if getattr(type(model.model), "attends", None) is None:
             return
         n = attention.shape[0]
@@ -228,8 +226,6 @@ class AttentionDrift(Collector):
                 return
             scored = (batch_a, attention_a, list(range(len(rows))))
         strata, stats = _row_stats(type(anchor.model).attends, *scored)
-        if behaviours is not None:
-            strata = np.full_like(strata, stratum_of(np.array([max(behaviours, 1)]))[0])
         now = self.clock()
         with self._lock:
             if self._anchor is not anchor:  # acknowledged meanwhile

@@ -10,8 +10,7 @@ reference can be compared with it (model drift). A lasting shift stays visible u
 acknowledges it (``twinstream drift-ack``) or the optional ``roll_s`` horizon passes; either
 starts a new baseline with the model served then as the anchor.
 
-Statistics are *stratified* by the user's history length (``STRATA``: behaviours logged, as the
-scorer reads them from the state; the attended positions otherwise) and *weighted*
+Statistics are *stratified* by the length of the attended sequence (``STRATA``) and *weighted*
 so that every user counts once per stratum, whatever the number of requests or candidates
 scored for them; the baseline remembers each stratum's share of users, and a live window is
 compared with the baseline re-weighted to the same shares (post-stratification). A change in
@@ -47,16 +46,15 @@ import numpy.typing as npt
 log = logging.getLogger(__name__)
 FORMAT = 1
 DRIFT_BINS = 10  # bins of [0, 1] the drift compares (coarser than the references' 20)
-# lower bounds of the strata by behaviours logged (the attended positions when the scorer does not
-# say): 1-2, 3-5, 6-9, ..., 150-199, 200-299, ..., 5000 and more
-STRATA = (1, 3, 6, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+# lower bounds of the strata by attended positions: 1-2, 3-5, 6-9, ..., 150-199, 200 and more
+STRATA = (1, 3, 6, 10, 15, 20, 30, 50, 75, 100, 150, 200)
 
 
 def stratum_of(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """The stratum of each row from its user's behaviours (>= 1).
+    """The stratum of each row from its number of attended positions (>= 1).
 
-    >>> stratum_of(np.array([1, 2, 3, 9, 10, 199, 200, 4999, 10**6])).tolist()
-    [0, 0, 1, 2, 3, 10, 11, 15, 16]
+    >>> stratum_of(np.array([1, 2, 3, 9, 10, 199, 200, 5000])).tolist()
+    [0, 0, 1, 2, 3, 10, 11, 11]
     """
     return np.searchsorted(np.asarray(STRATA[1:]), lengths, side="right").astype(np.int64)
 

@@ -118,7 +118,6 @@ class Scorer:
                     rescore=lambda anchor, rows: attend(
                         anchor, arrays, [req.items[i] for i in rows], [categories[i] for i in rows]
                     ),
-                    behaviours=state.total,
                 )
             scores = torch.sigmoid(out.logits.float()).cpu().numpy()
         response: dict[str, Any] = {
