@@ -11,8 +11,8 @@ returns within 100 ms, and the next one carries the events; an idle worker sends
 requests a second instead of one.
 
 Its producer compresses its record batches when ``worker_compression`` says (none by default:
-zstd makes a lifelong user's samples about 3x smaller and costs about a fifth of the worker's
-throughput; BENCHMARKS.md) and is idempotent.
+zstd makes a lifelong user's samples about 3x smaller; it cost a fifth of the worker's throughput on
+short histories and raised it on 10k-behaviour users; BENCHMARKS.md) and is idempotent.
 
 When a broker dies, a record batch it had already copied to its followers may never be
 acknowledged; the producer sends it again to the new leader, which without
