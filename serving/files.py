@@ -97,20 +97,31 @@ def read_private(
     """``folder/name`` read into a private buffer and hashed; refused when it is a symlink or
     not a regular file ("unsafe"), missing ("missing"), too large ("unsafe") or slow
     ("timeout"). ``pace`` is called after each chunk with the chunk's start time."""
+    fd = _open_in(folder, name)
+    try:
+        size = _bounded_size(fd, name, limits)
+        return _read_hashing(fd, name, size, limits, pace)
+    finally:
+        os.close(fd)
+
+
+def _open_in(folder: Path, name: str) -> int:
+    """A descriptor of the regular file ``name`` directly inside ``folder`` (no symlink on the
+    way, no path in ``name``); refused as "unsafe" or "missing"."""
     if "/" in name or name.startswith("."):
         raise SnapshotError("unsafe", f"{name!r} is not a plain file name")
     dir_fd = open_folder(folder)
     try:
-        fd = _open_regular(name, dir_fd)
+        return _open_regular(name, dir_fd)
     finally:
         os.close(dir_fd)
-    try:
-        size = os.fstat(fd).st_size
-        if size > limits.max_bytes:
-            raise SnapshotError("unsafe", f"{name}: {size} bytes, more than {limits.max_bytes}")
-        return _read_hashing(fd, name, size, limits, pace)
-    finally:
-        os.close(fd)
+
+
+def _bounded_size(fd: int, name: str, limits: Limits) -> int:
+    size = os.fstat(fd).st_size
+    if size > limits.max_bytes:
+        raise SnapshotError("unsafe", f"{name}: {size} bytes, more than {limits.max_bytes}")
+    return size
 
 
 def _open_regular(name: str, dir_fd: int) -> int:
@@ -200,17 +211,9 @@ def read_safetensors(
     trainer's) and hashed on the way; refused as :func:`read_private` refuses, "checksum" when
     the file's sha256 is not ``sha256``, "corrupt" when it is but the header is invalid or its
     entries do not tile the file."""
-    if "/" in name or name.startswith("."):
-        raise SnapshotError("unsafe", f"{name!r} is not a plain file name")
-    dir_fd = open_folder(folder)
+    fd = _open_in(folder, name)
     try:
-        fd = _open_regular(name, dir_fd)
-    finally:
-        os.close(dir_fd)
-    try:
-        size = os.fstat(fd).st_size
-        if size > limits.max_bytes:
-            raise SnapshotError("unsafe", f"{name}: {size} bytes, more than {limits.max_bytes}")
+        size = _bounded_size(fd, name, limits)
         with _Stream(fd, name, limits, pace) as stream:
             try:
                 tensors = _read_tensors(stream, size)

@@ -53,23 +53,28 @@ def counter(w: SnapshotWatcher, name: str) -> float:
     return w.metrics.registry.get_sample_value(name) or 0.0
 
 
+def delta_trainer(tmp_path: Path, snapshot_every_s: float) -> TrainerConfig:
+    """A trainer cutting deltas every 0.3 s and checkpoints every ``snapshot_every_s``."""
+    return TrainerConfig(
+        model_config=CFG,
+        snapshot_dir=tmp_path / "trainer",
+        batch_size=16,
+        snapshot_every_steps=None,
+        snapshot_every_s=snapshot_every_s,
+        delta_every_s=0.3,
+        max_wait_s=0.05,
+        device="cpu",
+        metrics_window=500,
+    )
+
+
 def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     settings: Settings, tmp_path: Path
 ) -> None:
     settings = keyed(settings)
     per_partition = sample_messages(synthetic_events())
     ensure_topics(settings, {settings.topics.samples: 4, settings.topics.model_updates: 1})
-    config = TrainerConfig(
-        model_config=CFG,
-        snapshot_dir=tmp_path / "trainer",
-        batch_size=16,
-        snapshot_every_steps=None,
-        snapshot_every_s=4.0,
-        delta_every_s=0.3,
-        max_wait_s=0.05,
-        device="cpu",
-        metrics_window=500,
-    )
+    config = delta_trainer(tmp_path, snapshot_every_s=4.0)
     live, live_holder = watcher(settings, config.snapshot_dir)
     trainer = OnlineTrainer(settings, config)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
@@ -138,17 +143,7 @@ def test_a_restarted_trainer_chains_on_its_checkpoint_and_workers_keep_following
     everything = sample_messages(synthetic_events())
     halves = [{p: b[: len(b) // 2] for p, b in everything.items()}]
     halves.append({p: b[len(b) // 2 :] for p, b in everything.items()})
-    config = TrainerConfig(
-        model_config=CFG,
-        snapshot_dir=tmp_path / "trainer",
-        batch_size=16,
-        snapshot_every_steps=None,
-        snapshot_every_s=600.0,
-        delta_every_s=0.3,
-        max_wait_s=0.05,
-        device="cpu",
-        metrics_window=500,
-    )
+    config = delta_trainer(tmp_path, snapshot_every_s=600.0)
     live, holder = watcher(settings, config.snapshot_dir)
     versions = []
     for half in halves:
