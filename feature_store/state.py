@@ -320,9 +320,18 @@ class UserState:
         self.changes.logged(position)
 
     def set_dedupe(
-        self, ring: npt.NDArray[np.int64], fill: int, pos: int, watermark: float | None
+        self,
+        ring: npt.NDArray[np.int64],
+        fill: int,
+        pos: int,
+        watermark: float | None,
+        added: int,
     ) -> None:
-        """The dedupe ring and watermark as a changelog delta carries them."""
+        """The dedupe ring and watermark as a changelog delta carries them, ``added`` ids new in
+        it (marked changed, so that the store writes the ring blocks they went to)."""
+        if ring is not self._ring:
+            self.changes.ring_resized = True
+        self.changes.ring_added += added
         self._ring, self._ring_fill, self._ring_pos, self._watermark = ring, fill, pos, watermark
 
     def _record(self, event: Event, config: StateConfig) -> Behaviour:

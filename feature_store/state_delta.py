@@ -184,7 +184,7 @@ def apply_record(state: UserState | None, key: bytes, value: bytes) -> bool:
     elif not ring.flags.writeable:
         ring = ring.copy()
     ring[(start + np.arange(k)) % size] = ids
-    state.set_dedupe(ring, fill, pos, None if np.isnan(watermark) else watermark)
+    state.set_dedupe(ring, fill, pos, None if np.isnan(watermark) else watermark, k)
     state.splice(log_from, rows, total, n_log)
     if at < len(value):
         state.cluster_state = _apply_clusters(state.cluster_state, value, at, n_dense)

@@ -144,3 +144,22 @@ def test_deltas_give_way_to_a_checkpoint_once_they_outweigh_the_state(store: Sta
     kept = compacted(changelog)
     assert sum(len(k) + len(v or b"") for k, v in kept) <= 2 * threshold + 4 * 1024
     assert replayed(kept)["u"].encode() == reference["u"].encode()
+
+
+def test_deltas_replayed_onto_a_stored_state_write_every_part_they_changed(
+    store: StateStore,
+) -> None:
+    """A store behind its changelog (a worker killed between producing and writing) takes the
+    deltas after its own version: the head, log chunks and dedupe-ring blocks they changed."""
+    users = {f"u{i}": lifelong_state(n, seed=i) for i, n in enumerate((30, 300, 10_000))}
+    reference, changelog = worker_run(MemoryStore(), FeatureConfig(), users, n=150, batch=7)
+    cut = len(changelog) // 3
+    for records in (changelog[:cut], changelog[cut:]):
+        replay = StateReplay(store)
+        for key, value in records:
+            replay.apply(key, value)
+        assert replay.skipped == 0
+        store.write_batch(replay.take(), {})
+    for user, want in reference.items():
+        got = store.get(user)
+        assert got is not None and got.encode() == want.encode()
