@@ -56,6 +56,9 @@ class Settings:
     checkpoint_url: str | None = None
     checkpoint_http_port: int | None = None
     delta_chunk_bytes: int = 512 * 1024
+    # a worker keeps a second copy of the model's weights to write deltas into, so that requests
+    # never wait for a delta (twice the model's memory); off: deltas are written under the lock
+    delta_twin: bool = True
     # model-updates keeps deltas this long (each several MiB at full size, one every few seconds);
     # it must exceed the trainer's checkpoint interval, from whose time workers replay deltas
     model_updates_retention_s: float = 3600.0
@@ -124,6 +127,10 @@ class Settings:
 
 def _coerce(raw: str, annotation: object) -> object:
     kind = str(annotation)
+    if "bool" in kind:
+        if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"not a yes/no value: {raw!r}")
+        return raw.lower() in ("1", "true", "yes", "on")
     if "int" in kind:
         return int(raw)
     if "float" in kind:

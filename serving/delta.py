@@ -234,8 +234,8 @@ class PreparedDelta:
     """A delta checked against the serving model, id maps already rebuilt (off the lock)."""
 
     delta: Delta
-    tables: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (live tensor, rows, values)
-    dense: list[tuple[torch.Tensor, torch.Tensor]]  # (live tensor, new value)
+    tables: list[tuple[str, torch.Tensor, torch.Tensor]]  # (tensor name, rows, values)
+    dense: list[tuple[str, torch.Tensor]]  # (tensor name, new value)
     mapper: Any  # a FeatureMapper with the new id maps
 
 
@@ -251,13 +251,13 @@ def prepare(serving: Any, delta: Delta) -> PreparedDelta:
             raise SnapshotError("config", f"delta rows of {name!r} do not fit the model")
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= live.shape[0]):
             raise SnapshotError("config", f"delta rows of {name!r} outside the table")
-        tables.append((live, rows.to(live.device), values.to(live.device, live.dtype)))
+        tables.append((name, rows.to(live.device), values.to(live.device, live.dtype)))
     dense = []
     for name, value in delta.dense.items():
         live = state.get(name)
         if live is None or live.shape != value.shape or name in delta.rows:
             raise SnapshotError("config", f"delta tensor {name!r} does not fit the model")
-        dense.append((live, value.to(live.device, live.dtype)))
+        dense.append((name, value.to(live.device, live.dtype)))
     return PreparedDelta(delta, tables, dense, _new_mapper(serving.mapper, delta.idmaps))
 
 
@@ -308,10 +308,13 @@ def _lookup_state(keys: I64, rows: I64) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def apply_prepared(serving: Any, prepared: PreparedDelta) -> None:
-    """Write a prepared delta into the live model (call under the model holder's lock)."""
-    for live, rows, values in prepared.tables:
-        live.index_copy_(0, rows, values)
-    for live, value in prepared.dense:
-        live.copy_(value)
+    """Write a prepared delta into ``serving`` (the model it was prepared for, or a copy of it
+    with the same weights) while no request reads it: under the model holder's lock, or into
+    the off-duty twin (:class:`serving.delta_follow.DeltaFollower`)."""
+    state = serving.model.state_dict()
+    for name, rows, values in prepared.tables:
+        state[name].index_copy_(0, rows, values)
+    for name, value in prepared.dense:
+        state[name].copy_(value)
     serving.mapper = prepared.mapper
     serving.version = prepared.delta.header.version

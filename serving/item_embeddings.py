@@ -47,23 +47,26 @@ STALENESS_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 1_000)
 
 class SnapshotItemEmbeddings:
     """Item embeddings of one loaded snapshot (an ``ItemEmbedder``), under ``version``. With
-    ``lock`` (the holder's, which a delta holds while it changes the model in place) a call reads
-    one consistent table and id map."""
+    ``holder`` a call reads the holder's serving model under its lock (a delta swaps in a twin or
+    changes the model in place while holding it): one consistent table and id map."""
 
     def __init__(
         self,
         snapshot: ServingModel,
         version: int | None = None,
-        lock: threading.Lock | None = None,
+        holder: ModelHolder | None = None,
     ) -> None:
         self.version = int(snapshot.version if version is None else version)
-        self._snapshot, self._lock = snapshot, lock or threading.Lock()
+        self._snapshot, self._holder = snapshot, holder
+        self._lock = threading.Lock() if holder is None else holder.lock
 
     @torch.inference_mode()
     def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         with self._lock:
-            weight = self._snapshot.model.item.weight  # (n_rows, dim), on the snapshot's device
-            rows = self._snapshot.mapper.items.lookup(items).to(weight.device)  # (n,)
+            snapshot = self._snapshot if self._holder is None else self._holder.model
+            snapshot = snapshot or self._snapshot
+            weight = snapshot.model.item.weight  # (n_rows, dim), on the snapshot's device
+            rows = snapshot.mapper.items.lookup(items).to(weight.device)  # (n,)
             return weight[rows].float().cpu().numpy()  # (n, dim)
 
 
@@ -99,7 +102,7 @@ class LiveItemEmbeddings:
         self._adopt(serving)
         cached = self._embeddings
         if cached is None or self._of is not serving or cached.version != self._version:
-            cached = SnapshotItemEmbeddings(serving, self._version, self.holder.lock)
+            cached = SnapshotItemEmbeddings(serving, self._version, self.holder)
             self._embeddings, self._of = cached, serving
         return cached
 

@@ -92,7 +92,9 @@ class SnapshotWatcher:
         self.snapshot_dir = snapshot_dir
         self.signer = Signer.of(settings.model_hmac_key)
         max_delta = min(settings.model_max_file_bytes, MAX_DELTA_BYTES)
-        self.follower = DeltaFollower(holder, metrics, self.signer, max_delta, self.refuse)
+        self.follower = DeltaFollower(
+            holder, metrics, self.signer, max_delta, self.refuse, twin=settings.delta_twin
+        )
         self._consumer: KafkaConsumer | None = None
         self._tried, self._tried_at = 0, 0.0  # the last checkpoint a resync tried, and when
         self._asked_at = 0.0  # when the trainer was last asked for its newest checkpoint
@@ -130,6 +132,7 @@ class SnapshotWatcher:
             return False
         if not self.holder.swap(snapshot):
             return False
+        self.follower.twin_of(snapshot)  # now, not when the first delta after it arrives
         self.metrics.reloads.inc()
         self.metrics.model_version.set(snapshot.version)
         self.metrics.model_created.set(snapshot.manifest.created)

@@ -40,8 +40,9 @@ class ServingModel(Protocol):
 
 class ModelHolder:
     """The serving model; swapped atomically (one reference assignment) on reload. A delta
-    (:mod:`serving.delta`) changes the serving model in place while holding :attr:`lock`, which
-    the scorer holds while it reads the model: a request sees one version, never half a delta."""
+    (:mod:`serving.delta_follow`) replaces it with its twin, or changes it in place, while
+    holding :attr:`lock`, which the scorer holds while it reads the model: a request sees one
+    version, never half a delta."""
 
     def __init__(self) -> None:
         self._model: ServingModel | None = None
@@ -50,6 +51,13 @@ class ModelHolder:
     @property
     def model(self) -> ServingModel | None:
         return self._model
+
+    def replace(self, current: ServingModel, twin: ServingModel) -> None:
+        """Serve ``twin`` (a copy of ``current`` with a delta written in) in place of
+        ``current``; call under :attr:`lock`."""
+        if self._model is not current:
+            raise RuntimeError("the serving model changed under a delta")
+        self._model = twin
 
     def swap(self, model: ServingModel) -> bool:
         """Serve ``model`` if it is newer than the current one; True when swapped."""

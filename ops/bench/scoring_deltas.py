@@ -7,7 +7,9 @@ priority, :class:`serving.delta_follow.DeltaFollower` applies deltas of ``--delt
 item table with all dense tensors and ``--delta-rows / 10`` id-map changes (new ids on recycled
 rows, the vocabulary being full). Requests timed during each apply alternate with as many right
 after it with none running (the baseline, measured in the same run); the ratio of their p99 is the
-figure (goal <= 1.3x).
+figure (goal <= 1.3x). Both ways a worker can apply deltas run, one after the other: into the
+off-duty twin, swapped in under the lock (the default), and in place under the lock
+(``TWINSTREAM_DELTA_TWIN=0``).
 """
 
 from __future__ import annotations
@@ -73,10 +75,6 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
     print(f"D. {a.items:,} items, dim {a.dim}: checkpoint loaded in {took:.1f} s")
     holder = ModelHolder()
     holder.swap(served)
-    follower = DeltaFollower(
-        holder, ScoringMetrics.create(CollectorRegistry()), Signer.of(KEY), 1 << 34,
-        lambda *x: print("refused", x),
-    )  # fmt: skip
     scorer = Scorer(holder, ItemCatalog())
     items = tuple(str(i) for i in range(1, 101))
     req = ScoreRequest("r", "u", items, tuple("1" for _ in items))
@@ -85,11 +83,40 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
         return scorer.score(req, state)
 
     quiet = timed(score, 200)
+    print(f"   scoring p99 quiet {np.percentile(np.array(quiet) * 1000, 99):.2f} ms")
+    for twin in (True, False):
+        follower = DeltaFollower(
+            holder, ScoringMetrics.create(CollectorRegistry()), Signer.of(KEY), 1 << 34,
+            lambda *x: print("refused", x), twin=twin,
+        )  # fmt: skip
+        if twin:
+            began = time.perf_counter()
+            follower.twin_of(served)
+            print(
+                f"   twin made in {time.perf_counter() - began:.1f} s; "
+                f"worker resident {_rss_gib():.2f} GiB"
+            )
+        _deltas(a, holder, follower, score, timed, "twin" if twin else "in place, under the lock")
+        print(f"   worker peak resident {_peak_gib():.2f} GiB so far")
+
+
+def _deltas(
+    a: argparse.Namespace,
+    holder: ModelHolder,
+    follower: DeltaFollower,
+    score: Callable[[], object],
+    timed: Callable[..., list[float]],
+    mode: str,
+) -> None:
+    """``a.deltas`` deltas applied on another thread while requests are timed, each followed by
+    as many requests with none running (the baseline of the same run)."""
     during: list[float] = []
     between: list[float] = []
     applied: list[float] = []
     for i in range(a.deltas):
-        delta = synthetic_delta(served, served.version + 1, a.delta_rows, seed=i)
+        model = holder.model
+        assert model is not None
+        delta = synthetic_delta(model, model.version + 1, a.delta_rows, seed=i)
         thread = threading.Thread(target=_apply, args=(follower, delta, applied))
         thread.start()
         window: list[float] = []
@@ -98,19 +125,32 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
         thread.join()
         during += window
         between += timed(score, max(len(window), 20), warmup=0)
-    q99, d99, b99 = (float(np.percentile(np.array(x) * 1000, 99)) for x in (quiet, during, between))
-    d50 = float(np.percentile(np.array(during) * 1000, 50))
-    print(
-        f"   {follower.applied} deltas of {a.delta_rows:,} rows per item table applied, "
-        f"{np.mean(applied):.3f} s each (check, id maps rebuilt, rows written under the lock); "
-        f"the lock held {np.median(follower.locked_s) * 1000:.1f} ms median, "
-        f"{max(follower.locked_s) * 1000:.1f} ms max"
+    d50, d99, b99 = (
+        float(np.percentile(np.array(x) * 1000, q))
+        for x, q in ((during, 50), (during, 99), (between, 99))
     )
     print(
-        f"   scoring p99 quiet {q99:.2f} ms; while deltas apply ({len(during)} requests) p50 "
-        f"{d50:.2f} ms p99 {d99:.2f} ms; right after each ({len(between)} requests) p99 "
-        f"{b99:.2f} ms; p99 during / after {d99 / b99:.2f}x (goal <= 1.3x)"
+        f"   {mode}: {follower.applied} deltas of {a.delta_rows:,} rows per item table applied, "
+        f"{np.mean(applied):.3f} s each (check, id maps rebuilt, rows written); "
+        f"the lock held {np.median(follower.locked_s) * 1000:.3f} ms median, "
+        f"{max(follower.locked_s) * 1000:.3f} ms max"
     )
+    print(
+        f"   {mode}: scoring while deltas apply ({len(during)} requests) p50 {d50:.2f} ms "
+        f"p99 {d99:.2f} ms; right after each ({len(between)} requests) p99 {b99:.2f} ms; "
+        f"p99 during / after {d99 / b99:.2f}x (goal <= 1.3x)"
+    )
+
+
+def _rss_gib(field: str = "VmRSS") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / (1 << 20)
+    return float("nan")
+
+
+def _peak_gib() -> float:
+    return _rss_gib("VmHWM")
 
 
 def _apply(follower: DeltaFollower, delta: Delta, applied: list[float]) -> None:

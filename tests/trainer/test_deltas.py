@@ -5,10 +5,12 @@ does not fit, is altered or unsigned is refused before anything changes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
 
 from contracts.settings import Settings
 from contracts.topics import TopicNames
@@ -22,8 +24,11 @@ from serving.delta import (
     chunk_messages,
     prepare,
 )
-from serving.loading import load_snapshot
+from serving.delta_follow import DeltaFollower
+from serving.loading import LoadedSnapshot, load_snapshot
 from serving.manifest import SnapshotError
+from serving.metrics import ScoringMetrics
+from serving.scorer import ModelHolder
 from serving.signing import Signer
 from tests.support.events import sample_messages, synthetic_events
 from trainer.config import TrainerConfig
@@ -33,6 +38,8 @@ from trainer.online import OnlineTrainer
 SETTINGS = Settings(topics=TopicNames(prefix="unit-"))
 CFG = ModelConfig(n_items=2048, n_categories=64, dim=8, seq_len=20, topk=5)
 SIGNER = Signer.of("k")
+BLOBS = [b for _, part in sorted(sample_messages(synthetic_events()).items()) for b in part]
+CHUNKS = [decode_samples(BLOBS[i : i + 64], CFG.seq_len) for i in range(0, len(BLOBS), 64)]
 
 
 def as_delta(cut, before) -> Delta:  # type: ignore[no-untyped-def]
@@ -50,39 +57,77 @@ def wire(delta: Delta, chunk_bytes: int = 4096) -> Delta:
     return out
 
 
-def test_a_snapshot_plus_deltas_scores_exactly_like_the_trainer(tmp_path: Path) -> None:
-    blobs = [b for p, part in sorted(sample_messages(synthetic_events()).items()) for b in part]
-    chunks = [decode_samples(blobs[i : i + 64], CFG.seq_len) for i in range(0, len(blobs), 64)]
+def trained_chain(tmp_path: Path, n: int = 5) -> tuple[OnlineTrainer, LoadedSnapshot, list[Delta]]:
+    """A trainer, the snapshot it wrote, and ``n`` deltas it cut after it (through the wire)."""
     config = TrainerConfig(
         model_config=CFG, snapshot_dir=tmp_path, device="cpu", delta_every_s=1.0, metrics_window=500
     )
     trainer = OnlineTrainer(SETTINGS, config)
-    trainer.learn_arrays(chunks[0])
+    trainer.learn_arrays(CHUNKS[0])
     written = trainer.snapshot()
-    assert written is not None
-    served = load_snapshot(written.path)
-    assert trainer.touched is not None
+    assert written is not None and trainer.touched is not None
     trainer.touched.take()
     maps = {
         "item": trainer.mapper.items.assigned(),
         "category": trainer.mapper.categories.assigned(),
     }
-    version, sizes = written.manifest.version, []
-    for arrays in chunks[1:6]:
+    version, deltas = written.manifest.version, []
+    for arrays in CHUNKS[1 : n + 1]:
         trainer.learn_arrays(arrays)
         version += 1
         header = DeltaHeader(version, version - 1, 1, 0.0, "dare")
         cut = cut_delta(trainer.model, trainer.mapper, trainer.touched, header)
-        delta = wire(as_delta(cut, maps))
+        deltas.append(wire(as_delta(cut, maps)))
         maps = cut.idmaps
-        sizes.append(sum(len(c) for c in delta.idmaps.values()))
-        apply_prepared(served, prepare(served, delta))
-    assert served.version == version and sum(sizes) > 0  # new ids arrived with the deltas
-    for arrays in chunks[6:9]:  # ids of every kind, known and unknown
+    return trainer, load_snapshot(written.path), deltas
+
+
+def assert_serves_like(trainer: OnlineTrainer, served: LoadedSnapshot) -> None:
+    for arrays in CHUNKS[6:9]:  # ids of every kind, known and unknown
         expected = trainer.learner.predict(trainer.mapper.to_batch(arrays, learn=False))
         assert torch.equal(served.score(arrays).logits, expected.logits)
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(served.model.state_dict()[name], tensor), name
+
+
+def test_a_snapshot_plus_deltas_scores_exactly_like_the_trainer(tmp_path: Path) -> None:
+    trainer, served, deltas = trained_chain(tmp_path)
+    for delta in deltas:
+        apply_prepared(served, prepare(served, delta))
+    assert served.version == deltas[-1].header.version
+    assert sum(len(c) for d in deltas for c in d.idmaps.values()) > 0  # new ids came with them
+    assert_serves_like(trainer, served)
+
+
+@pytest.mark.parametrize("twin", [True, False], ids=["twin", "in-place"])
+def test_a_follower_serves_the_trainers_weights_with_or_without_a_twin(
+    tmp_path: Path, twin: bool
+) -> None:
+    """With a twin the holder's model is swapped for the copy a delta was written into, and the
+    retired copy catches up: both equal the trainer's after every delta."""
+    trainer, served, deltas = trained_chain(tmp_path)
+    holder = ModelHolder()
+    holder.swap(served)
+    follower = DeltaFollower(
+        holder, ScoringMetrics.create(CollectorRegistry()), SIGNER, 1 << 24, _refused, twin=twin
+    )
+    serving = []
+    for delta in reversed(deltas):  # early ones wait for their predecessor
+        follower.offer(delta)
+        serving.append(holder.model)
+    assert follower.applied == len(deltas) and holder.model is not None
+    assert holder.model.version == deltas[-1].header.version
+    assert_serves_like(trainer, cast(LoadedSnapshot, holder.model))
+    if twin:
+        other = follower.twin_of(holder.model)
+        assert other is not holder.model and other is not None
+        assert_serves_like(trainer, cast(LoadedSnapshot, other))
+    else:
+        assert holder.model is served
+
+
+def _refused(reason: str, what: object, detail: object) -> None:
+    raise AssertionError(f"refused {what} ({reason}): {detail}")
 
 
 def test_a_delta_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
