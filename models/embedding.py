@@ -81,6 +81,17 @@ class IdMap:
         self._keys, self._rows, self._last = _EMPTY, _EMPTY, _EMPTY  # admitted, sorted by key
         self._pkeys, self._pcount, self._plast = _EMPTY, _EMPTY, _EMPTY  # pending, sorted by key
 
+    @classmethod
+    def for_lookup(cls, like: IdMap, keys: Int64, rows: Int64) -> IdMap:
+        """A map with ``like``'s settings that looks ``keys`` up as ``rows`` and admits nothing
+        (a scorer's). ``keys`` must be sorted and unique: the caller's guarantee, not checked
+        here, so that a map of millions of ids costs what building its arrays cost."""
+        out = cls(like.capacity, like.min_count, like.ttl)
+        out._keys, out._rows = keys, rows
+        out._last = np.zeros(keys.size, dtype=np.int64)
+        out._next_row = int(rows.max()) + 1 if rows.size else 1
+        return out
+
     def __len__(self) -> int:
         """Number of admitted ids (rows in use, row 0 excluded)."""
         return int(self._keys.size)
