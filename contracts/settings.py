@@ -80,6 +80,7 @@ class Settings:
     drift_baseline_s: float = 3_600.0
     drift_baseline_roll_s: float | None = None
     drift_baseline_path: str = ""
+    drift_baseline_users: int = 100_000  # users whose own statistics a baseline keeps
 
     def __post_init__(self) -> None:
         if self.max_event_bytes <= 0:

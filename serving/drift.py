@@ -14,16 +14,23 @@ rows; :mod:`serving.drift_window`). Two questions, two families of gauges, per s
     twinstream_attention_model_drift_js{statistic}  model drift: the serving snapshot's reference
                                                     against the reference pinned with the baseline
     twinstream_attention_live_mean{statistic}       mean of the statistic over the live window
+    twinstream_attention_drift_noise_js{statistic}  noise floor taken off the traffic drift
+    twinstream_attention_drift_mix_js{statistic}    who is scored, alone: the baseline's
+                                                    expectation for the live users against
+                                                    the baseline's population
 
 The baseline (:mod:`serving.drift_baseline`) is learnt from live traffic over ``baseline_s``
 seconds, then pinned; it does not follow new snapshots, so a lasting shift keeps the traffic
-drift up until it is acknowledged (``twinstream drift-ack``) or ``baseline_roll_s`` passes. Both
-sides are stratified by the attended sequence's length and weight every user once, so a change
-in who is scored does not move drift. Traffic drift is exported only while the window holds
-``min_rows`` rows of ``min_users`` users; otherwise (no traffic, a handful of users, no pinned
-baseline yet) the series are absent: no claim. Also exported: ``twinstream_attention_window_rows``,
-``_window_users``, ``_reference_rows``, ``_baseline_pinned_timestamp_seconds`` (absent while a
-baseline is learnt) and ``_baseline_learning`` (1 while learning).
+drift up until it is acknowledged (``twinstream drift-ack``) or ``baseline_roll_s`` passes. Every
+user weighs once, and the live window is compared with what the baseline expects of *the same
+users* (each one's own baseline statistics where it has them, else its strata by attended
+length; :func:`serving.drift_window.compare`) less the window's own sampling-noise floor, so a
+change in who is scored (a few heavy users, one client) does not move drift. Traffic drift is
+exported only while the window holds ``min_rows`` rows of ``min_users`` users; otherwise (no
+traffic, a handful of users, no pinned baseline yet) the series are absent: no claim. Also
+exported: ``twinstream_attention_window_rows``, ``_window_users``, ``_drift_users``,
+``_drift_matched_users``, ``_reference_rows``, ``_baseline_pinned_timestamp_seconds``
+(absent while a baseline is learnt) and ``_baseline_learning`` (1 while learning).
 
 >>> from prometheus_client import CollectorRegistry
 >>> drift = AttentionDrift(DriftConfig(window=100, min_rows=1), CollectorRegistry())
@@ -60,7 +67,7 @@ from serving.drift_baseline import (
     coarsen,
     stratum_of,
 )
-from serving.drift_window import LiveWindow, mixed_js, stratified_histograms
+from serving.drift_window import LiveWindow, compare, stratified_histograms, user_histograms
 
 log = logging.getLogger(__name__)
 BIN_EDGES = np.linspace(0.0, 1.0, BINS + 1).round(6).tolist()
@@ -80,6 +87,7 @@ class DriftConfig:
     baseline_s: float = 3_600.0  # live traffic accumulated into a baseline before it is pinned
     baseline_roll_s: float | None = None  # a pinned baseline is learnt again after this
     baseline_path: Path | None = None  # shared by the worker processes; None: not persisted
+    baseline_users: int = 100_000  # users whose own statistics a baseline keeps (280 B each)
 
     def __post_init__(self) -> None:
         if min(self.window, self.min_rows, self.rows_per_request, self.min_users) < 1:
@@ -100,6 +108,7 @@ class DriftConfig:
             baseline_s=s.drift_baseline_s,
             baseline_roll_s=s.drift_baseline_roll_s,
             baseline_path=Path(path),
+            baseline_users=s.drift_baseline_users,
         )
 
 
@@ -118,9 +127,12 @@ class Reference:
 
 @dataclass(frozen=True)
 class Drift:
-    js: dict[str, float]
+    js: dict[str, float]  # the live window vs the baseline's expectation for its users, less noise
     psi: dict[str, float]
-    users: int = 0  # live users in the strata compared
+    users: int = 0  # live users compared
+    matched: int = 0  # of which the baseline holds their own statistics
+    noise: dict[str, float] | None = None  # the window's sampling-noise floor (subtracted)
+    mix: dict[str, float] | None = None  # the expectation vs the baseline population
 
 
 def parse_reference(version: int, attention: dict[str, Any] | None) -> Reference | None:
@@ -183,7 +195,7 @@ class AttentionDrift(Collector):
         self._window = LiveWindow(config.window, config.window_age_s)
         self._file = BaselineFile(config.baseline_path)
         self._baseline: Baseline | None = None
-        self._learner = BaselineLearner(epoch=0, since=clock())
+        self._learner = self._new_learner(0, clock())
         self._learnt_at = -np.inf  # when the learner last took a window
         self._anchor: Any = None  # the model the baseline and the live window are scored with
         self._reference: Reference | None = None  # the serving snapshot's
@@ -192,7 +204,7 @@ class AttentionDrift(Collector):
         self._lock = threading.Lock()
         state = self._file.changed()
         if state is not None:
-            self._learner = BaselineLearner(state.epoch, clock())
+            self._learner = self._new_learner(state.epoch, clock())
         registry.register(self)
 
     # ---------------------------------------------------------------- feeding
@@ -255,9 +267,11 @@ class AttentionDrift(Collector):
                 self._file.write({"format": 1, "epoch": self._learner.epoch, "rolled_at": now})
             return
         if now - self._learnt_at >= min(cfg.window_age_s / 2, cfg.baseline_s / 4):
-            hist, users = stratified_histograms(self._window.rows(now))
+            rows = self._window.rows(now)
+            hist, users = stratified_histograms(rows)
             if users.sum() > 0:
-                self._learner.add(hist, users)
+                keys, own, _ = user_histograms(rows)
+                self._learner.add(hist, users, keys, own)
                 self._learnt_at = now
         learner = self._learner
         if now - learner.since >= cfg.baseline_s and learner.users.sum() >= cfg.min_users:
@@ -269,10 +283,13 @@ class AttentionDrift(Collector):
             )
             log.info("attention drift baseline pinned (epoch %d)", self._baseline.epoch)
 
+    def _new_learner(self, epoch: int, now: float) -> BaselineLearner:
+        return BaselineLearner(epoch, now, self.config.baseline_users)
+
     def _restart(self, epoch: int, now: float) -> None:
         """Learn a new baseline with the model served next as the anchor."""
         self._baseline, self._anchor = None, None
-        self._learner = BaselineLearner(epoch, now)
+        self._learner = self._new_learner(epoch, now)
         self._learnt_at = -np.inf
         self._window.clear()
         log.info("attention drift baseline: learning a new one (epoch %d)", epoch)
@@ -300,11 +317,10 @@ class AttentionDrift(Collector):
             base, rows = self._baseline, self._window.rows(now)
         if base is None or len(rows[0]) < self.config.min_rows:
             return None
-        hist, users = stratified_histograms(rows)
-        mixed = mixed_js(hist, users, base.dists, base.weights, self.config.min_stratum_users)
-        if mixed is None or mixed[2] < self.config.min_users:
+        c = compare(rows, base, self.config.min_stratum_users)
+        if c is None or c.users < self.config.min_users:
             return None
-        return Drift(js=mixed[0], psi=mixed[1], users=mixed[2])
+        return Drift(c.js, c.psi, c.users, c.matched, c.noise, c.mix)
 
     def model_drift(self) -> dict[str, float] | None:
         """JS per statistic of the serving snapshot's reference against the pinned one."""
@@ -328,72 +344,82 @@ class AttentionDrift(Collector):
     # ---------------------------------------------------------------- prometheus
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
-        yield from _families()
+        yield from _families().values()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        js, ps, model_js, mean, rows, users, ref_rows, pinned, learning = _families()
+        f = _families()
         traffic, model, means = self.traffic_drift(), self.model_drift(), self.live_means()
-        for name in STAT_NAMES:
-            if traffic is not None:
-                js.add_metric([name], traffic.js[name])
-                ps.add_metric([name], traffic.psi[name])
-            if model is not None:
-                model_js.add_metric([name], model[name])
-            if means is not None:
-                mean.add_metric([name], means[name])
-        now = self.clock()
+        per_statistic = {
+            "drift_js": None if traffic is None else traffic.js,
+            "drift_psi": None if traffic is None else traffic.psi,
+            "drift_noise_js": None if traffic is None else traffic.noise,
+            "drift_mix_js": None if traffic is None else traffic.mix,
+            "model_drift_js": model,
+            "live_mean": means,
+        }
+        for key, values in per_statistic.items():
+            for name, value in (values or {}).items():
+                f[key].add_metric([name], value)
+        if traffic is not None:
+            f["drift_users"].add_metric([], float(traffic.users))
+            f["drift_matched_users"].add_metric([], float(traffic.matched))
         with self._lock:
-            live = self._window.rows(now)
-            rows.add_metric([], float(len(live[0])))
-            users.add_metric([], float(np.unique(live[0]).size))
-            ref_rows.add_metric([], float(self._reference.rows if self._reference else 0))
+            live = self._window.rows(self.clock())
+            f["window_rows"].add_metric([], float(len(live[0])))
+            f["window_users"].add_metric([], float(np.unique(live[0]).size))
+            f["reference_rows"].add_metric(
+                [], float(self._reference.rows if self._reference else 0)
+            )
             if self._baseline is not None:
-                pinned.add_metric([], self._baseline.pinned_at)
-            learning.add_metric([], float(self._baseline is None))
-        yield from (js, ps, model_js, mean, rows, users, ref_rows, pinned, learning)
+                f["baseline_pinned_timestamp_seconds"].add_metric([], self._baseline.pinned_at)
+            f["baseline_learning"].add_metric([], float(self._baseline is None))
+        yield from f.values()
 
 
-def _families() -> tuple[GaugeMetricFamily, ...]:
-    stat = ["statistic"]
-    return (
-        GaugeMetricFamily(
-            "twinstream_attention_drift_js",
-            "Traffic drift: Jensen-Shannon divergence (base 2) of the live window vs the pinned "
-            "baseline (strata re-weighted, each user once)",
-            labels=stat,
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_drift_psi",
-            "Traffic drift: population stability index of the live window vs the pinned baseline",
-            labels=stat,
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_model_drift_js",
-            "Model drift: Jensen-Shannon divergence of the serving snapshot's reference vs the "
-            "reference pinned with the baseline",
-            labels=stat,
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_live_mean",
-            "Mean of an attention statistic over the live window",
-            labels=stat,
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_window_rows", "Scored rows in the live attention window"
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_window_users", "Distinct users in the live attention window"
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_reference_rows",
-            "Rows behind the serving snapshot's attention reference (0: none usable)",
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_baseline_pinned_timestamp_seconds",
-            "When the drift baseline was pinned (absent while one is learnt)",
-        ),
-        GaugeMetricFamily(
-            "twinstream_attention_baseline_learning",
-            "1 while a drift baseline is being learnt from live traffic, 0 once pinned",
-        ),
-    )
+FAMILIES = {  # twinstream_attention_<key>: (help, labelled by statistic)
+    "drift_js": (
+        "Traffic drift: Jensen-Shannon divergence (base 2) of the live window vs what the pinned "
+        "baseline expects of the same users, less the window's noise floor",
+        True,
+    ),
+    "drift_psi": ("Traffic drift: population stability index, same comparison", True),
+    "drift_noise_js": (
+        "Sampling-noise floor of the traffic drift, from the live window (users swapped at random)",
+        True,
+    ),
+    "drift_mix_js": (
+        "Who is scored, alone: the baseline's expectation for the live users vs its population",
+        True,
+    ),
+    "model_drift_js": (
+        "Model drift: Jensen-Shannon divergence of the serving snapshot's reference vs the "
+        "reference pinned with the baseline",
+        True,
+    ),
+    "live_mean": ("Mean of an attention statistic over the live window", True),
+    "drift_users": ("Live users behind the traffic drift", False),
+    "drift_matched_users": ("Live users whose own statistics the baseline holds", False),
+    "window_rows": ("Scored rows in the live attention window", False),
+    "window_users": ("Distinct users in the live attention window", False),
+    "reference_rows": (
+        "Rows behind the serving snapshot's attention reference (0: none usable)",
+        False,
+    ),
+    "baseline_pinned_timestamp_seconds": (
+        "When the drift baseline was pinned (absent while one is learnt)",
+        False,
+    ),
+    "baseline_learning": (
+        "1 while a drift baseline is being learnt from live traffic, 0 once pinned",
+        False,
+    ),
+}
+
+
+def _families() -> dict[str, GaugeMetricFamily]:
+    return {
+        key: GaugeMetricFamily(
+            f"twinstream_attention_{key}", doc, labels=["statistic"] if labelled else None
+        )
+        for key, (doc, labelled) in FAMILIES.items()
+    }

@@ -12,10 +12,11 @@ starts a new baseline with the model served then as the anchor.
 
 Statistics are *stratified* by the length of the attended sequence (``STRATA``) and *weighted*
 so that every user counts once per stratum, whatever the number of requests or candidates
-scored for them; the baseline remembers each stratum's share of users, and a live window is
-compared with the baseline re-weighted to the same shares (post-stratification). A change in
-who is scored (fewer users, longer histories, one heavy client) then leaves drift unchanged;
-what the users of each stratum look like moves it.
+scored for them; the baseline remembers each stratum's share of users and, for the first
+``max_users`` users it saw, each user's own distributions. A live window is compared with what
+the baseline expects of the same users (:func:`serving.drift_window.compare`), so a change in
+who is scored (fewer users, longer histories, one heavy client) leaves drift unchanged; what
+those users' attention looks like moves it.
 
 Acknowledgements go through a small JSON file that every worker process of a deployment reads
 (``epoch``: a higher one than a process learnt its baseline under makes it learn a new one).
@@ -36,7 +37,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def coarsen(counts: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
 class Baseline:
     """A pinned baseline: per stratum, each statistic's distribution over ``DRIFT_BINS`` bins
     (``dists``: (strata, statistics, DRIFT_BINS), each row summing to 1 where the stratum had
-    users), the strata's shares of users (``weights``), and the reference pinned beside it."""
+    users), the strata's shares of users (``weights``), each user's own distributions (those
+    seen while learning, up to the learner's ``max_users``) and the reference pinned beside it."""
 
     epoch: int
     pinned_at: float  # unix seconds
@@ -81,22 +83,48 @@ class Baseline:
     users: float  # user-windows accumulated (a user counts once per stratum and window)
     reference: npt.NDArray[np.float64] | None  # (statistics, DRIFT_BINS) counts, or None
     sequence: str | None  # the sequence the pinned reference covers
+    user_keys: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    user_dists: npt.NDArray[np.float32] = field(  # (users, statistics, DRIFT_BINS), sum 1
+        default_factory=lambda: np.zeros((0, 7, DRIFT_BINS), np.float32)
+    )
+
+    @property
+    def stratum_users(self) -> npt.NDArray[np.float64]:
+        """(strata,) user-windows behind each stratum's distributions."""
+        return self.weights * self.users
 
 
 class BaselineLearner:
-    """Accumulates the live window's stratified, per-user-weighted histograms until pinned."""
+    """Accumulates the live window's stratified, per-user-weighted histograms until pinned, and
+    each user's own (the first ``max_users`` users seen; 280 bytes each once pinned)."""
 
-    def __init__(self, epoch: int, since: float) -> None:
-        self.epoch, self.since = epoch, since
+    def __init__(self, epoch: int, since: float, max_users: int = 100_000) -> None:
+        self.epoch, self.since, self.max_users = epoch, since, max_users
         self.sums = np.zeros((len(STRATA), 7, DRIFT_BINS))  # user-weighted counts
         self.users = np.zeros(len(STRATA))
         self.windows = 0
+        self.per_user: dict[int, npt.NDArray[np.float64]] = {}  # key -> summed histograms
 
-    def add(self, hist: npt.NDArray[np.float64], users: npt.NDArray[np.int64]) -> None:
-        """One window: ``hist`` (strata, statistics, DRIFT_BINS) sums to ``users`` per stratum."""
+    def add(
+        self,
+        hist: npt.NDArray[np.float64],
+        users: npt.NDArray[np.int64],
+        user_keys: npt.NDArray[np.int64] | None = None,
+        user_hist: npt.NDArray[np.float64] | None = None,
+    ) -> None:
+        """One window: ``hist`` (strata, statistics, DRIFT_BINS) sums to ``users`` per stratum;
+        ``user_hist`` (len(user_keys), statistics, DRIFT_BINS) holds each user's, summing to 1."""
         self.sums += hist
         self.users += users
         self.windows += 1
+        if user_keys is None or user_hist is None:
+            return
+        for key, h in zip(user_keys.tolist(), user_hist, strict=True):
+            mine = self.per_user.get(key)
+            if mine is not None:
+                mine += h
+            elif len(self.per_user) < self.max_users:
+                self.per_user[key] = h.copy()
 
     def pin(
         self, now: float, reference: npt.NDArray[np.float64] | None, sequence: str | None = None
@@ -104,7 +132,13 @@ class BaselineLearner:
         total = self.users.sum()
         weights = self.users / total if total > 0 else self.users
         dists = self.sums / np.maximum(self.users, 1e-12)[:, None, None]
-        return Baseline(self.epoch, now, weights, dists, float(total), reference, sequence)
+        keys = np.array(sorted(self.per_user), dtype=np.int64)
+        own = np.array([self.per_user[k] for k in keys.tolist()]).reshape(-1, 7, DRIFT_BINS)
+        own /= np.maximum(own.sum(-1, keepdims=True), 1e-12)
+        return Baseline(
+            self.epoch, now, weights, dists, float(total), reference, sequence,
+            keys, own.astype(np.float32),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

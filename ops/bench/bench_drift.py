@@ -91,6 +91,7 @@ class Run:
     phase: str = "warm-up"
     fired: dict[str, list[float]] = field(default_factory=dict)  # alert -> firing starts
     peak: dict[str, float] = field(default_factory=dict)  # phase -> largest traffic JS seen
+    mix_peak: dict[str, float] = field(default_factory=dict)  # phase -> largest drift_mix_js
     _firing: set[str] = field(default_factory=set)
     _t0: float = field(default_factory=time.time)
 
@@ -103,9 +104,11 @@ class Run:
         self._firing = firing
         traffic = self.prom.query("twinstream_attention_drift_js")
         model = self.prom.query("twinstream_attention_model_drift_js")
+        noise = self.prom.query("twinstream_attention_drift_noise_js")
+        mix = self.prom.query("twinstream_attention_drift_mix_js")
         gauges = {
             g: next(iter(self.prom.query(f"twinstream_attention_{g}").values()), None)
-            for g in ("window_rows", "window_users", "baseline_learning")
+            for g in ("window_rows", "window_users", "drift_matched_users", "baseline_learning")
         }
         row = {
             "t": round(now - self._t0, 1),
@@ -115,6 +118,8 @@ class Run:
             "events": self.replay.sent,
             "traffic_js": traffic,
             "model_js": model,
+            "noise_js": noise,
+            "mix_js": mix,
             **gauges,
             "firing": sorted(firing),
         }
@@ -123,13 +128,16 @@ class Run:
         top = max(traffic.items(), key=lambda kv: kv[1], default=("-", float("nan")))
         if traffic:
             self.peak[self.phase] = max(self.peak.get(self.phase, 0.0), top[1])
+            self.mix_peak[self.phase] = max(self.mix_peak.get(self.phase, 0.0), *mix.values(), 0.0)
         mtop = max(model.values(), default=float("nan"))
         print(
             f"[{self.name} {row['t']:6.0f}s {self.phase:>9}] events {self.replay.sent:,} "
             f"answers {self.scoring.answered:,} (failed {self.scoring.failed}) rows "
-            f"{gauges['window_rows']} users {gauges['window_users']} learning "
+            f"{gauges['window_rows']} users {gauges['window_users']} (matched "
+            f"{gauges['drift_matched_users']}) learning "
             f"{gauges['baseline_learning']} traffic JS max {top[1]:.3f} ({top[0]}) model JS "
-            f"max {mtop:.3f} firing {sorted(firing) or '-'}",
+            f"max {mtop:.3f} noise max {max(noise.values(), default=float('nan')):.3f} mix max "
+            f"{max(mix.values(), default=float('nan')):.3f} firing {sorted(firing) or '-'}",
             flush=True,
         )
 
@@ -231,6 +239,8 @@ def control_run(log: Path, cfg: BenchConfig) -> dict[str, Any]:
         return {
             "control_alerts": drift_alerts,
             "control_peak_js": round(max(run.peak.values(), default=0.0), 4),
+            "control_peak_js_by_phase": {k: round(v, 4) for k, v in run.peak.items()},
+            "control_mix_peak_by_phase": {k: round(v, 4) for k, v in run.mix_peak.items()},
             "quiet_window_rows": rows,
             "quiet_drift_absent": absent,
             "stale_alert_on_stopped_trainer": stale_delay is not None,
@@ -280,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         result |= shift_run(shift_log, cfg)
     if only in (None, "control"):
         result |= control_run(control_log, cfg)
+    if result.get("shift_peak_js") and result.get("control_peak_js"):
+        result["separation"] = round(result["shift_peak_js"] / result["control_peak_js"], 2)
     result |= {
         "wall_s": round(time.monotonic() - began),
         "seed": cfg.seed,

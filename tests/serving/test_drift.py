@@ -31,6 +31,7 @@ from serving.drift import AttentionDrift, DriftConfig, parse_reference
 from serving.drift_baseline import acknowledge, coarsen
 
 CFG = ModelConfig(n_items=200, n_categories=20, dim=8, seq_len=30, topk=5)
+torch.manual_seed(1)  # how much the untrained model attends by category depends on its draw
 MODEL = build_model("dare", CFG).eval()
 QUICK = DriftConfig(
     window=5_000,
@@ -161,10 +162,60 @@ def test_who_is_scored_does_not_move_drift() -> None:
     assert max(naive.values()) > 0.1 and max(naive.values()) > 3 * max(result.js.values()), naive
 
 
+def heavy_tail_baseline() -> tuple[AttentionDrift, Clock, Any]:
+    """Pinned on 60 users and 25 heavy ones (users 500-524) whose candidates are always of their
+    newest behaviour's category: the heavy users' attention differs from the others' in the
+    same strata."""
+    clock, model = Clock(), serving(1, None)
+    drift = AttentionDrift(QUICK, CollectorRegistry(), clock=clock)
+    while drift.baseline is None:
+        for u, sharp in [(u, False) for u in range(60)] + [(u, True) for u in range(500, 525)]:
+            b = request(u, sharp=sharp)
+            drift.observe(model, b, attention(b), user=f"u{u}")
+        clock.t += 10.0
+    return drift, clock, model
+
+
+def test_a_tail_of_heavy_users_with_unchanged_interests_does_not_move_drift() -> None:
+    """Traffic narrows to the 25 heavy users: the baseline's expectation for those same users
+    moves with them (drift_mix_js shows how far from the population), the drift does not."""
+    drift, clock, model = heavy_tail_baseline()
+    traffic(drift, clock, 60, range(500, 525), model, sharp=True, per_user=3)
+    result = drift.traffic_drift()
+    assert result is not None and result.users == result.matched == 25
+    assert result.mix is not None and result.mix["same_category"] > 0.05, result.mix
+    assert max(result.js.values()) < 0.01, result.js
+
+
+def test_a_shift_among_those_same_few_users_still_shows() -> None:
+    """The same 25 heavy users' candidates stop matching their newest behaviour: drift."""
+    drift, clock, model = heavy_tail_baseline()
+    traffic(drift, clock, 60, range(500, 525), model, sharp=False, per_user=3)
+    result = drift.traffic_drift()
+    assert result is not None and result.users == result.matched == 25
+    assert result.js["same_category"] > 0.05, result.js
+
+
+def test_the_noise_floor_of_a_few_users_is_subtracted() -> None:
+    """30 new users of the baseline's kind: their raw JS is sampling noise, which the window's
+    own floor (users swapped at random) accounts for."""
+    drift, clock, model = pinned()
+    traffic(drift, clock, 60, range(700, 730), model)
+    result = drift.traffic_drift()
+    assert result is not None and result.noise is not None and result.matched == 0
+    for name in STAT_NAMES:
+        assert result.js[name] <= max(0.0, result.js[name] + result.noise[name] - 1e-12) + 1e-9
+    assert max(result.noise.values()) > 0.0
+    assert max(result.js.values()) < 0.02, result.js
+
+
 def test_no_traffic_and_few_users_mean_no_claim() -> None:
     registry = CollectorRegistry()
     drift, clock, model = pinned(registry=registry)
-    assert registry.get_sample_value("twinstream_attention_drift_js", {"statistic": "entropy"})
+    assert (
+        registry.get_sample_value("twinstream_attention_drift_js", {"statistic": "entropy"})
+        is not None
+    )
     traffic(drift, clock, 60, range(10), model, per_user=20)  # 10 users, 1,600 rows: too few users
     assert drift.rows >= QUICK.min_rows and drift.traffic_drift() is None
     assert registry.get_sample_value("twinstream_attention_window_users") == 10
