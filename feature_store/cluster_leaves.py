@@ -15,7 +15,7 @@ represented by its most recent item. When a block has too many small categories 
 falls back to the clamped 2-means over a fixed pseudo-random unit vector per category
 (:func:`category_embedding`, so leaves may then mix categories).
 
->>> cfg = ClusterConfig(max_leaf=4, max_clusters=64, lifelong_cap=1_000, recluster_every=8)
+>>> cfg = ClusterConfig(max_leaf=4, max_clusters=32, lifelong_cap=1_000, recluster_every=8)
 >>> x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # 3 tight groups of 5
 >>> leaves = split_leaves(x, cap=5, config=cfg)
 >>> sorted(sorted(leaf.tolist()) for leaf in leaves)

@@ -16,14 +16,23 @@ block, and the precise guarantee is:
     a behaviour with recency rank r (0 = the newest clustered behaviour) is in a leaf of at most
     ``gamma * 2**t`` members, where ``t = floor(log2(1 + r / B))``.
 
-So the newest ``B`` behaviours always have leaves <= gamma and the cap doubles with age. At most two
-blocks per level plus the tail exist, and with at most ``lifelong_cap`` behaviours in the log the
-levels are bounded, so ``B`` is chosen (``__post_init__``) as the largest base whose worst case
-stays within ``max_clusters``. When the log is capped, the oldest block loses its oldest members; it
-is rebuilt over what is left (a *remnant*, same level) once more than ``remnant_slack`` (25%) of the
-behaviours it was built from have left the log. So every behaviour of the log is in exactly one
-cluster, and the oldest block's clusters may also still count up to that share of behaviours that
-the cap already dropped (their sizes sum to ``end - built_from``, ``built_from <= lo``).
+So the newest ``B`` behaviours always have leaves <= gamma and the cap may double with age. At most
+two blocks per level plus the tail exist, and with at most ``lifelong_cap`` behaviours in the log
+the levels are bounded, so ``B`` is chosen (``__post_init__``) as the largest base whose worst case
+stays within ``max_clusters``. That worst case is a 100,000-behaviour user's; a shorter log does not
+need its coarse caps, so :func:`leaf_caps` gives each block γ and coarsens only as far as the
+user's own layout needs to stay within ``max_clusters`` (oldest blocks first, half an octave at a
+time, never past the level's cap): up to about 8,000 behaviours every leaf is <= γ at the
+defaults. The worst case of the clamped splits is exact
+(:func:`~feature_store.cluster_config.leaf_bound`: one leaf per 9.3 members at γ = 20, not per 6),
+so B is 429 at the defaults.
+
+When the log is capped, the oldest block loses its oldest members; it is rebuilt over what is left
+(a *remnant*, same level) once more than ``remnant_slack`` (25%) of the behaviours it was built
+from have left the log, or once it holds more clusters than its cap now allows. So every behaviour
+of the log is in exactly one cluster, and the oldest block's clusters may also still count up to
+that share of behaviours that the cap already dropped (their sizes sum to ``end - built_from``,
+``built_from <= lo``).
 
 **Incremental.** A block is clustered once and then kept; re-clustering (:func:`needs_update`) runs
 when the log grew by ``recluster_every`` behaviours, when the embedding version changes (all blocks
@@ -35,7 +44,7 @@ behaviours, so each behaviour is re-clustered O(log(n / B)) times. Until the nex
 coarser, and a user with a short log costs no clustering at all on the ingest path.
 
 >>> from feature_store.state_format import behaviour_dtype
->>> cfg = ClusterConfig(max_leaf=4, max_clusters=64, lifelong_cap=1_000, recluster_every=8)
+>>> cfg = ClusterConfig(max_leaf=4, max_clusters=32, lifelong_cap=1_000, recluster_every=8)
 >>> log = np.zeros(10, behaviour_dtype(0)); log["item"] = np.arange(10); log["category"] = 1
 >>> cs = update(ClusterState(), log, 0, cfg)  # no embedder: by category, leaves of <= 4
 >>> cs.upto, cs.blocks[["start", "end", "level"]].tolist(), cs.clusters["size"].tolist()
@@ -55,6 +64,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -240,13 +250,14 @@ def update(
         version = state.version
     total = lo + log.shape[0]
     layout = advance_layout(state.blocks, lo, total, config)
-    kept = _reusable(state, version)
-    _keep_remnant(layout, kept, lo, config)
+    caps = leaf_caps(layout, config)
+    kept = _reusable(state, version, config)
+    _keep_remnant(layout, caps, kept, lo, config)
     groups = []
-    for block in layout:
-        group = kept.get(_block_key(block))
+    for block, cap in zip(layout, caps, strict=True):
+        group = kept.get((*_block_key(block), cap))
         if group is None:
-            group = _build(block, log, lo, config, embedder)
+            group = _build(block, cap, log, lo, config, embedder)
         block["n_clusters"] = group.shape[0]
         groups.append(group)
     empty = np.zeros(0, dtype=cluster_dtype(dense_width(log)))
@@ -272,6 +283,49 @@ def advance_layout(blocks: np.ndarray, lo: int, total: int, config: ClusterConfi
     return out[out["end"] > lo]
 
 
+def leaf_caps(layout: np.ndarray, config: ClusterConfig) -> list[int]:
+    """Each block's leaf cap: γ everywhere, then, while the worst case (the blocks'
+    :func:`~feature_store.cluster_config.leaf_bound` plus ``recluster_every - 1`` singletons)
+    exceeds ``max_clusters``, the oldest of the finest blocks takes the next cap of the half-octave
+    grid ``round(γ * 2**(k / 2))``, never past its level's cap ``γ * 2**level`` (those fit the
+    budget by the choice of ``B``). Older blocks are never finer; a coarse grid keeps caps, and so
+    clusters, from changing often as a log grows."""
+    shape = tuple((int(b["level"]), _nominal(b, config)) for b in layout)
+    return list(_caps_of(shape, config))
+
+
+@lru_cache(maxsize=4_096)
+def _caps_of(shape: tuple[tuple[int, int], ...], config: ClusterConfig) -> tuple[int, ...]:
+    """:func:`leaf_caps` of blocks given as (level, nominal size), oldest first (cached: a few
+    hundred layouts recur across users)."""
+    steps = [0] * len(shape)  # half-octaves above γ
+    bounds = [leaf_bound(nominal, config.max_leaf, config) for _, nominal in shape]
+    excess = sum(bounds) + config.recluster_every - 1 - config.max_clusters
+    while excess > 0:
+        below = [i for i, (level, _) in enumerate(shape) if steps[i] < 2 * level]
+        if not below:
+            break
+        finest = min(steps[i] for i in below)
+        i = next(i for i in below if steps[i] == finest)
+        steps[i] += 1
+        new = leaf_bound(shape[i][1], _grid_cap(steps[i], config), config)
+        excess, bounds[i] = excess + new - bounds[i], new
+    return tuple(_grid_cap(step, config) for step in steps)
+
+
+def _grid_cap(step: int, config: ClusterConfig) -> int:
+    """γ·2^(step/2), exact at even steps (the level caps)."""
+    if step % 2 == 0:
+        return config.leaf_cap(step // 2)
+    return round(config.max_leaf * 2 ** (step / 2))
+
+
+def _nominal(block: np.void, config: ClusterConfig) -> int:
+    """The size the bound counts for a block: its span when complete, else a tail's ``B - 1``."""
+    level = int(block["level"])
+    return config.base << level if _complete(block, config.base) else config.base - 1
+
+
 def _complete(block: np.void, base: int) -> bool:
     return int(block["end"] - block["start"]) == base << int(block["level"])
 
@@ -289,38 +343,42 @@ def _push(spans: list[tuple[int, int, int]], block: tuple[int, int, int]) -> Non
         level += 1
 
 
-def _reusable(state: ClusterState, version: int) -> dict[tuple[int, int, int, int], np.ndarray]:
+Kept = dict[tuple[int, int, int, int, int], np.ndarray]  # (*_block_key, leaf cap) -> clusters
+
+
+def _reusable(state: ClusterState, version: int, config: ClusterConfig) -> Kept:
     """Cluster groups of the old blocks that a rebuild would reproduce exactly."""
     if state.version != version:
         return {}
     offsets = np.concatenate([[0], np.cumsum(state.blocks["n_clusters"], dtype=np.int64)])
+    caps = leaf_caps(state.blocks, config)
     kept = {}
     for i, b in enumerate(state.blocks):
         if state.dirty_from is not None and b["end"] > state.dirty_from:
             continue
-        kept[_block_key(b)] = state.clusters[offsets[i] : offsets[i + 1]]
+        kept[(*_block_key(b), caps[i])] = state.clusters[offsets[i] : offsets[i + 1]]
     return kept
 
 
 def _keep_remnant(
-    layout: np.ndarray,
-    kept: dict[tuple[int, int, int, int], np.ndarray],
-    lo: int,
-    config: ClusterConfig,
+    layout: np.ndarray, caps: list[int], kept: Kept, lo: int, config: ClusterConfig
 ) -> None:
     """Let the oldest block keep its clusters while at most ``remnant_slack`` of the behaviours
-    they were built from have left the log (so a capped user does not re-cluster it each time)."""
+    they were built from have left the log (so a capped user does not re-cluster it each time),
+    and while they are no more clusters than the cap :func:`leaf_caps` gives it now allows (so the
+    budget holds): sets its ``built_from`` and lookup cap to the kept ones."""
     if not layout.shape[0] or layout["start"][0] >= lo:
         return
     first = layout[0]
-    for start, end, level, built_from in kept:
-        same = (start, end, level) == _block_key(first)[:3]
+    allowed = leaf_bound(_nominal(first, config), caps[0], config)
+    for (start, end, level, built_from, cap), clusters in kept.items():
+        same = (start, end, level) == _block_key(first)[:3] and clusters.shape[0] <= allowed
         if (
             same
             and built_from <= lo
             and lo - built_from <= config.remnant_slack * (end - built_from)
         ):
-            first["built_from"] = built_from
+            first["built_from"], caps[0] = built_from, cap
             return
 
 
@@ -330,26 +388,29 @@ def _block_key(b: np.void) -> tuple[int, int, int, int]:
 
 def _build(
     block: np.void,
+    cap: int,
     log: np.ndarray,
     lo: int,
     config: ClusterConfig,
     embedder: ItemEmbedder | None,
 ) -> np.ndarray:
-    """Cluster the behaviours of one block."""
+    """Cluster the behaviours of one block into leaves of at most ``cap``."""
     part = log[int(block["built_from"]) - lo : int(block["end"]) - lo]
-    leaves, x = _leaves(block, part, config, embedder)
+    leaves, x = _leaves(block, cap, part, config, embedder)
     return summarize(leaves, x, part)  # x None: one category per leaf, no centroid needed
 
 
 def _leaves(
-    block: np.void, part: np.ndarray, config: ClusterConfig, embedder: ItemEmbedder | None
+    block: np.void,
+    cap: int,
+    part: np.ndarray,
+    config: ClusterConfig,
+    embedder: ItemEmbedder | None,
 ) -> tuple[list[I64], F32 | None]:
     """The leaves of one block's behaviours ``part`` and the vectors they were split by."""
-    level = int(block["level"])
-    cap = config.leaf_cap(level)
-    if embedder is None:  # the block's share of cluster_bound caps its category leaves
-        nominal = config.base << level if _complete(block, config.base) else config.base - 1
-        leaves = category_leaves(part["category"], cap, leaf_bound(nominal, cap, config))
+    if embedder is None:  # the block's share of layout_bound caps its category leaves
+        allowance = leaf_bound(_nominal(block, config), cap, config)
+        leaves = category_leaves(part["category"], cap, allowance)
         if leaves is not None:
             return leaves, None
     x = _embed(part, embedder)
@@ -363,9 +424,10 @@ def members_as_of(
     :func:`sequence_as_of` (for measuring what a cluster stands for, e.g. retrieval quality)."""
     upto, embedder = clustered_upto(total, config), pinned(embedder)
     out: list[I64] = []
-    for block in advance_layout(np.zeros(0, BLOCK_DTYPE), 0, upto, config):
+    layout = advance_layout(np.zeros(0, BLOCK_DTYPE), 0, upto, config)
+    for block, cap in zip(layout, leaf_caps(layout, config), strict=True):
         first = int(block["built_from"])
-        leaves, _ = _leaves(block, log[first : int(block["end"])], config, embedder)
+        leaves, _ = _leaves(block, cap, log[first : int(block["end"])], config, embedder)
         out += [first + leaf for leaf in in_sequence_order(leaves)]
     return out + [np.array([p], dtype=np.int64) for p in range(upto, total)]
 

@@ -48,3 +48,19 @@ def test_category_leaves_fall_back_when_over_allowance() -> None:
     assert category_leaves(cats, cap=4, allowance=3) is None
     leaves = category_leaves(np.array([1, 1, 1, 1, 1, 2]), cap=2, allowance=10)
     assert leaves is not None and sorted(len(x) for x in leaves) == [1, 1, 2, 2]  # 2+2+1, 1
+
+
+def test_leaf_bound_is_the_exact_worst_case_of_clamped_splits() -> None:
+    """Every split size choice the clamp allows, enumerated: the bound is attained, never beaten,
+    non-decreasing, and tighter than one leaf per ``min_leaf`` members."""
+    cfg, cap = ClusterConfig(), 5
+    worst = {m: 1 for m in range(1, cap + 1)}
+    for m in range(cap + 1, 200):
+        low = -(-m // 4)  # ceil(0.25 m)
+        worst[m] = max(worst[a] + worst[m - a] for a in range(low, m // 2 + 1))
+    bounds = [leaf_bound(m, cap, cfg) for m in range(1, 200)]
+    assert all(bounds[m - 1] >= worst[m] for m in worst)
+    exact = [max(worst[k] for k in range(1, m + 1)) for m in range(1, 21)]  # up to cap / rho
+    assert bounds[:20] == exact
+    assert bounds == sorted(bounds)
+    assert leaf_bound(10_000, 20, cfg) < 10_000 // cfg.min_leaf(20)

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feature_store.cluster_config import ClusterConfig
-from feature_store.clustering import ClusterState, needs_update, update
+from feature_store.clustering import (
+    BLOCK_DTYPE,
+    ClusterState,
+    advance_layout,
+    leaf_caps,
+    needs_update,
+    update,
+)
 from feature_store.state import StateConfig, UserState
 from feature_store.state_format import behaviour_dtype
 from tests.support.events import event
@@ -221,3 +228,22 @@ def test_members_as_of_match_the_sequence_the_worker_holds() -> None:
             for rep, m in zip(seq["item"], members, strict=True):
                 assert rep in log["item"][m]  # the representative is one of the members
             assert seq["size"].max(initial=0) <= cfg.max_leaf  # below B: every leaf <= gamma
+
+
+def test_leaves_stay_at_gamma_as_long_as_the_users_budget_allows() -> None:
+    """Caps coarsen by the user's own layout, not the 100,000-behaviour worst case: γ everywhere
+    at 5,000 behaviours, a mean leaf within 5..20 at 10,000, older blocks never finer."""
+    cfg, embedder = ClusterConfig(), TableEmbedder(n_items=20_000, dim=16)
+    for n, all_gamma in ((5_000, True), (10_000, False)):
+        cs = update(ClusterState(), make_log(n, n_items=20_000), 0, cfg, embedder)
+        check_invariants(cs, 0, n, cfg)
+        sizes = cs.clusters["size"]
+        assert 5 <= sizes.mean() <= cfg.max_leaf
+        assert (sizes.max() <= cfg.max_leaf) == all_gamma
+    for n in (700, 5_000, 10_000, 30_000, 100_000):
+        layout = advance_layout(np.zeros(0, BLOCK_DTYPE), 0, n, cfg)
+        caps = leaf_caps(layout, cfg)
+        assert caps == sorted(caps, reverse=True)
+        assert all(
+            c <= cfg.leaf_cap(int(level)) for c, level in zip(caps, layout["level"], strict=True)
+        )

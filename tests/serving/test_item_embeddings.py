@@ -113,7 +113,7 @@ def test_without_budget_a_stale_user_keeps_its_version_and_clusters_only_its_gro
     holder = ModelHolder()
     live = LiveItemEmbeddings(holder, rebuild_budget=RebuildBudget(per_event_s=0.0))
     worker = PartitionWorker(MemoryStore(), 0, FeatureConfig(), embedder=live)
-    worker.commit(worker.process(clicks("u", 600)))  # by category: [0, 242), [242, 484), tail
+    worker.commit(worker.process(clicks("u", 600)))  # by category: full blocks of B, then a tail
     (before,) = worker.store.get_many(["u"])
     assert before is not None and before.cluster_state.version == 0
     holder.swap(snapshot(tmp_path, 2))
@@ -123,5 +123,7 @@ def test_without_budget_a_stale_user_keeps_its_version_and_clusters_only_its_gro
     assert after.cluster_state.upto == 640 and live.budget.rebuilds == 0
     assert live.budget.deferred > 0
     old = before.cluster_state
-    n_first = int(old.blocks["n_clusters"][:2].sum())  # the two full blocks were kept as they were
+    full = old.blocks["end"] - old.blocks["start"] == FeatureConfig().clusters.base
+    assert full.any()
+    n_first = int(old.blocks["n_clusters"][full].sum())  # the full blocks were kept as they were
     assert after.cluster_state.clusters[:n_first].tobytes() == old.clusters[:n_first].tobytes()
