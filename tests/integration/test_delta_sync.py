@@ -24,7 +24,7 @@ from serving.scorer import ModelHolder
 from serving.snapshot import list_snapshots
 from streaming.admin import ensure_topics
 from tests.support.events import sample_messages, synthetic_events
-from tests.support.waiting import wait_until
+from tests.support.snapshots import wait_for_version
 from trainer.config import TrainerConfig
 from trainer.online import OnlineTrainer
 
@@ -90,13 +90,7 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     thread.join(timeout=300)
     assert not thread.is_alive()
     final = trainer.version
-    wait_until(
-        lambda: (
-            live_holder.model if live_holder.model and live_holder.model.version == final else None
-        ),
-        timeout_s=60,
-        what=f"the live worker at v{final}",
-    )
+    wait_for_version(live_holder, final, "live worker")
     live.stop()
     sent = trainer.delta_stats.sent
     assert len(sent) >= 5 and trainer.delta_stats.failed == 0
@@ -110,13 +104,7 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     first = list_snapshots(config.snapshot_dir)[0]
     shutil.copytree(first, late_folder / first.name)
     late, late_holder = watcher(settings, late_folder)
-    wait_until(
-        lambda: (
-            late_holder.model if late_holder.model and late_holder.model.version == final else None
-        ),
-        timeout_s=60,
-        what=f"the late worker at v{final}",
-    )
+    wait_for_version(late_holder, final, "late worker")
     late.stop()
     assert late.follower.applied >= 3
     assert_same_model(trainer, late_holder)
@@ -154,13 +142,7 @@ def test_a_restarted_trainer_chains_on_its_checkpoint_and_workers_keep_following
         thread.join(timeout=300)
         versions.append((trainer.resumed_from, trainer.version, len(trainer.delta_stats.sent)))
         final = trainer.version
-        wait_until(
-            lambda final=final: (
-                holder.model if holder.model and holder.model.version == final else None
-            ),
-            timeout_s=60,
-            what=f"the worker at v{final}",
-        )
+        wait_for_version(holder, final, "worker")
     live.stop()
     (first_from, first_end, _), (second_from, _, second_deltas) = versions
     assert first_from == 0 and second_from == first_end  # the chain went on from its checkpoint
@@ -214,11 +196,7 @@ def test_a_worker_on_another_host_fetches_checkpoints_over_http_and_follows_delt
     producer.close()
     final = trainer.version
     for holder, name in ((remote_holder, "remote"), (late_holder, "late")):
-        wait_until(
-            lambda h=holder: h.model if h.model and h.model.version == final else None,
-            timeout_s=60,
-            what=f"the {name} worker at v{final}",
-        )
+        wait_for_version(holder, final, f"{name} worker")
     remote.stop()
     late.stop()
     assert remote.follower.applied >= 3 and late.follower.applied >= 1

@@ -9,8 +9,10 @@ import numpy as np
 
 from models import ModelConfig, build_model
 from serving.features import FeatureMapper, MapperConfig, RawIds
+from serving.scorer import ModelHolder
 from serving.signing import Signer
 from serving.snapshot import SnapshotContent, WrittenSnapshot, write_snapshot
+from tests.support.waiting import wait_until
 
 SCORING_CONFIG = ModelConfig(n_items=50_000, n_categories=5_000, dim=8, seq_len=50, topk=5)
 
@@ -32,3 +34,12 @@ def write_scoring_snapshot(
         samples=0,
     )
     return write_snapshot(folder, version, content, signer)
+
+
+def wait_for_version(holder: ModelHolder, version: int, name: str, timeout_s: float = 60) -> None:
+    """Wait until ``holder`` (the worker called ``name``) serves exactly ``version``."""
+    wait_until(
+        lambda: holder.model is not None and holder.model.version == version,
+        timeout_s=timeout_s,
+        what=f"the {name} at v{version}",
+    )
