@@ -67,6 +67,7 @@ from serving.drift_baseline import (
     coarsen,
     stratum_of,
 )
+from serving.drift_persist import load_pinned, save_pinned
 from serving.drift_window import LiveWindow, compare, stratified_histograms, user_histograms
 
 log = logging.getLogger(__name__)
@@ -202,10 +203,25 @@ class AttentionDrift(Collector):
         self._version: int | None = None  # the serving version the reference was read from
         self._requests = 0
         self._lock = threading.Lock()
+        self._saver: threading.Thread | None = None  # writing the pinned baseline to disk
         state = self._file.changed()
-        if state is not None:
-            self._learner = self._new_learner(state.epoch, clock())
+        self._learner = self._new_learner(0 if state is None else state.epoch, clock())
+        self._restore()
         registry.register(self)
+
+    @property
+    def pinned_folder(self) -> Path | None:
+        """Where pinned baselines and their anchors are kept (:mod:`serving.drift_persist`)."""
+        path = self.config.baseline_path
+        return None if path is None else path.parent / "drift-pinned"
+
+    def _restore(self) -> None:
+        """Go on with the baseline pinned under the current epoch, if one is on disk."""
+        folder = self.pinned_folder
+        restored = None if folder is None else load_pinned(folder, self._learner.epoch)
+        if restored is not None:
+            self._baseline, self._anchor = restored
+            log.info("attention drift baseline of epoch %d loaded", self._learner.epoch)
 
     # ---------------------------------------------------------------- feeding
 
@@ -282,6 +298,10 @@ class AttentionDrift(Collector):
                 None if ref is None else ref.sequence,
             )
             log.info("attention drift baseline pinned (epoch %d)", self._baseline.epoch)
+            if self.pinned_folder is not None:  # written beside requests, not under the lock
+                args = (self.pinned_folder, self._baseline, self._anchor)
+                self._saver = threading.Thread(target=save_pinned, args=args, daemon=True)
+                self._saver.start()
 
     def _new_learner(self, epoch: int, now: float) -> BaselineLearner:
         return BaselineLearner(epoch, now, self.config.baseline_users)

@@ -20,8 +20,8 @@ those users' attention looks like moves it.
 
 Acknowledgements go through a small JSON file that every worker process of a deployment reads
 (``epoch``: a higher one than a process learnt its baseline under makes it learn a new one).
-Baselines themselves stay in each process (the anchor model is in its memory): a restarted
-worker learns a new one.
+A pinned baseline and its anchor model are also written to disk (:mod:`serving.drift_persist`),
+so a restarted worker goes on with the baseline of the current epoch instead of learning one.
 
 >>> h = np.zeros((len(STRATA), 7, DRIFT_BINS)); h[1, :, 3] = 10.0
 >>> learning = BaselineLearner(epoch=1, since=0.0)

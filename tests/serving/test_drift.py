@@ -29,6 +29,9 @@ from serving.attention import (
 )
 from serving.drift import AttentionDrift, DriftConfig, parse_reference
 from serving.drift_baseline import acknowledge, coarsen
+from serving.features import FeatureMapper, MapperConfig
+from serving.loading import load_snapshot
+from serving.snapshot import SnapshotContent, write_snapshot
 
 CFG = ModelConfig(n_items=200, n_categories=20, dim=8, seq_len=30, topk=5)
 torch.manual_seed(1)  # how much the untrained model attends by category depends on its draw
@@ -366,3 +369,33 @@ def test_the_anchor_is_a_copy_that_updates_in_place_do_not_reach() -> None:
     assert anchor is not served and anchor.version == 1
     for p, q in zip(anchor.model.parameters(), before, strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_restarted_worker_goes_on_with_its_pinned_baseline(tmp_path: Path) -> None:
+    """The pinned baseline and its anchor are written beside the acknowledgement file; a new
+    monitor (a restarted worker) loads them and compares at once, without learning; after an
+    acknowledgement, a new one learns."""
+    mapper = FeatureMapper(MapperConfig.for_model(CFG))
+    content = SnapshotContent("dare", MODEL, mapper, None, {}, step=1, samples=0)
+    snap = load_snapshot(write_snapshot(tmp_path / "snapshots", 1, content).path)
+    config = replace(QUICK, baseline_path=tmp_path / "state" / "drift-baseline.json")
+    clock = Clock()
+    first = AttentionDrift(config, CollectorRegistry(), clock=clock)
+    traffic(first, clock, config.baseline_s + 20, range(60), snap)
+    assert first.baseline is not None and first._saver is not None
+    first._saver.join(timeout=60)
+    second = AttentionDrift(config, CollectorRegistry(), clock=clock)  # the restarted worker
+    assert second.baseline is not None and second.baseline.pinned_at == first.baseline.pinned_at
+    np.testing.assert_array_equal(second.baseline.user_keys, first.baseline.user_keys)
+    np.testing.assert_allclose(second.baseline.user_dists, first.baseline.user_dists)
+    np.testing.assert_allclose(second.baseline.dists, first.baseline.dists)
+    assert second._anchor is not None and second._anchor.version == 1
+    traffic(second, clock, 60, range(60), snap, sharp=True)
+    assert js_of(second)["same_category"] > 0.05  # against the loaded baseline, no learning
+    npz = next((tmp_path / "state" / "drift-pinned").glob("epoch-*/baseline.npz"))
+    npz.write_bytes(npz.read_bytes()[:-1] + b"x")  # a damaged file is refused: learn anew
+    assert AttentionDrift(config, CollectorRegistry(), clock=clock).baseline is None
+    assert config.baseline_path is not None
+    acknowledge(config.baseline_path)
+    clock.t += 1
+    assert AttentionDrift(config, CollectorRegistry(), clock=clock).baseline is None
