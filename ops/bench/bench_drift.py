@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -52,10 +53,11 @@ from ops.bench.drift_world import (
     PacedReplay,
     Ports,
     Processes,
-    Prometheus,
     Scoring,
+    prometheus,
 )
 from ops.demo import wait_trained
+from ops.prometheus.server import PrometheusServer
 from streaming.producer import EventProducer
 from streaming.sources import read_events
 
@@ -85,7 +87,7 @@ class Run:
     name: str
     cfg: BenchConfig
     procs: Processes
-    prom: Prometheus
+    prom: PrometheusServer
     replay: PacedReplay
     scoring: Scoring
     phase: str = "warm-up"
@@ -102,10 +104,10 @@ class Run:
         for name in firing - self._firing:
             self.fired.setdefault(name, []).append(now)
         self._firing = firing
-        traffic = self.prom.query("twinstream_attention_drift_js")
-        model = self.prom.query("twinstream_attention_model_drift_js")
-        noise = self.prom.query("twinstream_attention_drift_noise_js")
-        mix = self.prom.query("twinstream_attention_drift_mix_js")
+        traffic = self.prom.query("twinstream_attention_drift_js", by="statistic")
+        model = self.prom.query("twinstream_attention_model_drift_js", by="statistic")
+        noise = self.prom.query("twinstream_attention_drift_noise_js", by="statistic")
+        mix = self.prom.query("twinstream_attention_drift_mix_js", by="statistic")
         gauges = {
             g: next(iter(self.prom.query(f"twinstream_attention_{g}").values()), None)
             for g in ("window_rows", "window_users", "drift_matched_users", "baseline_learning")
@@ -153,34 +155,44 @@ def start(name: str, log: Path, cfg: BenchConfig) -> Run:
     live = [e for e in events if e.ts >= split]
     env = Settings.from_env()
     settings = Settings.from_env(
-        {"TWINSTREAM_TOPIC_PREFIX": f"bench-drift-{name}-{int(time.time())}-",
+        {"TWINSTREAM_TOPIC_PREFIX": f"bench-drift-{name}-{os.getpid()}-{int(time.time())}-",
          "TWINSTREAM_BOOTSTRAP_SERVERS": env.bootstrap_servers}
     )  # fmt: skip
-    out = cfg.out / f"{name}-seed{cfg.seed}-{int(time.time())}"
+    out = cfg.out / f"{name}-seed{cfg.seed}-{os.getpid()}-{int(time.time())}"
     ports = Ports()
     drift_env = {"TWINSTREAM_DRIFT_BASELINE_S": str(cfg.baseline_s)}
     procs = Processes(settings, out, ports, drift_env)
-    prom = Prometheus(out / "prometheus", ports, cfg.interval_s, cfg.for_scale)
+    prom = prometheus(out / "prometheus", ports, cfg.interval_s, cfg.for_scale)
     replay = PacedReplay(settings, live, cfg.speed, cfg.shift_at)
     scoring = Scoring(ports.http, replay, cfg.rate, cfg.candidates, cfg.seed)
     run = Run(name, cfg, procs, prom, replay, scoring)
-    time.sleep(8)  # the worker joins its group
-    began = time.monotonic()
-    with EventProducer(settings) as producer:
-        producer.send_many(warm)
-        producer.flush()
-    replay.remember(warm)
-    manifest = wait_trained(procs.snaps, settings)
-    while procs.served_version() is None:
-        time.sleep(1)
-    print(
-        f"[{name}] warm-up: {len(warm):,} events, trainer at v{manifest.version} "
-        f"({manifest.samples:,} samples) in {time.monotonic() - began:.0f}s; "
-        f"{len(live):,} live events at {cfg.speed:g}x",
-        flush=True,
-    )
+    try:
+        warm_up(run, warm)
+    except BaseException:
+        _close(run)
+        raise
+    print(f"[{name}] {len(live):,} live events at {cfg.speed:g}x", flush=True)
     replay.start()
     return run
+
+
+def warm_up(run: Run, warm: list[Any]) -> None:
+    """Send the warm-up events at once; wait until the trainer learnt them and the worker
+    serves a snapshot."""
+    time.sleep(8)  # the worker joins its group
+    began = time.monotonic()
+    with EventProducer(run.procs.settings) as producer:
+        producer.send_many(warm)
+        producer.flush()
+    run.replay.remember(warm)
+    manifest = wait_trained(run.procs.snaps, run.procs.settings)
+    while run.procs.served_version() is None:
+        time.sleep(1)
+    print(
+        f"[{run.name}] warm-up: {len(warm):,} events, trainer at v{manifest.version} "
+        f"({manifest.samples:,} samples) in {time.monotonic() - began:.0f}s",
+        flush=True,
+    )
 
 
 def shift_run(log: Path, cfg: BenchConfig) -> dict[str, Any]:
@@ -257,7 +269,8 @@ def _first(run: Run, t: float) -> str:
 
 def _close(run: Run) -> None:
     run.replay.stop.set()
-    run.replay.join(timeout=30)
+    if run.replay.ident is not None:  # started
+        run.replay.join(timeout=30)
     run.procs.close()
     run.prom.close()
 

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,23 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from contracts.schema import Event
 from contracts.settings import Settings
 from ops.demo import TRAINER_ARGS
+from ops.prometheus.server import PrometheusServer, free_port, rules_file
 from streaming.admin import ensure_topics
 from streaming.producer import EventProducer
 
-RULES = Path(__file__).resolve().parents[1] / "prometheus" / "alerts.yml"
 DRIFT_ALERTS = ("TwinstreamAttentionTrafficDrift", "TwinstreamAttentionModelDrift")
 STALE_ALERT = "TwinstreamSnapshotStale"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -123,81 +114,17 @@ def http_json(url: str, body: dict[str, Any] | None, timeout: float = 10) -> Any
         return json.loads(resp.read())
 
 
-class Prometheus:
-    """``prometheus`` scraping the worker and trainer every ``interval_s`` with the shipped
-    rules (``for_scale`` > 1 divides every ``for``)."""
-
-    def __init__(self, out: Path, ports: Ports, interval_s: float, for_scale: float) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise SystemExit("bench_drift needs prometheus on PATH (apt-get install prometheus)")
-        rules = yaml.safe_load(RULES.read_text())
-        for group in rules["groups"]:
-            for rule in group["rules"]:
-                if for_scale != 1 and "for" in rule:
-                    rule["for"] = f"{max(1, round(seconds(rule['for']) / for_scale))}s"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "alerts.yml").write_text(yaml.safe_dump(rules))
-        interval = f"{interval_s:g}s"
-        config = {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(out / "alerts.yml")],
-            "scrape_configs": [
-                {"job_name": "twinstream-worker",
-                 "static_configs": [{"targets": [f"127.0.0.1:{ports.worker_metrics}"]}]},
-                {"job_name": "twinstream-trainer",
-                 "static_configs": [{"targets": [f"127.0.0.1:{ports.trainer_metrics}"]}]},
-            ],
-        }  # fmt: skip
-        (out / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.url = f"http://127.0.0.1:{ports.prometheus}"
-        with open(out / "prometheus.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={out / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={out / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{ports.prometheus}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while not self._ready():
-            if time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not become ready")
-            time.sleep(0.5)
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.loads(resp.read())["data"]
-
-    def query(self, expr: str) -> dict[str, float]:
-        result = self.get("/api/v1/query", query=expr)["result"]
-        return {r["metric"].get("statistic", ""): float(r["value"][1]) for r in result}
-
-    def firing(self) -> set[str]:
-        alerts = self.get("/api/v1/alerts")["alerts"]
-        return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
-def seconds(duration: str) -> float:
-    """A Prometheus duration of one unit ("90s", "2m", "1h") in seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    return float(duration[:-1]) * units[duration[-1]]
+def prometheus(out: Path, ports: Ports, interval_s: float, for_scale: float) -> PrometheusServer:
+    """A started ``prometheus`` scraping the worker and the trainer every ``interval_s`` with
+    the shipped rules (``for_scale`` > 1 divides every ``for``)."""
+    if shutil.which("prometheus") is None:
+        raise SystemExit("bench_drift needs prometheus on PATH (apt-get install prometheus)")
+    rules = rules_file(out, lambda s: s / for_scale)
+    targets = {
+        "twinstream-worker": f"127.0.0.1:{ports.worker_metrics}",
+        "twinstream-trainer": f"127.0.0.1:{ports.trainer_metrics}",
+    }
+    return PrometheusServer(out, targets, rules, interval_s).start()
 
 
 class PacedReplay(threading.Thread):
