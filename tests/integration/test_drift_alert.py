@@ -23,12 +23,12 @@ from contracts.schema import Event, EventType
 from contracts.settings import Settings
 from contracts.topics import TopicNames
 from feature_store import MemoryStore, PartitionWorker, decode_samples
-from models import ModelConfig
-from serving.drift import AttentionDrift, DriftConfig
+from serving.drift import AttentionDrift
 from serving.loading import load_snapshot
 from serving.requests import ScoreRequest
 from serving.scorer import ItemCatalog, ModelHolder, Scorer
 from streaming.synthetic import GeneratorConfig
+from tests.support.drift import quick_drift, small_dare
 from tests.support.events import generated_events
 from tests.support.prometheus import (
     SHORT_FOR_S,
@@ -44,18 +44,13 @@ from trainer.config import TrainerConfig
 from trainer.online import OnlineTrainer
 
 pytestmark = [pytest.mark.integration]
-DRIFT_MODEL = ModelConfig(n_items=8192, n_categories=256, dim=8, seq_len=20, topk=5)
+DRIFT_MODEL = small_dare(n_items=8192, n_categories=256, seq_len=20)
 HOUR = 3600.0
 # event-time settings: a 12 h window, a baseline learnt over the day before the shift
-DRIFT = DriftConfig(
-    window=3_000,
-    min_rows=300,
-    rows_per_request=3,
-    window_age_s=12 * HOUR,
-    min_users=30,
-    min_stratum_users=5,
+DRIFT = quick_drift(
+    window=3_000, min_rows=300, rows_per_request=3, window_age_s=12 * HOUR, min_users=30,
     baseline_s=0.8 * 24 * HOUR,
-)
+)  # fmt: skip
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from models import ModelConfig, build_model
+from models import build_model
 from models.batch import Batch
 from models.testing import random_batch
 from serving.attention import (
@@ -32,19 +32,11 @@ from serving.drift_baseline import acknowledge, coarsen
 from serving.features import FeatureMapper, MapperConfig
 from serving.loading import load_snapshot
 from serving.snapshot import SnapshotContent, write_snapshot
+from tests.support.drift import QUICK_DRIFT, SMALL_DARE
 
-CFG = ModelConfig(n_items=200, n_categories=20, dim=8, seq_len=30, topk=5)
+CFG, QUICK = SMALL_DARE, QUICK_DRIFT
 torch.manual_seed(1)  # how much the untrained model attends by category depends on its draw
 MODEL = build_model("dare", CFG).eval()
-QUICK = DriftConfig(
-    window=5_000,
-    min_rows=40,
-    rows_per_request=8,
-    window_age_s=60.0,
-    min_users=20,
-    min_stratum_users=5,
-    baseline_s=100.0,
-)
 
 
 @dataclass
