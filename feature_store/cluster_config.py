@@ -4,7 +4,7 @@ Splitting ``s > cap`` behaviours into leaves of at most ``cap`` is *clamped*: no
 than ``ceil(rho * (cap + 1))`` (``rho`` = ``min_split_fraction``), so there are at most
 :func:`leaf_bound` leaves. The block layout of :mod:`feature_store.clustering` keeps at most two
 blocks per level up to :func:`max_level` (a level-``t`` block spans ``B * 2**t`` behaviours with
-leaf cap ``gamma * 2**t``), a tail of fewer than ``B`` behaviours, and fewer than
+leaf cap ``gamma * 2**t``), a tail of fewer than ``B`` behaviours (in chunks), and fewer than
 ``recluster_every`` behaviours not clustered yet, so :func:`cluster_bound` bounds the cluster
 sequence of one user. When ``block`` is left ``None``, :class:`ClusterConfig` takes the largest
 base ``B`` whose bound stays within ``max_clusters``.
@@ -112,11 +112,24 @@ def max_level(base: int, config: ClusterConfig) -> int:
 
 
 def cluster_bound(base: int, config: ClusterConfig) -> int:
-    """Worst-case cluster count: two blocks per level up to :func:`max_level`, the tail, and the
-    singletons of the behaviours not clustered yet."""
+    """Worst-case cluster count: two blocks per level up to :func:`max_level`, the tail's chunks,
+    and the singletons of the behaviours not clustered yet."""
     levels = range(max_level(base, config) + 1)
     full = sum(leaf_bound(base << t, config.leaf_cap(t), config) for t in levels)
-    return 2 * full + leaf_bound(base - 1, config.max_leaf, config) + config.recluster_every - 1
+    return 2 * full + tail_bound(base, config) + config.recluster_every - 1
+
+
+def chunk_size(base: int, config: ClusterConfig) -> int:
+    """The most behaviours one tail chunk holds: the tail (< B behaviours) is cut at absolute
+    multiples of ``recluster_every``, so each chunk is clustered once as the log grows."""
+    return max(1, min(config.recluster_every, base - 1))
+
+
+def tail_bound(base: int, config: ClusterConfig) -> int:
+    """Most clusters the tail's chunks hold: ``B - 1`` positions cut at multiples of
+    ``recluster_every`` (one more chunk where the tail does not start on one)."""
+    chunks = -(-(base - 1) // config.recluster_every) + 1
+    return chunks * leaf_bound(chunk_size(base, config), config.max_leaf, config)
 
 
 def _largest_block(config: ClusterConfig) -> int:
@@ -135,3 +148,30 @@ def _largest_block(config: ClusterConfig) -> int:
     if best == 0:
         raise ValueError(f"max_clusters={config.max_clusters} is too small for {config}")
     return best
+
+
+@lru_cache(maxsize=4_096)
+def caps_by_shape(shape: tuple[tuple[int, int], ...], config: ClusterConfig) -> tuple[int, ...]:
+    """Leaf caps of blocks given as (level, nominal size), oldest first: the rule of
+    :func:`feature_store.clustering.leaf_caps` (cached: a few hundred layouts recur across
+    users)."""
+    steps = [0] * len(shape)  # half-octaves above γ
+    bounds = [leaf_bound(nominal, config.max_leaf, config) for _, nominal in shape]
+    excess = sum(bounds) + config.recluster_every - 1 - config.max_clusters
+    while excess > 0:
+        below = [i for i, (level, _) in enumerate(shape) if steps[i] < 2 * level]
+        if not below:
+            break
+        finest = min(steps[i] for i in below)
+        i = next(i for i in below if steps[i] == finest)
+        steps[i] += 1
+        new = leaf_bound(shape[i][1], _grid_cap(steps[i], config), config)
+        excess, bounds[i] = excess + new - bounds[i], new
+    return tuple(_grid_cap(step, config) for step in steps)
+
+
+def _grid_cap(step: int, config: ClusterConfig) -> int:
+    """γ·2^(step/2), exact at even steps (the level caps)."""
+    if step % 2 == 0:
+        return config.leaf_cap(step // 2)
+    return round(config.max_leaf * 2 ** (step / 2))

@@ -64,13 +64,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from feature_store.cluster_config import ClusterConfig, leaf_bound
+from feature_store.cluster_config import ClusterConfig, caps_by_shape, chunk_size, leaf_bound
 from feature_store.cluster_leaves import (
     category_embedding,
     category_leaves,
@@ -268,15 +267,21 @@ def advance_layout(blocks: np.ndarray, lo: int, total: int, config: ClusterConfi
     """The block layout for a log spanning absolute positions [lo, total), grown from ``blocks``.
 
     New complete base blocks are pushed one by one (merging as the redundant binary counter says),
-    blocks wholly below ``lo`` are dropped, and the rest up to ``total`` becomes the tail."""
+    blocks wholly below ``lo`` are dropped, and the rest up to ``total`` becomes the tail, cut at
+    absolute multiples of ``recluster_every``: a worker re-clustering at those multiples clusters
+    each tail chunk once, not the whole growing tail each time (4.2 -> 3.4 passes per behaviour at
+    5,000 behaviours, /tmp/sim_rebuild.py)."""
     base = config.base
     spans = [_block_key(b)[:3] for b in blocks if _complete(b, base) and b["end"] <= total]
     start = spans[-1][1] if spans else lo
     while start + base <= total:
         _push(spans, (start, start + base, 0))
         start += base
-    if start < total:
-        spans.append((start, total, 0))
+    step = config.recluster_every
+    while start < total:  # the tail, in chunks ending at multiples of recluster_every
+        end = min(total, (start // step + 1) * step)
+        spans.append((start, end, 0))
+        start = end
     out = np.zeros(len(spans), dtype=BLOCK_DTYPE)
     for i, (s, e, level) in enumerate(spans):
         out[i] = (s, e, level, max(s, lo), 0)
@@ -291,39 +296,15 @@ def leaf_caps(layout: np.ndarray, config: ClusterConfig) -> list[int]:
     budget by the choice of ``B``). Older blocks are never finer; a coarse grid keeps caps, and so
     clusters, from changing often as a log grows."""
     shape = tuple((int(b["level"]), _nominal(b, config)) for b in layout)
-    return list(_caps_of(shape, config))
-
-
-@lru_cache(maxsize=4_096)
-def _caps_of(shape: tuple[tuple[int, int], ...], config: ClusterConfig) -> tuple[int, ...]:
-    """:func:`leaf_caps` of blocks given as (level, nominal size), oldest first (cached: a few
-    hundred layouts recur across users)."""
-    steps = [0] * len(shape)  # half-octaves above γ
-    bounds = [leaf_bound(nominal, config.max_leaf, config) for _, nominal in shape]
-    excess = sum(bounds) + config.recluster_every - 1 - config.max_clusters
-    while excess > 0:
-        below = [i for i, (level, _) in enumerate(shape) if steps[i] < 2 * level]
-        if not below:
-            break
-        finest = min(steps[i] for i in below)
-        i = next(i for i in below if steps[i] == finest)
-        steps[i] += 1
-        new = leaf_bound(shape[i][1], _grid_cap(steps[i], config), config)
-        excess, bounds[i] = excess + new - bounds[i], new
-    return tuple(_grid_cap(step, config) for step in steps)
-
-
-def _grid_cap(step: int, config: ClusterConfig) -> int:
-    """γ·2^(step/2), exact at even steps (the level caps)."""
-    if step % 2 == 0:
-        return config.leaf_cap(step // 2)
-    return round(config.max_leaf * 2 ** (step / 2))
+    return list(caps_by_shape(shape, config))
 
 
 def _nominal(block: np.void, config: ClusterConfig) -> int:
-    """The size the bound counts for a block: its span when complete, else a tail's ``B - 1``."""
+    """The size the bound counts for a block: its span when complete, else a tail chunk's most."""
     level = int(block["level"])
-    return config.base << level if _complete(block, config.base) else config.base - 1
+    return (
+        config.base << level if _complete(block, config.base) else chunk_size(config.base, config)
+    )
 
 
 def _complete(block: np.void, base: int) -> bool:
