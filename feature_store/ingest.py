@@ -111,6 +111,10 @@ class StateCache:
         self.size -= found[1]
         return found[0]
 
+    def items(self) -> list[tuple[str, UserState]]:
+        """The decoded states, least recently used first (read by the clustering sweep)."""
+        return [(user, state) for user, (state, _) in self._states.items()]
+
     def give(self, states: dict[str, UserState]) -> None:
         for user, state in states.items():
             self.take(user)

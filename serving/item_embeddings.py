@@ -20,7 +20,8 @@ with the newer table. Each re-clustering reads the serving snapshot once
 (:meth:`LiveItemEmbeddings.current`), so a swap in its middle never mixes two tables in one run.
 
 :class:`ClusterMetrics`: leaf sizes and staleness (adopted version minus the user's) of the users a
-batch touched, sampled as the worker's other per-state histograms are.
+batch touched, sampled as the worker's other per-state histograms are, and what the background
+sweep (:mod:`feature_store.clustering_sweep`, run on the ingest timer) rebuilt and spent.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from feature_store.clustering import RebuildBudget
 from feature_store.state import UserState
@@ -142,6 +143,21 @@ class ClusterMetrics:
             "Snapshot whose item embeddings the worker clusters with (0: by category)",
             registry=registry,
         )
+        self.sweep_rebuilds = Counter(
+            "twinstream_cluster_sweep_rebuilds",
+            "Stale users whose clusters the background sweep rebuilt",
+            registry=registry,
+        )
+        self.sweep_seconds = Counter(
+            "twinstream_cluster_sweep_seconds",
+            "Time the background sweep spent rebuilding stale users' clusters",
+            registry=registry,
+        )
+
+    def observe_sweep(self, rebuilt: int, seconds: float) -> None:
+        """One background sweep (:mod:`feature_store.clustering_sweep`): users rebuilt, CPU."""
+        self.sweep_rebuilds.inc(rebuilt)
+        self.sweep_seconds.inc(seconds)
 
     def observe(self, states: Iterable[UserState], live: Any) -> None:
         """``live``: the worker's embedder (a :class:`LiveItemEmbeddings`) or None."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from contracts.schema import Event, InvalidEvent, Reason, parse_event
 from contracts.settings import Settings
 from feature_store import PartitionWorker
+from feature_store.clustering_sweep import SweepConfig, sweep_stale
 from feature_store.ingest import BatchResult
 from serving.item_embeddings import ClusterMetrics
 from serving.scorer import ItemCatalog
@@ -75,6 +76,7 @@ class IngestService:
         self.settings, self.sink, self.partitions = settings, sink, partitions
         self.catalog, self.metrics, self.router = catalog, metrics, router
         self.cluster_metrics: ClusterMetrics | None = None  # set by streaming.worker
+        self.cluster_sweep = SweepConfig()
 
     # --- the batch path --------------------------------------------------------------------------
 
@@ -155,6 +157,23 @@ class IngestService:
             await self._send_and_flush(self.settings.topics.state_changelog, changes)
             for partition, (_, meta) in closed.items():
                 active[partition].commit_meta(meta)
+        await self._sweep_clusters()
+
+    async def _sweep_clusters(self) -> None:
+        """Rebuild stale TWIN-V2 clusters of decoded states within the sweep's CPU budget
+        (:mod:`feature_store.clustering_sweep`); their changelog records are acknowledged before
+        the stores commit them, as a batch's."""
+        async with self.partitions.writing():
+            active = self.partitions.active()
+            started = time.perf_counter()
+            swept = {p: sweep_stale(worker, self.cluster_sweep) for p, worker in active.items()}
+            elapsed = time.perf_counter() - started
+            changes: dict[int, Records] = {p: list(r.changelog) for p, r in swept.items()}
+            await self._send_and_flush(self.settings.topics.state_changelog, changes)
+            for partition, result in swept.items():
+                active[partition].commit(result)
+        if self.cluster_metrics is not None:
+            self.cluster_metrics.observe_sweep(sum(len(r.states) for r in swept.values()), elapsed)
 
     async def _send_and_flush(self, topic: str, records: dict[int, Records]) -> None:
         """Send each partition's records, then flush once (nothing to send: no flush)."""
