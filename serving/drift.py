@@ -286,6 +286,8 @@ class AttentionDrift(Collector):
             rows = self._window.rows(now)
             hist, users = stratified_histograms(rows)
             if users.sum() > 0:
+                if self._learner.windows == 0:  # the horizon counts from the first traffic
+                    self._learner.since = now
                 keys, own, _ = user_histograms(rows)
                 self._learner.add(hist, users, keys, own)
                 self._learnt_at = now

@@ -204,6 +204,17 @@ def test_the_noise_floor_of_a_few_users_is_subtracted() -> None:
     assert max(result.js.values()) < 0.02, result.js
 
 
+def test_the_learning_horizon_counts_from_the_first_traffic() -> None:
+    """A worker idle for longer than the horizon does not pin a baseline on its first requests."""
+    clock = Clock()
+    drift = AttentionDrift(QUICK, CollectorRegistry(), clock=clock)
+    clock.t += 5 * QUICK.baseline_s  # no requests
+    traffic(drift, clock, 30, range(60), serving(1, None))
+    assert drift.baseline is None
+    traffic(drift, clock, QUICK.baseline_s, range(60), serving(1, None))
+    assert drift.baseline is not None
+
+
 def test_no_traffic_and_few_users_mean_no_claim() -> None:
     registry = CollectorRegistry()
     drift, clock, model = pinned(registry=registry)
