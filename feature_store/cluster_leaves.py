@@ -149,15 +149,23 @@ def summarize(leaves: list[I64], x: F32 | None, log: np.ndarray) -> np.ndarray:
     if x is None:
         nearest = np.maximum.reduceat(order, starts)
     else:
-        leaf_of = np.repeat(np.arange(len(leaves)), sizes)
-        centroid = np.add.reduceat(x[order], starts, axis=0) / sizes[:, None]  # (k, d)
-        dist = ((x[order] - centroid[leaf_of]) ** 2).sum(axis=1)
-        nearest = order[np.lexsort((-order, dist, leaf_of))[starts]]  # ties -> most recent
+        nearest = _nearest_centroid(x[order], order, starts, sizes)
     out["item"], out["category"] = log["item"][nearest], log["category"][nearest]
     out["size"] = sizes
     if n_dense:
         out["dense"] = np.add.reduceat(log["dense"][order], starts, axis=0) / sizes[:, None]
     return out[_sequence_order(order, starts, sizes)]
+
+
+def _nearest_centroid(xo: F32, order: I64, starts: I64, sizes: I64) -> I64:
+    """Per leaf (rows ``xo`` (n, d) grouped by leaf, their positions ``order``), the position of
+    the member nearest the leaf's centroid; ties: the most recent. Segment minima, no sort."""
+    leaf_of = np.repeat(np.arange(sizes.shape[0]), sizes)  # (n,)
+    centroid = np.add.reduceat(xo, starts, axis=0) / sizes[:, None]  # (k, d)
+    diff = xo - centroid[leaf_of]  # (n, d)
+    dist = np.einsum("ij,ij->i", diff, diff)  # (n,)
+    nearest = dist == np.minimum.reduceat(dist, starts)[leaf_of]
+    return np.maximum.reduceat(np.where(nearest, order, -1), starts)
 
 
 def in_sequence_order(leaves: list[I64]) -> list[I64]:
