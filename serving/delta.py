@@ -34,6 +34,7 @@ import safetensors.torch
 import torch
 
 from models.embedding import IdMap
+from models.followed_idmap import FollowedIdMap
 from serving.manifest import SnapshotError
 from serving.signing import Signer
 
@@ -270,48 +271,17 @@ def _new_mapper(mapper: Any, changes: dict[str, IdMapChange]) -> Any:
     return new
 
 
-def _changed(idmap: IdMap, change: IdMapChange | None) -> IdMap:
-    """``idmap`` with ``change`` applied, in O(changes · log n) plus a few copies of its arrays:
-    the new keys go in at their sorted places after every key they replace or remove is gone, so
-    the result stays sorted and unique without a pass to check it."""
+def _changed(idmap: IdMap | FollowedIdMap, change: IdMapChange | None) -> IdMap | FollowedIdMap:
+    """``idmap`` with ``change`` applied, in O(changes) (:class:`FollowedIdMap`)."""
     if change is None or len(change) == 0:
         return idmap
-    if np.any(np.diff(change.keys) <= 0):
-        raise SnapshotError("corrupt", "delta id-map keys not sorted and unique")
     if change.rows.size and (change.rows.min() < 1 or change.rows.max() >= idmap.capacity):
         raise SnapshotError("config", "delta id-map rows outside the table")
-    keys, rows = idmap.assigned()
-    gone = np.union1d(change.removed, change.keys)  # small, sorted
-    pos = np.searchsorted(keys, gone)  # O(changes · log n), not a pass over every id
-    inside = pos < keys.size
-    hit = pos[inside][keys[pos[inside]] == gone[inside]]
-    return IdMap.for_lookup(idmap, *spliced(keys, rows, hit, change.keys, change.rows))
-
-
-def spliced(keys: I64, rows: I64, drop: I64, new_keys: I64, new_rows: I64) -> tuple[I64, I64]:
-    """Sorted ``keys`` (and their ``rows``) without the positions ``drop``, with ``new_keys``
-    (sorted, none of them a kept key) at their sorted places. The passes over millions of ids
-    are torch operators, which let go of the GIL while they copy (numpy, and torch's own
-    indexing syntax, hold it for milliseconds per pass: the scorer's thread would wait).
-
-    >>> k, r = spliced(np.array([10, 20, 30]), np.array([1, 2, 3]), np.array([1]),
-    ...                np.array([5, 20, 40]), np.array([7, 8, 9]))
-    >>> k.tolist(), r.tolist()
-    ([5, 10, 20, 30, 40], [7, 1, 8, 3, 9])
-    """
-    drop_at = torch.from_numpy(np.asarray(drop, dtype=np.int64))
-    kept = torch.ones(keys.size, dtype=torch.bool).index_fill_(0, drop_at, False)
-    old_keys = torch.masked_select(torch.from_numpy(keys), kept)  # (n - dropped,)
-    old_rows = torch.masked_select(torch.from_numpy(rows), kept)
-    at = np.searchsorted(old_keys.numpy(), new_keys) + np.arange(new_keys.size)  # in the result
-    new_at = torch.from_numpy(at.astype(np.int64))
-    slots = torch.ones(old_keys.numel() + new_keys.size, dtype=torch.bool)
-    slots.index_fill_(0, new_at, False)  # True where an old key goes
-    out_keys = torch.empty(slots.numel(), dtype=torch.int64).masked_scatter_(slots, old_keys)
-    out_rows = torch.empty(slots.numel(), dtype=torch.int64).masked_scatter_(slots, old_rows)
-    out_keys.index_copy_(0, new_at, torch.from_numpy(np.asarray(new_keys, dtype=np.int64)))
-    out_rows.index_copy_(0, new_at, torch.from_numpy(np.asarray(new_rows, dtype=np.int64)))
-    return out_keys.numpy(), out_rows.numpy()
+    followed = idmap if isinstance(idmap, FollowedIdMap) else FollowedIdMap(idmap)
+    try:
+        return followed.changed(change.keys, change.rows, change.removed)
+    except ValueError as err:
+        raise SnapshotError("corrupt", f"delta id-map change: {err}") from err
 
 
 @torch.no_grad()
