@@ -8,11 +8,13 @@ The Faust agent owns one :class:`PartitionWorker` per assigned partition and, fo
     worker.commit(result)                   # states + offset + pending impressions + sampler
 
 Records at or below the partition's stored offset are skipped (a replay after a crash changes
-nothing). The negative sampler is restored with the partition, before any event: its checkpoint
-and the deltas since (:mod:`feature_store.sampler_journal`) are committed in each batch, so after
-a kill -9 it is the sampler of the stored offset. If sending fails, drop the worker and build a
-new one from the store: ``process`` has already advanced the in-memory sampler and pending
-impressions. A timer calls :meth:`tick` to close expired attribution windows (explicit mode).
+nothing); the worker reads that offset once, when built, and keeps it as it commits (it is the
+partition's only writer from then on). The negative sampler is restored with the partition,
+before any event: its checkpoint and the deltas since (:mod:`feature_store.sampler_journal`) are
+committed in each batch, so after a kill -9 it is the sampler of the stored offset. If sending
+fails, drop the worker and build a new one from the store: ``process`` has already advanced the
+in-memory sampler and pending impressions. A timer calls :meth:`tick` to close expired
+attribution windows (explicit mode).
 
 >>> from feature_store.store import MemoryStore
 >>> from contracts.schema import Event, EventType
@@ -139,6 +141,7 @@ class PartitionWorker:
         self.config = config or FeatureConfig()
         self.embedder = embedder
         self.cache = StateCache(self.config.state_cache_bytes)
+        self.last_offset = store.last_offset(partition)  # the stored one: this is its writer
         self.watermark: float | None = None
         self.sampler_journal = SamplerJournal(partition, self.config.sampler_checkpoint_every)
         sampler = self.sampler_journal.restore(store)
@@ -151,7 +154,7 @@ class PartitionWorker:
     def process(self, records: Sequence[tuple[int, Event]]) -> BatchResult:
         """Apply a chunk of ``(offset, event)`` records in offset order (nothing is written)."""
         result = BatchResult()
-        last = self.store.last_offset(self.partition)
+        last = self.last_offset
         fresh = [(o, e) for o, e in records if last is None or o > last]
         result.skipped = len(records) - len(fresh)
         result.states = self._states(list(dict.fromkeys(e.user_id for _, e in fresh)))
@@ -173,8 +176,15 @@ class PartitionWorker:
         states = {u: s for u in users if (s := self.cache.take(u)) is not None}
         missing = [u for u in users if u not in states]
         for user, state in zip(missing, self.store.get_many(missing), strict=True):
-            states[user] = state or UserState.empty(self.config.state)
+            states[user] = state or self._new_state()
         return {u: states[u] for u in users}
+
+    def _new_state(self) -> UserState:
+        """The state of a user the store has no head for: none of its parts is stored (a
+        user's parts are written with its head), so its first write deletes nothing."""
+        state = UserState.empty(self.config.state)
+        state.changes.on_disk = False
+        return state
 
     def _meta_changes(self, offset: int | None) -> MetaChanges:
         """Pending impressions written or closed since the last batch, and the sampler's
@@ -206,6 +216,8 @@ class PartitionWorker:
         meta = result.meta | (extra_meta or {})
         offsets = {} if result.offset is None else {self.partition: result.offset}
         self.store.write_batch(result.parts, offsets, meta)
+        if result.offset is not None:
+            self.last_offset = result.offset
         self.cache.give(result.states)
 
     def close_windows(self, now: float | None = None) -> tuple[list[bytes], MetaChanges]:

@@ -168,6 +168,7 @@ class Changes:
     checkpoint_seq: int = 0  # the version of its last changelog checkpoint
     since_checkpoint: int = 0  # changelog bytes of the deltas sent since that checkpoint
     whole: bool = True  # every part is to be written (never stored, or restored from a checkpoint)
+    on_disk: bool = True  # parts of it may be in the store (a whole write deletes stale ones)
     log_from: int | None = None  # absolute position of the first log row added or moved
     ring_added: int = 0  # event ids remembered since the last write
     ring_resized: bool = False  # the dedupe ring grew since the last write

@@ -133,8 +133,9 @@ class IngestService:
     ) -> Split[RawMessage]:
         if self.router is None:
             return Split(own=records)
-        stored = worker.store.last_offset(worker.partition)
-        return self.router.split(self.settings.topics.events, worker.partition, records, stored)
+        return self.router.split(
+            self.settings.topics.events, worker.partition, records, worker.last_offset
+        )
 
     async def _route(self, copies: list[Copy]) -> None:
         """Send the copies through the sink: the batch's first flush covers them."""

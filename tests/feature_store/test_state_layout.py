@@ -163,3 +163,21 @@ def test_deltas_replayed_onto_a_stored_state_write_every_part_they_changed(
     for user, want in reference.items():
         got = store.get(user)
         assert got is not None and got.encode() == want.encode()
+
+
+def test_a_new_users_first_write_deletes_nothing_a_restored_one_clears_stale_chunks(
+    store: StateStore,
+) -> None:
+    """A user the store has no head for has no part there: its first write lays no range
+    deletion (they slowed every later RocksDB read); a state restored from a checkpoint over
+    older stored parts still deletes the chunks outside its log."""
+    worker = PartitionWorker(store, 0, CAPPED)
+    result = worker.process([(i, e) for i, e in enumerate(tail_events("new", 3, seed=1))])
+    assert result.parts["new"].deleted_ranges == []
+    worker.commit(result)
+    assert worker.last_offset == store.last_offset(0) == 2
+    write_through(store, "old", lifelong_state(280, seed=2))  # chunks 0..2
+    restored = lifelong_state(100, seed=3)  # its checkpoint: chunk 0 only
+    restored.changes = replace(restored.changes, whole=True)
+    write_through(store, "old", restored)
+    assert [k for k in stored_chunks(store) if b"old" in k] == [chunk_key("old", 0)]
