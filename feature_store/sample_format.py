@@ -10,6 +10,13 @@ are the state's own behaviour records, clusters its cluster records). :func:`dec
 a list of messages into right-aligned, padded numpy arrays with one row per target, the layout of
 ``models.Batch`` (the trainer wraps them in tensors and maps raw ids to embedding rows).
 
+Version 2 (written since issue 13; version 1 still decodes) adds ``n_singletons`` to the header:
+the cluster sequence is the ``c`` clusters sent, then the last ``n_singletons`` recent behaviours
+as clusters of one (:func:`feature_store.clustering.singletons`). Those are the behaviours logged
+since the user was last clustered, which are also the end of its recent sequence whenever it is
+not cut by a late event: a long user's sample no longer carries them twice (up to 127 clusters,
+2.5 KiB), and the decoded batch is the same.
+
 >>> t = make_targets([5, 9], [1, 1], labels=[1.0, 0.0])
 >>> recent = np.zeros(2, behaviour_dtype(0)); recent["item"] = [3, 4]; recent["session"] = [7, 8]
 >>> no_clusters = np.zeros(0, cluster_dtype(0))
@@ -34,26 +41,28 @@ import numpy.typing as npt
 from contracts.schema import EventType
 from contracts.settings import RECENT_LENGTH
 from feature_store.cluster_leaves import cluster_dtype
+from feature_store.clustering import singletons
 from feature_store.state_format import TYPE_CODES, behaviour_dtype, dense_width
 
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2  # what is written; 1 still decodes
 SAMPLE_MAGIC = b"TS"
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 
-SAMPLE_HEADER = np.dtype(
-    [
-        ("magic", "S2"),
-        ("version", "u1"),
-        ("flags", "u1"),
-        ("n_dense", "<u2"),
-        ("n_targets", "<u2"),
-        ("n_recent", "<u4"),
-        ("n_clusters", "<u4"),
-        ("user", "<i8"),
-        ("ts", "<f8"),
-    ]
-)
+_HEADER_FIELDS = [
+    ("magic", "S2"),
+    ("version", "u1"),
+    ("flags", "u1"),
+    ("n_dense", "<u2"),
+    ("n_targets", "<u2"),
+    ("n_recent", "<u4"),
+    ("n_clusters", "<u4"),  # the clusters sent (version 2: before the singletons)
+    ("user", "<i8"),
+    ("ts", "<f8"),
+]
+SAMPLE_HEADER_V1 = np.dtype(_HEADER_FIELDS)
+SAMPLE_HEADER = np.dtype([*_HEADER_FIELDS, ("n_singletons", "<u4")])  # version 2
+HEADERS = {1: SAMPLE_HEADER_V1, 2: SAMPLE_HEADER}
 
 
 def target_dtype(n_dense: int) -> np.dtype:
@@ -94,13 +103,10 @@ def encode_sample(
     n_dense = dense_width(targets)
     if dense_width(clusters) != n_dense:
         raise ValueError("targets, recent and clusters must have the same number of dense features")
-    return pack_sample(
-        user, ts, targets.shape[0], n_dense, targets.tobytes(), recent,
-        (clusters.shape[0], clusters.tobytes()),
-    )  # fmt: skip
+    return pack_sample(user, ts, targets.shape[0], n_dense, targets.tobytes(), recent, clusters)
 
 
-_HEADER_STRUCT = struct.Struct("<2sBBHHIIqd")  # SAMPLE_HEADER, packed
+_HEADER_STRUCT = struct.Struct("<2sBBHHIIqdI")  # SAMPLE_HEADER, packed
 
 
 @lru_cache(maxsize=256)
@@ -116,38 +122,49 @@ def pack_sample(
     n_dense: int,
     targets: bytes,
     recent: np.ndarray,
-    clusters: tuple[int, bytes],
+    clusters: np.ndarray,
+    tail: np.ndarray | None = None,
+    tail_ends_recent: bool = False,
 ) -> bytes:
     """One sample message from parts already in bytes (the sample builder's per-event path):
-    ``targets`` are ``n_targets`` packed rows (:func:`targets_struct`), ``clusters`` the (count,
-    bytes) of a :func:`cluster_dtype` array with ``n_dense`` features."""
+    ``targets`` are ``n_targets`` packed rows (:func:`targets_struct`), ``clusters`` a
+    :func:`cluster_dtype` array with ``n_dense`` features, followed in the cluster sequence by
+    the behaviour rows ``tail`` as clusters of one; ``tail_ends_recent``: they are the last rows
+    of ``recent``, which then stand for them (``n_singletons``)."""
     if dense_width(recent) != n_dense:
         raise ValueError("targets, recent and clusters must have the same number of dense features")
+    n_tail = 0 if tail is None else tail.shape[0]
+    singles, extra = 0, b""
+    if n_tail and tail_ends_recent and n_tail <= recent.shape[0]:
+        singles = n_tail
+    elif tail is not None and n_tail:
+        extra = singletons(tail, clusters.dtype).tobytes()
     header = _HEADER_STRUCT.pack(
-        SAMPLE_MAGIC, SAMPLE_VERSION, 0, n_dense, n_targets, recent.shape[0], clusters[0],
-        user, ts,
+        SAMPLE_MAGIC, SAMPLE_VERSION, 0, n_dense, n_targets, recent.shape[0],
+        clusters.shape[0] + (n_tail - singles), user, ts, singles,
     )  # fmt: skip
-    return b"".join((header, targets, recent.tobytes(), clusters[1]))
+    return b"".join((header, targets, recent.tobytes(), clusters.tobytes(), extra))
 
 
 def with_label(blob: bytes, label: float) -> bytes:
     """A copy of a sample message with every target's label set to ``label``."""
     h = _sample_header(blob)
-    targets = np.frombuffer(
-        blob, target_dtype(int(h["n_dense"])), int(h["n_targets"]), SAMPLE_HEADER.itemsize
-    ).copy()
+    start = h.dtype.itemsize
+    targets = np.frombuffer(blob, target_dtype(int(h["n_dense"])), int(h["n_targets"]), start)
+    targets = targets.copy()
     targets["label"] = label
-    start = SAMPLE_HEADER.itemsize
     return blob[:start] + targets.tobytes() + blob[start + targets.nbytes :]
 
 
 def _sample_header(blob: bytes) -> np.void:
-    if len(blob) < SAMPLE_HEADER.itemsize:
+    """The header of a sample message of a known version (its dtype tells which)."""
+    version = blob[2] if len(blob) > 2 and blob[:2] == SAMPLE_MAGIC else None
+    dtype = HEADERS.get(version) if version is not None else None
+    if dtype is None:
+        raise ValueError(f"not a twinstream sample of version {sorted(HEADERS)}")
+    if len(blob) < dtype.itemsize:
         raise ValueError("sample shorter than its header")
-    h = np.frombuffer(blob, SAMPLE_HEADER, 1)[0]
-    if bytes(h["magic"]) != SAMPLE_MAGIC or int(h["version"]) != SAMPLE_VERSION:
-        raise ValueError(f"not a twinstream sample of version {SAMPLE_VERSION}")
-    return h
+    return np.frombuffer(blob, dtype, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -160,7 +177,7 @@ class _Parts:
 
 def _split_sample(blob: bytes) -> _Parts:
     h = _sample_header(blob)
-    n_dense, offset = int(h["n_dense"]), SAMPLE_HEADER.itemsize
+    n_dense, offset = int(h["n_dense"]), h.dtype.itemsize
     arrays = []
     for dtype, count in (
         (target_dtype(n_dense), int(h["n_targets"])),
@@ -171,7 +188,13 @@ def _split_sample(blob: bytes) -> _Parts:
         offset += dtype.itemsize * count
     if offset != len(blob):
         raise ValueError(f"sample has {len(blob) - offset} unexpected trailing bytes")
-    return _Parts(h, *arrays)
+    targets, recent, clusters = arrays
+    singles = int(h["n_singletons"]) if h.dtype == SAMPLE_HEADER else 0
+    if singles > recent.shape[0]:
+        raise ValueError(f"{singles} singletons from {recent.shape[0]} recent behaviours")
+    if singles:
+        clusters = np.concatenate([clusters, singletons(recent[-singles:], clusters.dtype)])
+    return _Parts(h, targets, recent, clusters)
 
 
 @dataclass(frozen=True)

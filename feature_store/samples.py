@@ -120,14 +120,19 @@ class SampleBuilder:
         rows = [(stable_id(event.item_id), stable_id(event.category_id), label)]
         rows += [(i, c, 0.0) for i, c in zip(neg_items.tolist(), neg_cats.tolist(), strict=True)]
         values = [v for item, cat, lab in rows for v in (item, cat, code, lab, *dense)]
+        recent, clusters, tail, tail_ends_recent = state.sample_history(
+            self.config.recent_length, as_of=event.ts
+        )
         return pack_sample(
             stable_id(event.user_id),
             event.ts,
             len(rows),
             n_dense,
             targets_struct(len(rows), n_dense).pack(*values),
-            state.recent(self.config.recent_length, as_of=event.ts),
-            state.cluster_bytes(),
+            recent,
+            clusters,
+            tail,
+            tail_ends_recent,
         )
 
 

@@ -47,7 +47,6 @@ from feature_store.clustering import (
     ClusterState,
     ItemEmbedder,
     recluster,
-    singletons,
     with_singletons,
 )
 from feature_store.ids import hash_id, stable_id
@@ -249,14 +248,20 @@ class UserState:
         clustered part, then the behaviours logged since as clusters of one."""
         return with_singletons(self.cluster_state.clusters, self._unclustered())
 
-    def cluster_bytes(self) -> tuple[int, bytes]:
-        """:meth:`clusters` as (count, the array's bytes), without building the array (the
-        sample encoder's path)."""
-        clusters, tail = self.cluster_state.clusters, self._unclustered()
-        if not tail.shape[0]:
-            return clusters.shape[0], clusters.tobytes()
-        single = singletons(tail, clusters.dtype)
-        return clusters.shape[0] + tail.shape[0], clusters.tobytes() + single.tobytes()
+    @property
+    def cluster_count(self) -> int:
+        """The length of :meth:`clusters`, without building it."""
+        return self.cluster_state.clusters.shape[0] + self._unclustered().shape[0]
+
+    def sample_history(
+        self, length: int, as_of: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """What a sample carries, as views (the sample encoder's path): :meth:`recent`, the
+        clustered part of :meth:`clusters`, the behaviours logged since (its clusters of one),
+        and whether those are the last rows of the recent ones (no late event cut them off)."""
+        recent, tail = self.recent(length, as_of), self._unclustered()
+        cut = as_of is not None and self._hi > self._lo and as_of < self._buf["ts"][self._hi - 1]
+        return recent, self.cluster_state.clusters, tail, not cut and tail.size <= recent.size
 
     def _unclustered(self) -> np.ndarray:
         """The log rows newer than the last re-clustering."""

@@ -153,7 +153,7 @@ class IngestMetrics:
             self.user_sessions.observe(state.session_count)
             self.session_events.observe(_last_run(sessions))
             self.recent_length.observe(min(len(sessions), recent_length))
-            self.cluster_count.observe(len(state.clusters()))
+            self.cluster_count.observe(state.cluster_count)
 
 
 def _last_run(sorted_values: np.ndarray, tail: int = 4_096) -> int:

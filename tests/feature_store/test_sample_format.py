@@ -115,3 +115,18 @@ def test_with_label_patches_only_labels() -> None:
     assert np.array_equal(a.hist_item, b.hist_item) and np.array_equal(
         a.target_dense, b.target_dense
     )
+
+
+def test_version_1_messages_still_decode_and_relabel() -> None:
+    """Samples written before version 2 (no singletons count in the header) decode as before."""
+    import struct
+
+    t, r, c = random_sample(np.random.default_rng(5), 2, 3, 6, 4)
+    head = struct.pack("<2sBBHHIIqd", b"TS", 1, 0, 2, 3, 6, 4, 77, T0)
+    v1 = head + t.tobytes() + r.tobytes() + c.tobytes()
+    v2 = encode_sample(user=77, ts=T0, targets=t, recent=r, clusters=c)
+    assert v1[2] == 1 and v2[2] == 2
+    a, b = decode_samples([v1, with_label(v1, 0.5)], 5, 4), decode_samples([v2, v2], 5, 4)
+    assert a.cluster_item.tolist() == b.cluster_item.tolist()
+    assert a.hist_dense.tolist() == b.hist_dense.tolist()
+    assert a.label.tolist()[3:] == [0.5] * 3

@@ -118,3 +118,34 @@ def test_builder_encoding_equals_the_structured_reference(
             recent=state.log[state.log["ts"] <= e.ts][-4:], clusters=state.clusters(),
         )  # fmt: skip
         assert blob == reference
+
+
+@pytest.mark.parametrize("at", [1e4, 35.0])  # after the log; a late event, between behaviours
+def test_a_sample_sends_the_behaviours_since_clustering_once_and_decodes_the_same(
+    at: float,
+) -> None:
+    """The behaviours logged since the last clustering end the recent sequence: the sample
+    carries them once (version 2's singletons) unless a late event cut them off, and decodes to
+    exactly what the whole cluster sequence sent explicitly decodes to."""
+    scfg = StateConfig(recent_length=8)
+    builder = SampleBuilder(SampleConfig(recent_length=8), scfg)
+    state = UserState.empty(scfg)
+    for i in range(70):
+        state.apply(event(10.0 * i, item=str(i)), scfg)
+        if i == 64:
+            assert state.maybe_recluster(ClusterConfig(recluster_every=64))
+    tail = state.total - state.cluster_state.upto
+    assert 0 < tail <= 8
+    e = event(at, item="9")
+    blob = builder.encode(state, e, np.array([3]), np.array([4]), 1.0)
+    targets = make_targets([stable_id("9"), 3], [stable_id("10"), 4], labels=[1.0, 0.0])
+    reference = encode_sample(
+        user=stable_id("u1"), ts=e.ts, targets=targets,
+        recent=state.log[state.log["ts"] <= e.ts][-8:], clusters=state.clusters(),
+    )  # fmt: skip
+    singles = tail if at > 1e3 else 0
+    assert len(reference) - len(blob) == 20 * singles  # a cluster row: 20 bytes
+    got, want = decode_samples([blob], 8), decode_samples([reference], 8)
+    for name in ("cluster_item", "cluster_category", "cluster_size", "cluster_mask", "hist_item"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist()
+    assert got.cluster_item.shape[1] == state.cluster_count
