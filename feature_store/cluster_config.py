@@ -115,8 +115,18 @@ def cluster_bound(base: int, config: ClusterConfig) -> int:
     """Worst-case cluster count: two blocks per level up to :func:`max_level`, the tail's chunks,
     and the singletons of the behaviours not clustered yet."""
     levels = range(max_level(base, config) + 1)
-    full = sum(leaf_bound(base << t, config.leaf_cap(t), config) for t in levels)
+    full = sum(block_bound(t, base << t, config.leaf_cap(t), base, config) for t in levels)
     return 2 * full + tail_bound(base, config) + config.recluster_every - 1
+
+
+def block_bound(level: int, nominal: int, cap: int, base: int, config: ClusterConfig) -> int:
+    """Most clusters of one block of ``nominal`` behaviours at leaf cap ``cap``. A complete base
+    block is clustered in its tail chunks (cut at multiples of ``recluster_every``: at most
+    ``ceil(B / recluster_every) + 1`` of them), any other block whole."""
+    if level == 0 and nominal == base:
+        chunks = -(-base // config.recluster_every) + 1
+        return chunks * leaf_bound(min(config.recluster_every, base), cap, config)
+    return leaf_bound(nominal, cap, config)
 
 
 def chunk_size(base: int, config: ClusterConfig) -> int:
@@ -156,7 +166,8 @@ def caps_by_shape(shape: tuple[tuple[int, int], ...], config: ClusterConfig) -> 
     :func:`feature_store.clustering.leaf_caps` (cached: a few hundred layouts recur across
     users)."""
     steps = [0] * len(shape)  # half-octaves above γ
-    bounds = [leaf_bound(nominal, config.max_leaf, config) for _, nominal in shape]
+    base = config.base
+    bounds = [block_bound(lv, nominal, config.max_leaf, base, config) for lv, nominal in shape]
     excess = sum(bounds) + config.recluster_every - 1 - config.max_clusters
     while excess > 0:
         below = [i for i, (level, _) in enumerate(shape) if steps[i] < 2 * level]
@@ -165,7 +176,7 @@ def caps_by_shape(shape: tuple[tuple[int, int], ...], config: ClusterConfig) -> 
         finest = min(steps[i] for i in below)
         i = next(i for i in below if steps[i] == finest)
         steps[i] += 1
-        new = leaf_bound(shape[i][1], _grid_cap(steps[i], config), config)
+        new = block_bound(*shape[i], _grid_cap(steps[i], config), base, config)
         excess, bounds[i] = excess + new - bounds[i], new
     return tuple(_grid_cap(step, config) for step in steps)
 

@@ -37,8 +37,12 @@ that share of behaviours that the cap already dropped (their sizes sum to ``end 
 **Incremental.** A block is clustered once and then kept; re-clustering (:func:`needs_update`) runs
 when the log grew by ``recluster_every`` behaviours, when the embedding version changes (all blocks
 rebuilt, within a CPU budget per event: :func:`recluster`, the worker's policy), or when a late
-insertion touched a clustered block. A merge re-clusters ``B * 2**(t+1)``
-behaviours, so each behaviour is re-clustered O(log(n / B)) times. Until the next run, the newest
+insertion touched a clustered block. The tail is cut in chunks at absolute multiples of
+``recluster_every`` and a complete base block keeps the clusters of the chunks it grew from
+(:func:`_pieces`: clusters of the newest ``B`` to ``2B`` behaviours span at most one chunk), so a
+behaviour is clustered once on arrival; a merge re-clusters ``B * 2**(t+1)`` behaviours whole, so
+each behaviour is re-clustered O(log(n / B)) times (2.4 times per behaviour at 5,000 behaviours,
+4.0 at 10,000 where caps also change: ``/tmp/sim_rebuild.py``). Until the next run, the newest
 (fewer than ``recluster_every``) behaviours enter the cluster sequence as clusters of one
 (:func:`with_singletons`), so the sequence always covers the whole log: re-clustering only makes it
 coarser, and a user with a short log costs no clustering at all on the ingest path.
@@ -64,6 +68,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Protocol
 
 import numpy as np
@@ -253,13 +258,17 @@ def update(
     kept = _reusable(state, version, config)
     _keep_remnant(layout, caps, kept, lo, config)
     groups = []
+    empty = np.zeros(0, dtype=cluster_dtype(dense_width(log)))
     for block, cap in zip(layout, caps, strict=True):
         group = kept.get((*_block_key(block), cap))
         if group is None:
-            group = _build(block, cap, log, lo, config, embedder)
+            parts = [kept.get((*_block_key(p), cap)) for p in _pieces(block, config)]
+            group = np.concatenate([empty] + [
+                _build(p, cap, log, lo, config, embedder) if part is None else part
+                for p, part in zip(_pieces(block, config), parts, strict=True)
+            ])  # fmt: skip
         block["n_clusters"] = group.shape[0]
         groups.append(group)
-    empty = np.zeros(0, dtype=cluster_dtype(dense_width(log)))
     return ClusterState(version, total, None, layout, np.concatenate([empty, *groups]))
 
 
@@ -269,8 +278,7 @@ def advance_layout(blocks: np.ndarray, lo: int, total: int, config: ClusterConfi
     New complete base blocks are pushed one by one (merging as the redundant binary counter says),
     blocks wholly below ``lo`` are dropped, and the rest up to ``total`` becomes the tail, cut at
     absolute multiples of ``recluster_every``: a worker re-clustering at those multiples clusters
-    each tail chunk once, not the whole growing tail each time (4.2 -> 3.4 passes per behaviour at
-    5,000 behaviours, /tmp/sim_rebuild.py)."""
+    each tail chunk once, not the whole growing tail each time."""
     base = config.base
     spans = [_block_key(b)[:3] for b in blocks if _complete(b, base) and b["end"] <= total]
     start = spans[-1][1] if spans else lo
@@ -305,6 +313,20 @@ def _nominal(block: np.void, config: ClusterConfig) -> int:
     return (
         config.base << level if _complete(block, config.base) else chunk_size(config.base, config)
     )
+
+
+def _pieces(block: np.void, config: ClusterConfig) -> list[np.void]:
+    """The spans a block is clustered in: a complete base block in the tail chunks it grew from
+    (cut at absolute multiples of ``recluster_every``, so the worker reuses their clusters and a
+    base block costs no clustering of its own), any other block whole."""
+    if int(block["level"]) or not _complete(block, config.base):
+        return [block]
+    start, end, step = int(block["built_from"]), int(block["end"]), config.recluster_every
+    cuts = [start, *range((start // step + 1) * step, end, step), end]
+    pieces = np.zeros(len(cuts) - 1, dtype=BLOCK_DTYPE)
+    for i, (s, e) in enumerate(pairwise(cuts)):
+        pieces[i] = (s, e, 0, s, 0)
+    return list(pieces)
 
 
 def _complete(block: np.void, base: int) -> bool:
@@ -407,9 +429,10 @@ def members_as_of(
     out: list[I64] = []
     layout = advance_layout(np.zeros(0, BLOCK_DTYPE), 0, upto, config)
     for block, cap in zip(layout, leaf_caps(layout, config), strict=True):
-        first = int(block["built_from"])
-        leaves, _ = _leaves(block, cap, log[first : int(block["end"])], config, embedder)
-        out += [first + leaf for leaf in in_sequence_order(leaves)]
+        for piece in _pieces(block, config):
+            first = int(piece["built_from"])
+            leaves, _ = _leaves(piece, cap, log[first : int(piece["end"])], config, embedder)
+            out += [first + leaf for leaf in in_sequence_order(leaves)]
     return out + [np.array([p], dtype=np.int64) for p in range(upto, total)]
 
 
