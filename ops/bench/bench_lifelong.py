@@ -46,7 +46,7 @@ from feature_store.state import UserState
 from feature_store.state_delta import changelog_state_records, full_size
 from feature_store.state_format import behaviour_dtype
 from feature_store.state_layout import mark_written, state_parts
-from feature_store.store import RocksDBOptions, RocksDBStore
+from feature_store.store import RocksDBOptions, RocksDBStore, StateStore
 from streaming.changelog import Records, changelog_records, restore_partition
 
 T0 = 1.6e9
@@ -68,14 +68,24 @@ class CountingOptions(RocksDBOptions):
         return int(found.group(1)) if found else 0
 
 
-def lifelong_state(n: int, seed: int) -> UserState:
-    """A user with ``n`` behaviours, one a minute, sessions of 20, a full dedupe ring,
-    clustered by category (no model snapshot yet)."""
+def lifelong_state(
+    n: int,
+    seed: int = 0,
+    ring: int = RING,
+    *,
+    items: int = 1_000_000,
+    categories: int = 500,
+    end: float = T0,
+) -> UserState:
+    """A user with ``n`` clicks one a minute up to ``end`` (made directly, not event by event:
+    the one builder of long users, for this benchmark and the tests), sessions of 20, ``ring``
+    remembered event ids, items below ``items`` in category item % ``categories``, clustered by
+    category as the worker would have (no model snapshot yet)."""
     rng = np.random.default_rng(seed)
     log = np.zeros(n, dtype=behaviour_dtype(0))
-    log["item"] = rng.integers(0, 1_000_000, n)
-    log["category"] = log["item"] % 500
-    log["ts"] = T0 - 60.0 * np.arange(n, 0, -1)
+    log["item"] = rng.integers(0, items, n)
+    log["category"] = log["item"] % categories
+    log["ts"] = end - 60.0 * np.arange(n, 0, -1)
     log["type"] = 1
     log["session"] = np.arange(n) // 20
     cs = update(ClusterState(), log, 0, ClusterConfig())
@@ -83,8 +93,8 @@ def lifelong_state(n: int, seed: int) -> UserState:
         log,
         total=n,
         watermark=float(log["ts"][-1]),
-        ring=rng.integers(1, 2**62, RING),
-        ring_fill=RING,
+        ring=rng.integers(1, 2**62, ring),
+        ring_fill=ring,
         ring_pos=0,
         cluster_state=cs,
     )
@@ -104,8 +114,9 @@ class Cost:
     states: dict[str, bytes]  # every user's state at the end, encoded
 
 
-def write_through(store: RocksDBStore, user: str, state: UserState) -> Records:
-    """Write a new user's state as the worker would (its first version: a checkpoint)."""
+def write_through(store: StateStore, user: str, state: UserState) -> Records:
+    """Write ``state`` as the worker does (its next version: changelog records, then the
+    store's parts); its changelog records (a new user's first: a checkpoint)."""
     records: Records = [*changelog_state_records(user, state)]
     store.write_batch({user: state_parts(user, state)}, {})
     mark_written(state)

@@ -7,43 +7,19 @@ import numpy as np
 
 from contracts.schema import Event
 from feature_store.cluster_config import ClusterConfig
-from feature_store.clustering import ClusterState, update
 from feature_store.state import Admission, LateEvent, StateConfig, UserState
-from feature_store.state_delta import Records, changelog_state_records
-from feature_store.state_format import behaviour_dtype
-from feature_store.state_layout import mark_written, state_parts
-from feature_store.store import StateStore
+from feature_store.state_delta import Records
+from ops.bench import bench_lifelong
+from ops.bench.bench_lifelong import write_through
 from tests.support.events import T0, event
+
+__all__ = ["applied", "compacted", "copy", "lifelong_state", "tail_events", "write_through"]
 
 
 def lifelong_state(n: int, seed: int = 0, ring: int = 1_024) -> UserState:
-    """``n`` clicks one a minute up to ``T0``, sessions of 20, ``ring`` remembered event ids,
-    clustered by category as the worker would have."""
-    rng = np.random.default_rng(seed)
-    log = np.zeros(n, dtype=behaviour_dtype(0))
-    log["item"] = rng.integers(0, 100_000, n)
-    log["category"] = log["item"] % 300
-    log["ts"] = T0 - 60.0 * np.arange(n, 0, -1)
-    log["type"] = 1
-    log["session"] = np.arange(n) // 20
-    return UserState(
-        log,
-        total=n,
-        watermark=float(log["ts"][-1]),
-        ring=rng.integers(1, 2**62, ring),
-        ring_fill=ring,
-        ring_pos=0,
-        cluster_state=update(ClusterState(), log, 0, ClusterConfig()),
-    )
-
-
-def write_through(store: StateStore, user: str, state: UserState) -> Records:
-    """Write ``state`` as the worker does (next version: changelog records, then the store's
-    parts); its changelog records."""
-    records = changelog_state_records(user, state)
-    store.write_batch({user: state_parts(user, state)}, {})
-    mark_written(state)
-    return records
+    """``n`` clicks one a minute up to ``T0``, items and categories that :func:`tail_events`
+    meets again (the benchmark's builder, :func:`ops.bench.bench_lifelong.lifelong_state`)."""
+    return bench_lifelong.lifelong_state(n, seed, ring, items=100_000, categories=300, end=T0)
 
 
 def copy(state: UserState) -> UserState:
