@@ -15,7 +15,9 @@ the cluster sequence is the ``c`` clusters sent, then the last ``n_singletons`` 
 as clusters of one (:func:`feature_store.clustering.singletons`). Those are the behaviours logged
 since the user was last clustered, which are also the end of its recent sequence whenever it is
 not cut by a late event: a long user's sample no longer carries them twice (up to 127 clusters,
-2.5 KiB), and the decoded batch is the same.
+2.5 KiB), and the decoded batch is the same. Header flag ``NARROW`` (with
+``SampleConfig.narrow_ids``, off by default): the recent rows and clusters are in the narrow rows
+of :mod:`feature_store.sample_narrow` (ids in 4 bytes), about 28% fewer bytes for a long user.
 
 >>> t = make_targets([5, 9], [1, 1], labels=[1.0, 0.0])
 >>> recent = np.zeros(2, behaviour_dtype(0)); recent["item"] = [3, 4]; recent["session"] = [7, 8]
@@ -42,9 +44,11 @@ from contracts.schema import EventType
 from contracts.settings import RECENT_LENGTH
 from feature_store.cluster_leaves import cluster_dtype
 from feature_store.clustering import singletons
+from feature_store.sample_narrow import NARROW_MIN_ROWS, narrow, narrow_size, widen
 from feature_store.state_format import TYPE_CODES, behaviour_dtype, dense_width
 
 SAMPLE_VERSION = 2  # what is written; 1 still decodes
+NARROW = 1  # header flag: recent rows and clusters in narrow rows (feature_store.sample_narrow)
 SAMPLE_MAGIC = b"TS"
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -97,13 +101,22 @@ def make_targets(
 
 
 def encode_sample(
-    *, user: int, ts: float, targets: np.ndarray, recent: np.ndarray, clusters: np.ndarray
+    *,
+    user: int,
+    ts: float,
+    targets: np.ndarray,
+    recent: np.ndarray,
+    clusters: np.ndarray,
+    narrow_ids: bool = False,
 ) -> bytes:
     """One sample message (see the module docstring). All parts must share the dense width."""
     n_dense = dense_width(targets)
     if dense_width(clusters) != n_dense:
         raise ValueError("targets, recent and clusters must have the same number of dense features")
-    return pack_sample(user, ts, targets.shape[0], n_dense, targets.tobytes(), recent, clusters)
+    return pack_sample(
+        user, ts, targets.shape[0], n_dense, targets.tobytes(), recent, clusters,
+        narrow_ids=narrow_ids,
+    )  # fmt: skip
 
 
 _HEADER_STRUCT = struct.Struct("<2sBBHHIIqdI")  # SAMPLE_HEADER, packed
@@ -125,25 +138,32 @@ def pack_sample(
     clusters: np.ndarray,
     tail: np.ndarray | None = None,
     tail_ends_recent: bool = False,
+    *,
+    narrow_ids: bool = False,
 ) -> bytes:
     """One sample message from parts already in bytes (the sample builder's per-event path):
     ``targets`` are ``n_targets`` packed rows (:func:`targets_struct`), ``clusters`` a
     :func:`cluster_dtype` array with ``n_dense`` features, followed in the cluster sequence by
     the behaviour rows ``tail`` as clusters of one; ``tail_ends_recent``: they are the last rows
-    of ``recent``, which then stand for them (``n_singletons``)."""
+    of ``recent``, which then stand for them (``n_singletons``). ``narrow_ids``: a history of
+    ``NARROW_MIN_ROWS`` rows or more goes in narrow rows when its ids fit
+    (:mod:`feature_store.sample_narrow`)."""
     if dense_width(recent) != n_dense:
         raise ValueError("targets, recent and clusters must have the same number of dense features")
     n_tail = 0 if tail is None else tail.shape[0]
-    singles, extra = 0, b""
-    if n_tail and tail_ends_recent and n_tail <= recent.shape[0]:
-        singles = n_tail
-    elif tail is not None and n_tail:
-        extra = singletons(tail, clusters.dtype).tobytes()
+    singles = n_tail if tail_ends_recent and n_tail <= recent.shape[0] else 0
+    if tail is not None and n_tail and not singles:
+        clusters = np.concatenate([clusters, singletons(tail, clusters.dtype)])
+    flags, history = 0, (recent.tobytes(), clusters.tobytes())
+    if narrow_ids and recent.shape[0] + clusters.shape[0] >= NARROW_MIN_ROWS:
+        narrowed = narrow(recent, clusters)
+        if narrowed is not None:
+            flags, history = NARROW, narrowed
     header = _HEADER_STRUCT.pack(
-        SAMPLE_MAGIC, SAMPLE_VERSION, 0, n_dense, n_targets, recent.shape[0],
-        clusters.shape[0] + (n_tail - singles), user, ts, singles,
+        SAMPLE_MAGIC, SAMPLE_VERSION, flags, n_dense, n_targets, recent.shape[0],
+        clusters.shape[0], user, ts, singles,
     )  # fmt: skip
-    return b"".join((header, targets, recent.tobytes(), clusters.tobytes(), extra))
+    return b"".join((header, targets, *history))
 
 
 def with_label(blob: bytes, label: float) -> bytes:
@@ -178,17 +198,21 @@ class _Parts:
 def _split_sample(blob: bytes) -> _Parts:
     h = _sample_header(blob)
     n_dense, offset = int(h["n_dense"]), h.dtype.itemsize
-    arrays = []
-    for dtype, count in (
-        (target_dtype(n_dense), int(h["n_targets"])),
-        (behaviour_dtype(n_dense), int(h["n_recent"])),
-        (cluster_dtype(n_dense), int(h["n_clusters"])),
-    ):
-        arrays.append(np.frombuffer(blob, dtype, count, offset))
-        offset += dtype.itemsize * count
-    if offset != len(blob):
-        raise ValueError(f"sample has {len(blob) - offset} unexpected trailing bytes")
-    targets, recent, clusters = arrays
+    n_recent, n_clusters = int(h["n_recent"]), int(h["n_clusters"])
+    targets = np.frombuffer(blob, target_dtype(n_dense), int(h["n_targets"]), offset)
+    offset += targets.nbytes
+    if int(h["flags"]) & NARROW:
+        size = narrow_size(n_recent, n_clusters, n_dense)
+    else:
+        size = n_recent * behaviour_dtype(n_dense).itemsize
+        size += n_clusters * cluster_dtype(n_dense).itemsize
+    if offset + size != len(blob):
+        raise ValueError(f"sample has {len(blob) - offset - size} unexpected trailing bytes")
+    if int(h["flags"]) & NARROW:
+        recent, clusters = widen(blob, offset, n_recent, n_clusters, n_dense)
+    else:
+        recent = np.frombuffer(blob, behaviour_dtype(n_dense), n_recent, offset)
+        clusters = np.frombuffer(blob, cluster_dtype(n_dense), n_clusters, offset + recent.nbytes)
     singles = int(h["n_singletons"]) if h.dtype == SAMPLE_HEADER else 0
     if singles > recent.shape[0]:
         raise ValueError(f"{singles} singletons from {recent.shape[0]} recent behaviours")

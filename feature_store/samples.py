@@ -59,6 +59,7 @@ class SampleConfig:
     )
     attribution_types: frozenset[EventType] = frozenset({EventType.CLICK})
     seed: int = 0
+    narrow_ids: bool = False  # long histories in narrow rows when ids fit (sample_narrow)
 
     def __post_init__(self) -> None:
         if self.negatives < 0 or self.recent_length < 1 or self.attribution_window_s <= 0:
@@ -133,6 +134,7 @@ class SampleBuilder:
             clusters,
             tail,
             tail_ends_recent,
+            narrow_ids=self.config.narrow_ids,
         )
 
 
