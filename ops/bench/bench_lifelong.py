@@ -1,7 +1,7 @@
 """What one event of a lifelong user costs: CPU, bytes to RocksDB, bytes to the state changelog.
 
     python -m ops.bench.bench_lifelong [--sizes 1000,10000,100000] [--users 32] [--batches 20]
-                                       [--no-cycle] [--no-restore]
+                                       [--no-cycle] [--no-restore] [--narrow-ids]
 
 For each history length, ``--users`` users are given a state of that many behaviours (a
 synthetic log, clustered by category as the worker would have), written to a fresh
@@ -41,7 +41,8 @@ import rocksdict
 from contracts.schema import Event, EventType
 from feature_store.cluster_config import ClusterConfig
 from feature_store.clustering import ClusterState, update
-from feature_store.ingest import PartitionWorker
+from feature_store.ingest import FeatureConfig, PartitionWorker
+from feature_store.samples import SampleConfig
 from feature_store.state import UserState
 from feature_store.state_delta import changelog_state_records, full_size
 from feature_store.state_format import behaviour_dtype
@@ -123,7 +124,9 @@ def write_through(store: StateStore, user: str, state: UserState) -> Records:
     return records
 
 
-def measure(size: int, users: int, batches: int, seed: int = 0) -> Cost:
+def measure(
+    size: int, users: int, batches: int, seed: int = 0, config: FeatureConfig | None = None
+) -> Cost:
     options = CountingOptions()
     with tempfile.TemporaryDirectory(prefix="bench-lifelong-") as path:
         store = RocksDBStore(path, options)
@@ -132,7 +135,7 @@ def measure(size: int, users: int, batches: int, seed: int = 0) -> Cost:
         changelog: Records = []
         for name in names:
             changelog += write_through(store, name, UserState.decode(base))
-        worker = PartitionWorker(store, 0)
+        worker = PartitionWorker(store, 0, config)
         rng = np.random.default_rng(seed + 1)
         cpu = rocks = 0.0
         rocks_bytes = changelog_bytes = 0
@@ -283,12 +286,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="batches of one event per user")
     parser.add_argument("--no-cycle", action="store_true", help="skip the checkpoint cycles")
     parser.add_argument("--no-restore", action="store_true", help="skip the restore (no broker)")
+    parser.add_argument(
+        "--narrow-ids", action="store_true", help="samples in narrow rows (SampleConfig.narrow_ids)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"{args.users} users per length, {args.batches} batches of one event per user")
     costs: dict[int, Cost] = {}
     for size in sizes:
-        costs[size] = measure(size, args.users, args.batches)
+        config = FeatureConfig(samples=SampleConfig(narrow_ids=args.narrow_ids))
+        costs[size] = measure(size, args.users, args.batches, config=config)
         report(size, costs[size], costs[sizes[0]])
     print("samples: raw, and compressed one by one (ratio, CPU per sample)")
     for size in sizes:
