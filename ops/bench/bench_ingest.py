@@ -40,7 +40,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from contracts.schema import Event
 from contracts.settings import Settings
-from streaming.admin import ensure_topics
+from streaming.admin import delete_topics, ensure_topics
 from streaming.app import APP_NAME
 from streaming.changelog import MARKER_KEY
 from streaming.producer import EventProducer
@@ -53,9 +53,21 @@ LIBRDKAFKA_PARTITIONERS = {"murmur2": "murmur2_random", "crc32": "consistent_ran
 SHARED = Path(__file__).resolve().parents[3] / "shared/data/taobao_stream/UserBehavior.csv"
 
 
+CREATED: list[Settings] = []  # every run's topics, deleted at the end (drop_topics)
+
+
 def fresh_settings() -> Settings:
     env = dict(os.environ) | {"TWINSTREAM_TOPIC_PREFIX": f"bench-{uuid.uuid4().hex[:6]}-"}
-    return Settings.from_env(env)
+    CREATED.append(Settings.from_env(env))
+    return CREATED[-1]
+
+
+def drop_topics() -> None:
+    """Delete the topics of every run: a run over a 10k-behaviour log leaves ~3 GB of samples
+    on the broker, and the broker of a small machine stops once its disk is full."""
+    for settings in CREATED:
+        delete_topics(settings, list(settings.topics.all()))
+    CREATED.clear()
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -343,6 +355,13 @@ def compare_partitioners(
 
 
 def main() -> None:
+    try:
+        measure()
+    finally:
+        drop_topics()
+
+
+def measure() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data")
     parser.add_argument("--rate", type=float, default=5_000.0)
