@@ -22,7 +22,7 @@ the levels are bounded, so ``B`` is chosen (``__post_init__``) as the largest ba
 stays within ``max_clusters``. That worst case is a 100,000-behaviour user's; a shorter log does not
 need its coarse caps, so :func:`leaf_caps` gives each block γ and coarsens only as far as the
 user's own layout needs to stay within ``max_clusters`` (oldest blocks first, half an octave at a
-time, never past the level's cap): up to about 8,000 behaviours every leaf is <= γ at the
+time, never past the level's cap): up to 7,424 behaviours every leaf is <= γ at the
 defaults. The worst case of the clamped splits is exact
 (:func:`~feature_store.cluster_config.leaf_bound`: one leaf per 9.3 members at γ = 20, not per 6),
 so B is 429 at the defaults.
