@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import shutil
 import subprocess
 import sys
@@ -84,9 +85,13 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
     def score() -> object:
         return scorer.score(req, state)
 
+    # every delta built before any timing: building one passes over the 4M ids, which would
+    # leave the next requests a cold cache that has nothing to do with applying it
+    versions = range(served.version + 1, served.version + 1 + 2 * a.deltas)
+    chain = [synthetic_delta(served, v, a.delta_rows, seed=v) for v in versions]
     quiet = timed(score, 200)
     print(f"   scoring p99 quiet {np.percentile(np.array(quiet) * 1000, 99):.2f} ms")
-    for twin in (True, False):
+    for twin, deltas in ((True, chain[: a.deltas]), (False, chain[a.deltas :])):
         follower = DeltaFollower(
             holder, ScoringMetrics.create(CollectorRegistry()), Signer.of(KEY), 1 << 34,
             lambda *x: print("refused", x), twin=twin,
@@ -98,41 +103,38 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
                 f"   twin made in {time.perf_counter() - began:.1f} s; "
                 f"worker resident {_rss_gib():.2f} GiB"
             )
-        _deltas(a, holder, follower, score, timed, "twin" if twin else "in place, under the lock")
+        mode = "twin" if twin else "in place, under the lock"
+        _deltas(deltas, a.delta_rows, follower, score, timed, mode)
         print(f"   worker peak resident {_peak_gib():.2f} GiB so far")
 
 
 def _deltas(
-    a: argparse.Namespace,
-    holder: ModelHolder,
+    deltas: list[Delta],
+    rows: int,
     follower: DeltaFollower,
     score: Callable[[], object],
     timed: Callable[..., list[float]],
     mode: str,
 ) -> None:
-    """``a.deltas`` deltas applied on another thread while requests are timed, each followed by
-    as many requests with none running (the baseline of the same run)."""
+    """The deltas applied one by one on another thread while requests are timed, each followed
+    by as many requests with none running (the baseline of the same run)."""
     during: list[float] = []
     between: list[float] = []
-    applied: list[float] = []
-    for i in range(a.deltas):
-        model = holder.model
-        assert model is not None
-        delta = synthetic_delta(model, model.version + 1, a.delta_rows, seed=i)
-        thread = threading.Thread(target=_apply, args=(follower, delta, applied))
-        thread.start()
+    applier = _Applier(follower)  # one long-lived thread, as the watcher's
+    for delta in deltas:
+        done = applier.submit(delta)
         window: list[float] = []
-        while thread.is_alive():
+        while not done.is_set():
             window += timed(score, 2, warmup=0)
-        thread.join()
         during += window
         between += timed(score, max(len(window), 20), warmup=0)
+    applied = applier.close()
     d50, d99, b99 = (
         float(np.percentile(np.array(x) * 1000, q))
         for x, q in ((during, 50), (during, 99), (between, 99))
     )
     print(
-        f"   {mode}: {follower.applied} deltas of {a.delta_rows:,} rows per item table applied, "
+        f"   {mode}: {follower.applied} deltas of up to {rows:,} rows per item table applied, "
         f"{np.mean(applied):.3f} s each (check, id maps rebuilt, rows written); "
         f"the lock held {np.median(follower.locked_s) * 1000:.3f} ms median, "
         f"{max(follower.locked_s) * 1000:.3f} ms max"
@@ -155,13 +157,34 @@ def _peak_gib() -> float:
     return _rss_gib("VmHWM")
 
 
-def _apply(follower: DeltaFollower, delta: Delta, applied: list[float]) -> None:
-    from serving.reload import lower_thread_priority
+class _Applier:
+    """A thread at the watcher's priority that offers each submitted delta to the follower."""
 
-    lower_thread_priority()  # as the watcher's own thread does
-    began = time.perf_counter()
-    follower.offer(delta)
-    applied.append(time.perf_counter() - began)
+    def __init__(self, follower: DeltaFollower) -> None:
+        self.follower, self.seconds = follower, list[float]()
+        self._queue: queue.Queue[tuple[Delta, threading.Event] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def submit(self, delta: Delta) -> threading.Event:
+        done = threading.Event()
+        self._queue.put((delta, done))
+        return done
+
+    def close(self) -> list[float]:
+        self._queue.put(None)
+        self._thread.join()
+        return self.seconds
+
+    def _run(self) -> None:
+        from serving.reload import lower_thread_priority
+
+        lower_thread_priority()  # as the watcher's own thread does
+        while (item := self._queue.get()) is not None:
+            began = time.perf_counter()
+            self.follower.offer(item[0])
+            self.seconds.append(time.perf_counter() - began)
+            item[1].set()
 
 
 logging.getLogger("serving.delta_follow").setLevel(logging.WARNING)
