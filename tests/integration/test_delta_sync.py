@@ -77,16 +77,9 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     config = delta_trainer(tmp_path, snapshot_every_s=4.0)
     live, live_holder = watcher(settings, config.snapshot_dir)
     trainer = OnlineTrainer(settings, config)
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
     thread.start()
-    for partition, blobs in per_partition.items():  # a trickle: training goes on for seconds
-        for i, blob in enumerate(blobs):
-            producer.send(settings.topics.samples, blob, partition=partition)
-            if i % 40 == 0:
-                producer.flush()
-                threading.Event().wait(0.05)
-    producer.close()
+    send_trickle(settings, per_partition)  # a trickle: training goes on for seconds
     thread.join(timeout=300)
     assert not thread.is_alive()
     final = trainer.version
