@@ -36,9 +36,17 @@ class ClusterConfig:
     min_split_fraction: float = 0.25  # rho
     remnant_slack: float = 0.25  # share of a capped oldest block that may leave before a rebuild
     block: int | None = None  # B
+    # The newest raw_recent behaviours are never clustered (clusters of one): a departure from
+    # the paper, which clusters the whole life cycle; 0 = as published (see clustering.py)
+    raw_recent: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_leaf < 1 or self.recluster_every < 1 or self.lloyd_iters < 0:
+        if (
+            self.max_leaf < 1
+            or self.recluster_every < 1
+            or self.lloyd_iters < 0
+            or self.raw_recent < 0
+        ):
             raise ValueError(f"invalid ClusterConfig: {self}")
         if not 0.0 < self.min_split_fraction <= 0.5:
             raise ValueError("min_split_fraction must be in (0, 0.5]")
@@ -113,10 +121,16 @@ def max_level(base: int, config: ClusterConfig) -> int:
 
 def cluster_bound(base: int, config: ClusterConfig) -> int:
     """Worst-case cluster count: two blocks per level up to :func:`max_level`, the tail's chunks,
-    and the singletons of the behaviours not clustered yet."""
+    and the singletons of the behaviours not clustered yet (:func:`unclustered_bound`)."""
     levels = range(max_level(base, config) + 1)
     full = sum(block_bound(t, base << t, config.leaf_cap(t), base, config) for t in levels)
-    return 2 * full + tail_bound(base, config) + config.recluster_every - 1
+    return 2 * full + tail_bound(base, config) + unclustered_bound(config)
+
+
+def unclustered_bound(config: ClusterConfig) -> int:
+    """Most behaviours not clustered yet (clusters of one): ``raw_recent`` plus fewer than
+    ``recluster_every`` since the last re-clustering."""
+    return config.raw_recent + config.recluster_every - 1
 
 
 def block_bound(level: int, nominal: int, cap: int, base: int, config: ClusterConfig) -> int:
@@ -195,7 +209,7 @@ def _greedy_caps(shape: tuple[tuple[int, int], ...], config: ClusterConfig) -> t
     steps = [0] * len(shape)  # half-octaves above γ
     base = config.base
     bounds = [block_bound(lv, nominal, config.max_leaf, base, config) for lv, nominal in shape]
-    excess = sum(bounds) + config.recluster_every - 1 - config.max_clusters
+    excess = sum(bounds) + unclustered_bound(config) - config.max_clusters
     while excess > 0:
         below = [i for i, (level, _) in enumerate(shape) if steps[i] < 2 * level]
         if not below:

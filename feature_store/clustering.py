@@ -62,6 +62,17 @@ function, the worker :func:`recluster` (:func:`update`), and both produce the sa
 
 >>> sequence_as_of(log, 10, cfg)["size"].tolist()  # clustered up to 8, then 2 singletons
 [4, 4, 1, 1]
+
+**Raw recent behaviours** (``ClusterConfig.raw_recent``, 0 by default; a departure from the
+paper, which clusters the whole life cycle): the newest ``raw_recent`` behaviours are never
+clustered, so a log no longer than that is attended behaviour by behaviour, as TWIN would, and
+only what is older is compressed. Re-clustering then runs when the part older than them grew by
+``recluster_every``, up to ``total - raw_recent``; the cluster bound counts them as singletons.
+
+>>> raw = ClusterConfig(max_leaf=4, max_clusters=40, lifelong_cap=1_000, recluster_every=8,
+...                     raw_recent=4)
+>>> sequence_as_of(log, 10, raw)["size"].tolist()  # 6 older behaviours: none clustered yet
+[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
 """
 
 from __future__ import annotations
@@ -156,7 +167,7 @@ def needs_update(
         return True
     if state.version != version and state.blocks.shape[0] > 0:  # clustered with old embeddings
         return True
-    return total - state.upto >= config.recluster_every
+    return total - config.raw_recent - state.upto >= config.recluster_every
 
 
 def with_singletons(clusters: np.ndarray, unclustered: np.ndarray) -> np.ndarray:
@@ -178,8 +189,15 @@ def singletons(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def clustered_upto(total: int, config: ClusterConfig) -> int:
     """How far a worker that applied ``total`` in-order behaviours (one embedder version) has
-    clustered: the last multiple of ``recluster_every`` (:func:`needs_update`'s rule)."""
-    return total - total % config.recluster_every
+    clustered: the last multiple of ``recluster_every`` at or below ``total - raw_recent``
+    (:func:`needs_update`'s rule)."""
+    older = max(0, total - config.raw_recent)
+    return older - older % config.recluster_every
+
+
+def older_part(log: np.ndarray, config: ClusterConfig) -> np.ndarray:
+    """The rows of ``log`` that may be clustered: all but the newest ``raw_recent``."""
+    return log[: max(0, log.shape[0] - config.raw_recent)]
 
 
 def sequence_as_of(
@@ -223,6 +241,7 @@ def recluster(
     version = 0 if embedder is None else max(int(embedder.version), 0)
     total = lo + log.shape[0]
     stale = state.version != version and state.blocks.shape[0] > 0
+    log = older_part(log, config)
     if stale and (budget is None or budget.balance > 0):
         start = time.perf_counter()
         rebuilt = update(state, log, lo, config, embedder)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from feature_store.clustering import pinned, update
+from feature_store.clustering import older_part, pinned, update
 from feature_store.ingest import BatchResult, PartitionWorker
 from feature_store.state_delta import changelog_state_records
 from feature_store.state_layout import mark_written, state_parts
@@ -58,7 +58,8 @@ def sweep_stale(worker: PartitionWorker, config: SweepConfig) -> BatchResult:
         if state is None:
             continue
         clusters = worker.config.clusters
-        state.cluster_state = update(state.cluster_state, state.log, state.lo, clusters, embedder)
+        log = older_part(state.log, clusters)  # the newest raw_recent stay clusters of one
+        state.cluster_state = update(state.cluster_state, log, state.lo, clusters, embedder)
         result.states[user] = state
         result.changelog += changelog_state_records(user, state)
         result.parts[user] = state_parts(user, state)

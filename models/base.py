@@ -56,6 +56,7 @@ class ModelConfig:
     bst_len: int = 20  # BST: most recent behaviours in its sequence (the BST paper's 20)
     cross_features: bool = True  # DIN, DSIN, BST head: also target ⊙ each interest vector
     twin_v2_recent: bool = False  # TWIN-V2: also attend over the recent sequence
+    twin_v2_age: bool = False  # TWIN-V2: time-gap bias by estimated cluster age (models.twin_v2)
 
     def __post_init__(self) -> None:
         if self.attn_dim is None:

@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "progress": Flag(),
         "cluster_warmup_epochs": Flag("TWIN-V2: epochs by category first", int),
         "twin_v2_recent": Flag("TWIN-V2 also attends over the recent sequence"),
+        "twin_v2_age": Flag("TWIN-V2: time-gap bias by cluster age (not in the paper's text)"),
     })  # fmt: skip
     dataset = p.add_argument_group("dataset")
     add_fields(dataset, DatasetConfig, {
@@ -58,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "clustering": Flag("TWIN-V2: the worker's k-means or category groups", str,
                            choices=("kmeans", "category")),
         "max_clusters": Flag("TWIN-V2: newest clusters kept", positive_int),
+        "cluster_raw_recent": Flag("TWIN-V2: newest behaviours never clustered (0: as the paper)",
+                                   int),
     })  # fmt: skip
     dataset.add_argument(
         "--min-ts",

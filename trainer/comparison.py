@@ -31,6 +31,7 @@ class Summary:
     ndcg_truth: float | None
     ndcg_history: float | None = None  # retrieval.history_ndcg, with a truth file
     attended_length: float | None = None  # mean real positions of the attended sequence
+    ndcg_category: float | None = None  # history NDCG against retrieval.same_category
 
 
 def summarise(results: list[RunResult]) -> list[Summary]:
@@ -52,6 +53,7 @@ def summarise(results: list[RunResult]) -> list[Summary]:
                 finite_mean(
                     [np.nan if r.attended_length is None else r.attended_length for r in rs]
                 ),
+                finite_mean([np.nan if r.ndcg_category is None else r.ndcg_category for r in rs]),
             )
         )
     return out

@@ -20,8 +20,10 @@ Offline clusters (``clustering="kmeans"``, the default): the user's whole histor
 clustered exactly as the online worker clusters it (ARCHITECTURE.md section 3: hierarchical k-means
 over item embeddings, leaves of at most γ, representative nearest the centroid), with the item table
 of the model being trained (:mod:`trainer.offline_clusters`), right-aligned, the newest
-``max_clusters`` kept. ``clustering="category"`` is the earlier stand-in: the history window grouped
-by category, each group represented by its most recent item, no leaf cap.
+``max_clusters`` kept (``cluster_raw_recent``: the newest behaviours never clustered, an option
+that departs from the paper; see :mod:`feature_store.clustering`). ``clustering="category"`` is
+the earlier stand-in: the history window grouped by category, each group represented by its most
+recent item, no leaf cap.
 
 Histories are gathered per mini-batch from flat per-user arrays (no (samples x L) copy in memory).
 """
@@ -37,6 +39,7 @@ import numpy.typing as npt
 import torch
 
 from contracts.settings import RECENT_LENGTH, SESSION_GAP_S
+from feature_store.cluster_config import ClusterConfig
 from models.batch import Batch
 from trainer.offline_clusters import ClusterArrays, OfflineClusters, right_aligned, user_logs
 
@@ -71,6 +74,7 @@ class DatasetConfig:
     clustering: Literal["kmeans", "category"] = "kmeans"  # see the module docstring
     cluster_window: int | None = None  # "category": behaviours grouped; None = seq_len
     max_clusters: int = 200
+    cluster_raw_recent: int = 0  # "kmeans": ClusterConfig.raw_recent (0 = as published)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -173,9 +177,11 @@ def build_dataset(log: EventLogLike, config: DatasetConfig | None = None) -> Off
         for name, pos in splits.items()
     }
     logs = user_logs(beh.item, beh.category, beh.ts, beh.user_start)
+    clusters = OfflineClusters(ClusterConfig(raw_recent=cfg.cluster_raw_recent))
     return OfflineDataset(
-        cfg, beh, made["train"], made["valid"], made["test"], users, n_items, n_cats, logs=logs
-    )
+        cfg, beh, made["train"], made["valid"], made["test"], users, n_items, n_cats,
+        clusters, logs,
+    )  # fmt: skip
 
 
 def _behaviours(

@@ -28,7 +28,13 @@ from trainer.dataset import OfflineDataset, Samples, Split
 from trainer.loop import Learner, LearnerConfig
 from trainer.metrics import auc, gauc, logloss
 from trainer.offline_clusters import ItemTable
-from trainer.retrieval import TruthIndex, history_ndcg, ndcg_at_k, window_relevance
+from trainer.retrieval import (
+    TruthIndex,
+    history_ndcg,
+    ndcg_at_k,
+    same_category,
+    window_relevance,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class EvalConfig:
     progress: bool = True
     cluster_warmup_epochs: int = 1  # TWIN-V2: epochs clustered by category before the model's own
     twin_v2_recent: bool = False  # TWIN-V2 also attends over the recent sequence (ModelConfig)
+    twin_v2_age: bool = False  # TWIN-V2: time-gap bias by cluster age (ModelConfig)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class Profile:
     ndcg_exact: list[float] = field(default_factory=list)
     ndcg_truth: list[float] = field(default_factory=list)
     ndcg_history: list[float] = field(default_factory=list)  # retrieval.history_ndcg
+    ndcg_category: list[float] = field(default_factory=list)  # same, truth = same_category
 
     def add(self, attention: torch.Tensor, mask: torch.Tensor) -> None:
         """Accumulate (B, S) right-aligned attention weights of the real positions."""
@@ -96,6 +104,7 @@ class RunResult:
     ndcg_truth: float | None
     ndcg_history: float | None = None  # against the truth over the whole history
     attended_length: float | None = None  # mean real positions (behaviours or clusters) attended
+    ndcg_category: float | None = None  # history NDCG, truth = every earlier same-category one
 
     @property
     def samples_per_s(self) -> float:
@@ -110,6 +119,7 @@ def model_config(ds: OfflineDataset, cfg: EvalConfig) -> ModelConfig:
         seq_len=ds.config.seq_len,
         topk=min(cfg.topk, ds.config.seq_len),
         twin_v2_recent=cfg.twin_v2_recent,
+        twin_v2_age=cfg.twin_v2_age,
     )
 
 
@@ -159,8 +169,11 @@ def _profile(
     top = out.attended_index.cpu().numpy()
     if truth is not None:
         units = unit_members(ds, part, top, mask.shape[1], on_clusters)
-        relevant = [truth.get(key, np.zeros(0, np.int64)) for key in truth_keys(ds, part)]
+        keys = truth_keys(ds, part)
+        relevant = [truth.get(key, np.zeros(0, np.int64)) for key in keys]
         profile.ndcg_history.extend(history_ndcg(units, relevant, top.shape[1]).tolist())
+        same = same_category(ds, part, [key in truth for key in keys])
+        profile.ndcg_category.extend(history_ndcg(units, same, top.shape[1]).tolist())
     if on_clusters:
         return
     if exact is not None:
@@ -279,6 +292,7 @@ def train_one(
     test = evaluate_split(learner, ds, "test", cfg.eval_batch_size, profile, exact, truth)
     ndcg = finite_mean(profile.ndcg_exact), finite_mean(profile.ndcg_truth)
     history = finite_mean(profile.ndcg_history), finite_mean(profile.lengths)
+    category = finite_mean(profile.ndcg_category)
     return RunResult(
         name,
         seed,
@@ -291,6 +305,7 @@ def train_one(
         profile.mean(),
         *ndcg,
         *history,
+        category,
     )
 
 

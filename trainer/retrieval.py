@@ -8,7 +8,10 @@ those. Its retrieval is measured against graded relevance over the S sequence po
     with an unlimited top-k), and
 (b) **planted ground truth** from ``streaming.synthetic`` (a JSON-lines file: per target event
     ``{"user_id", "position", "relevant": [positions]}``, positions counted in the user's own
-    behaviour sequence), binary relevance.
+    behaviour sequence), binary relevance. The generator lists the 50 most recent behaviours of
+    the revisited category, which a recent window mostly holds already; :func:`same_category` is
+    a second truth for the same revisits, every earlier behaviour of that category, so that a
+    search over the whole history can find what a recent window cannot.
 
 >>> relevance = np.array([[0.0, 0.1, 0.6, 0.3]])
 >>> ndcg_at_k(np.array([[2, 3]]), relevance).round(3).tolist()  # the ideal top-2
@@ -131,4 +134,18 @@ def history_ndcg(
         gains = [np.isin(u, rel).mean() if u.size else 0.0 for u in units[:k]]
         ideal = discount[: min(k, rel.size)].sum()
         out[i] = float(np.dot(gains, discount[: len(gains)])) / ideal
+    return out
+
+
+def same_category(
+    ds: OfflineDataset, samples: Samples, planted: list[bool]
+) -> list[npt.NDArray[np.int64]]:
+    """For each sample with ``planted`` truth (a revisit: its target's category is the source's),
+    every earlier position of the user in the target's category; nothing for the others."""
+    local = samples.position - ds.behaviours.user_start[samples.user]
+    out = []
+    for u, k, has in zip(samples.user, local, planted, strict=True):
+        category = ds.logs[u]["category"]
+        hits = np.flatnonzero(category[:k] == category[k]) if has else np.zeros(0, np.int64)
+        out.append(hits.astype(np.int64))
     return out

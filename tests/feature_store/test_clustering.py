@@ -248,3 +248,21 @@ def test_leaves_stay_at_gamma_as_long_as_the_users_budget_allows() -> None:
         assert all(
             c <= cfg.leaf_cap(int(level)) for c, level in zip(caps, layout["level"], strict=True)
         )
+
+
+def test_raw_recent_behaviours_stay_clusters_of_one_and_the_budget_holds() -> None:
+    """``raw_recent``: the worker re-clusters only what is older than the newest raw_recent
+    behaviours (every recluster_every of them), and its sequence stays within max_clusters."""
+    cfg = ClusterConfig(
+        max_leaf=3, max_clusters=120, lifelong_cap=10_000, recluster_every=16, raw_recent=40
+    )
+    state, runs = UserState.empty(StateConfig()), []
+    for i in range(3_000):
+        state.apply(event(float(i), item=str(i % 50)), StateConfig())
+        if state.maybe_recluster(cfg, TableEmbedder()):
+            runs.append(state.total)
+        assert state.cluster_count <= cfg.max_clusters
+    assert runs[:3] == [56, 72, 88]  # 16, 32, 48 older than the newest 40
+    sizes = state.clusters()["size"]
+    assert state.total - state.cluster_state.upto >= 40 and (sizes[-40:] == 1).all()
+    assert sizes[:-56].max() > 1  # the older part is clustered

@@ -17,7 +17,7 @@ from models.dsin import DSIN, session_slots
 from models.layers import left_align, masked_softmax, run_forward, run_packed
 from models.testing import random_batch
 from models.twin import TWIN
-from models.twin_v2 import TWINV2
+from models.twin_v2 import TWINV2, age_bucket, cluster_age
 
 
 def build(name: str, config: ModelConfig, seed: int = 0) -> CTRModel:
@@ -124,6 +124,37 @@ def test_twin_v2_recent_branch_adds_features(config: ModelConfig) -> None:
     both = build("twin_v2", replace(config, twin_v2_recent=True))
     assert plain.head.norm.num_features + 2 * config.token_dim == both.head.norm.num_features
     assert both(batch).logits.shape == (8,)
+
+
+def test_twin_v2_with_age_over_clusters_of_one_is_twin(config: ModelConfig) -> None:
+    """With ``twin_v2_age``, a cluster sequence of the history's behaviours as clusters of one
+    (ln N = 0, estimated ages = relative positions) gives TWIN's logits with TWIN's weights."""
+    cfg = replace(config, twin_v2_age=True, dense_features=0)
+    batch = random_batch(cfg, batch_size=6, seed=9, min_len=2)
+    batch = replace(
+        batch,
+        cluster_item=batch.hist_item,
+        cluster_category=batch.hist_category,
+        cluster_size=batch.hist_mask.float(),
+        cluster_mask=batch.hist_mask,
+        cluster_dense=batch.hist_dense,
+    )
+    twin = build("twin", cfg)
+    torch.nn.init.normal_(twin.attn.age.weight)  # a recency bias that matters
+    twin_v2 = build("twin_v2", cfg)
+    twin_v2.load_state_dict(twin.state_dict())
+    torch.testing.assert_close(twin_v2(batch).logits, twin(batch).logits)
+    plain = build("twin_v2", replace(cfg, twin_v2_age=False))
+    plain.load_state_dict(twin.state_dict(), strict=False)
+    assert not torch.allclose(plain(batch).logits, twin(batch).logits)
+
+
+def test_cluster_age_counts_the_members_of_later_clusters() -> None:
+    size = torch.tensor([[0.0, 0.0, 5.0, 3.0, 1.0, 1.0], [20.0, 10.0, 1.0, 1.0, 1.0, 1.0]])
+    age = cluster_age(size, size > 0)
+    assert age[0, 2:].tolist() == [7, 3, 1, 0] and age[1].tolist() == [23, 8, 3, 2, 1, 0]
+    buckets = age_bucket(torch.tensor([0, 127, 128, 255, 256, 10**6]), 200).tolist()
+    assert buckets == [0, 127, 128, 135, 136, 199]  # exact, then 8 per doubling, capped
 
 
 # --- DARE: decoupled embeddings ---------------------------------------------------------------
