@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "cluster_warmup_epochs": Flag("TWIN-V2: epochs by category first", int),
         "twin_v2_recent": Flag("TWIN-V2 also attends over the recent sequence"),
         "twin_v2_age": Flag("TWIN-V2: time-gap bias by cluster age (not in the paper's text)"),
+        "cluster_by_token": Flag("TWIN-V2: cluster on [item, category] rows (offline only)"),
     })  # fmt: skip
     dataset = p.add_argument_group("dataset")
     add_fields(dataset, DatasetConfig, {

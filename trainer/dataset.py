@@ -127,6 +127,7 @@ class OfflineDataset:
     n_categories: int
     clusters: OfflineClusters = field(default_factory=OfflineClusters)  # "kmeans" clustering
     logs: list[np.ndarray] = field(default_factory=list, repr=False)  # per user, structured
+    item_category: Int = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
     def split(self, name: Split) -> Samples:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
@@ -180,7 +181,7 @@ def build_dataset(log: EventLogLike, config: DatasetConfig | None = None) -> Off
     clusters = OfflineClusters(ClusterConfig(raw_recent=cfg.cluster_raw_recent))
     return OfflineDataset(
         cfg, beh, made["train"], made["valid"], made["test"], users, n_items, n_cats,
-        clusters, logs,
+        clusters, logs, item_cat,
     )  # fmt: skip
 
 

@@ -55,6 +55,7 @@ class EvalConfig:
     cluster_warmup_epochs: int = 1  # TWIN-V2: epochs clustered by category before the model's own
     twin_v2_recent: bool = False  # TWIN-V2 also attends over the recent sequence (ModelConfig)
     twin_v2_age: bool = False  # TWIN-V2: time-gap bias by cluster age (ModelConfig)
+    cluster_by_token: bool = False  # TWIN-V2: cluster on [item, its category] rows, not item rows
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,9 @@ def refresh_cluster_embeddings(
         return
     if epoch >= cfg.cluster_warmup_epochs:
         table = learner.model.item.weight.detach().float().cpu().numpy()
+        if cfg.cluster_by_token:  # the token the model attends with: [item, category] rows
+            categories = learner.model.category.weight.detach().float().cpu().numpy()
+            table = np.concatenate([table, categories[ds.item_category]], axis=1)
         ds.clusters.use(ItemTable(table, version=epoch + 1))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,11 @@ def test_clusters_follow_the_models_table_after_the_warmup() -> None:
     table = learner.model.item.weight.detach().numpy()
     items = np.arange(1, ds.n_items)
     assert np.array_equal(ds.clusters.embedder(items), table[items])
+    tokens = replace(cfg, cluster_by_token=True)  # [item row, the row of the item's category]
+    refresh_cluster_embeddings(learner, ds, 1, tokens)
+    categories = learner.model.category.weight.detach().numpy()[ds.item_category[items]]
+    assert ds.clusters.embedder is not None
+    assert np.array_equal(ds.clusters.embedder(items), np.hstack([table[items], categories]))
 
 
 def test_retrieval_against_the_truth_over_the_whole_history(tmp_path: Path) -> None:
