@@ -44,6 +44,9 @@ class Settings:
     state_dir: str = "./twinstream-state"
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
     worker_compression: str = "none"  # the worker's records (samples...): none/gzip/lz4/zstd
+    # a worker applies the next batch while the broker acknowledges the last one's records
+    # (streaming.pipeline); off: each batch is durable before the next is read
+    ingest_overlap: bool = True
     snapshot_dir: str = "./twinstream-snapshots"
     # Model sync (serving.signing, serving.reload, serving.delta): the HMAC key that signs
     # manifests, announcements and deltas (unset: nothing is signed or checked), the bounds of a
@@ -59,6 +62,9 @@ class Settings:
     # a worker keeps a second copy of the model's weights to write deltas into, so that requests
     # never wait for a delta (twice the model's memory); off: deltas are written under the lock
     delta_twin: bool = True
+    # the share of the interpreter lock a worker's watcher may take while it decodes and prepares
+    # a delta (serving/gil_share.py): requests beside it keep their speed; 1.0: no limit
+    delta_gil_share: float = 0.2
     # model-updates keeps deltas this long (each several MiB at full size, one every few seconds);
     # it must exceed the trainer's checkpoint interval, from whose time workers replay deltas
     model_updates_retention_s: float = 3600.0

@@ -7,14 +7,17 @@ The Faust agent owns one :class:`PartitionWorker` per assigned partition and, fo
     send result.samples to `samples`, result.rejected to `events-dlq` (reason `late`)
     worker.commit(result)                   # states + offset + pending impressions + sampler
 
-Records at or below the partition's stored offset are skipped (a replay after a crash changes
-nothing); the worker reads that offset once, when built, and keeps it as it commits (it is the
-partition's only writer from then on). The negative sampler is restored with the partition,
-before any event: its checkpoint and the deltas since (:mod:`feature_store.sampler_journal`) are
-committed in each batch, so after a kill -9 it is the sampler of the stored offset. If sending
-fails, drop the worker and build a new one from the store: ``process`` has already advanced the
-in-memory sampler and pending impressions. A timer calls :meth:`tick` to close expired
-attribution windows (explicit mode).
+Records at or below the partition's applied offset are skipped (a replay after a crash changes
+nothing); the worker reads the stored offset once, when built, and advances it as it applies (it is
+the partition's only writer from then on). A batch may be processed before the previous one is
+committed (the ingest service overlaps the broker's acknowledgements with the next batch): the
+states of batches processed and not yet committed are held in :attr:`PartitionWorker.applied`, read
+before the cache and the store, and commits come in the order of processing. The negative sampler is
+restored with the partition, before any event: its checkpoint and the deltas since
+(:mod:`feature_store.sampler_journal`) are committed in each batch, so after a kill -9 it is the
+sampler of the stored offset. If sending fails, drop the worker and build a new one from the store:
+``process`` has already advanced the in-memory sampler and pending impressions. A timer calls
+:meth:`tick` to close expired attribution windows (explicit mode).
 
 >>> from feature_store.store import MemoryStore
 >>> from contracts.schema import Event, EventType
@@ -141,7 +144,9 @@ class PartitionWorker:
         self.config = config or FeatureConfig()
         self.embedder = embedder
         self.cache = StateCache(self.config.state_cache_bytes)
-        self.last_offset = store.last_offset(partition)  # the stored one: this is its writer
+        # user -> its state and the last processed, uncommitted batch that holds it
+        self.applied: dict[str, tuple[UserState, BatchResult]] = {}
+        self.last_offset = store.last_offset(partition)  # applied (stored, once committed)
         self.watermark: float | None = None
         self.sampler_journal = SamplerJournal(partition, self.config.sampler_checkpoint_every)
         sampler = self.sampler_journal.restore(store)
@@ -169,11 +174,16 @@ class PartitionWorker:
             result.changelog += changelog_state_records(user, state)
             result.parts[user] = state_parts(user, state)
             mark_written(state)
+        self.applied |= {user: (state, result) for user, state in result.states.items()}
+        if result.offset is not None:
+            self.last_offset = result.offset
         return result
 
     def _states(self, users: list[str]) -> dict[str, UserState]:
-        """The users' states: from the cache, else the store, else empty."""
-        states = {u: s for u in users if (s := self.cache.take(u)) is not None}
+        """The users' states: applied by an uncommitted batch, else from the cache, else the
+        store, else empty."""
+        states = {u: held[0] for u in users if (held := self.applied.get(u)) is not None}
+        states |= {u: s for u in users if u not in states and (s := self.cache.take(u)) is not None}
         missing = [u for u in users if u not in states]
         for user, state in zip(missing, self.store.get_many(missing), strict=True):
             states[user] = state or self._new_state()
@@ -212,13 +222,24 @@ class PartitionWorker:
 
     def commit(self, result: BatchResult, extra_meta: MetaChanges | None = None) -> None:
         """Write the batch's changed states, offset and metadata (plus ``extra_meta``)
-        atomically; the batch's states are kept decoded for the next batches."""
+        atomically; the batch's states are kept decoded for the next batches (in the cache, but
+        those a later uncommitted batch changed stay held until that one commits)."""
         meta = result.meta | (extra_meta or {})
         offsets = {} if result.offset is None else {self.partition: result.offset}
         self.store.write_batch(result.parts, offsets, meta)
-        if result.offset is not None:
-            self.last_offset = result.offset
-        self.cache.give(result.states)
+        if result.offset is not None and (self.last_offset or -1) < result.offset:
+            self.last_offset = result.offset  # set after processing (events routed elsewhere)
+        held = {u: s for u, s in result.states.items() if self._release(u, result)}
+        self.cache.give(held)
+
+    def _release(self, user: str, result: BatchResult) -> bool:
+        """Whether the user's state may go to the cache once ``result`` is committed (no
+        later uncommitted batch holds it), and let go of it here."""
+        held = self.applied.get(user)
+        if held is not None and held[1] is not result:
+            return False
+        self.applied.pop(user, None)
+        return True
 
     def close_windows(self, now: float | None = None) -> tuple[list[bytes], MetaChanges]:
         """Close attribution windows that ended before ``now`` (default: the partition's

@@ -1,16 +1,17 @@
 """The ingest service behind the ``ingest`` agent: validate, dead-letter, apply, emit, commit.
 
-Each batch of ``events`` is validated (bad messages go to the DLQ with their reason), an event
-whose body's user another partition owns is sent to that partition (:mod:`streaming.routing`),
-the rest is applied per owned partition by its :class:`feature_store.PartitionWorker`, and its
-training samples are sent through the :class:`streaming.sink.Sink`. Once the broker has
-acknowledged all of these (one flush of the sink), the state changelog records and offset markers
-are sent; once it has those (a second flush), the local RocksDB stores commit
-(:mod:`streaming.changelog`) and :meth:`IngestService.handle` returns, after which the agent lets
-Faust commit the batch's offsets. A marker therefore never covers an event whose sample, dead
-letter or copy the broker refused: the flush raises (:class:`streaming.sink.DeliveryFailed`), the
-worker fail-stops (:mod:`streaming.failstop`), and a restart applies the batch again. The stores
-themselves belong to :class:`streaming.partitions.OwnedPartitions`.
+Each batch of ``events`` is validated (bad messages go to the DLQ with their reason), an event whose
+body's user another partition owns is sent to that partition (:mod:`streaming.routing`), the rest is
+applied per owned partition by its :class:`feature_store.PartitionWorker`, and its training samples
+are sent through the :class:`streaming.sink.Sink`. Once the broker has acknowledged all of these,
+the state changelog records and offset markers are sent; once it has those, the local RocksDB stores
+commit (:mod:`streaming.changelog`), after which the agent lets Faust commit the batch's offsets.
+:meth:`IngestService.handle` returns once its batch is durable; :meth:`IngestService.push` returns
+once it is applied in memory and sent, and completes it while the next batches are applied
+(:mod:`streaming.pipeline`). A marker therefore never covers an event whose sample, dead letter or
+copy the broker refused: the flush raises (:class:`streaming.sink.DeliveryFailed`), the worker
+fail-stops (:mod:`streaming.failstop`), and a restart applies the batch again. The stores themselves
+belong to :class:`streaming.partitions.OwnedPartitions`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from streaming.changelog import (
 )
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
+from streaming.pipeline import Done, InFlight, Staged, nothing, yield_to_sender
 from streaming.routing import Copy, Router, Split
 from streaming.sink import Delivery, Sink
 
@@ -77,31 +79,68 @@ class IngestService:
         self.catalog, self.metrics, self.router = catalog, metrics, router
         self.cluster_metrics: ClusterMetrics | None = None  # set by streaming.worker
         self.cluster_sweep = SweepConfig()
+        self.in_flight = InFlight(self._seal, self._finish)
+        partitions.settle = self.in_flight.drain  # before a rebalance changes what is owned
 
     # --- the batch path --------------------------------------------------------------------------
 
     async def handle(self, messages: Sequence[RawMessage]) -> None:
-        """Apply one batch: every owned partition's part is processed and its samples, dead
-        letters and copies sent, one flush covers them all; then the changelog records of every
-        part are sent, a second flush covers those, and the local stores commit."""
+        """Apply one batch and return once it is durable: every owned partition's part is
+        processed and its samples, dead letters and copies sent, one flush covers them all; then
+        the changelog records of every part are sent, a second flush covers those, and the local
+        stores commit. Batches pushed before (:meth:`push`) complete first."""
+        await self.push(messages)
+        await self.drain()
+
+    async def push(self, messages: Sequence[RawMessage], done: Done = nothing) -> None:
+        """Apply one batch in memory and send its samples, dead letters and copies; then take
+        the older batches in flight one step on (:mod:`streaming.pipeline`). ``done`` runs once
+        this batch is durable (its offsets may then be committed)."""
         started = time.perf_counter()
         async with self.partitions.writing():  # a failure here stops every later batch
-            by_partition: dict[int, list[RawMessage]] = defaultdict(list)
-            for m in messages:
-                # events of a partition in hand-over are left to its next owner (not acked by us)
-                if self.partitions.applying(m.partition):
-                    by_partition[m.partition].append(m)
-            applied = [
-                await self._apply(self.partitions.workers[partition], part)
-                for partition, part in by_partition.items()
-            ]
-            await self.sink.flush()  # acknowledged before a marker covers their events
-            markers = [await self._send_changelog(a) for a in applied]
-            await self.sink.flush()
-            for a, marker in zip(applied, markers, strict=True):
-                a.worker.commit(a.result, await self._position(a.worker.partition, marker))
-                self._count(a.result, a.kept)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            staged = Staged(await self._apply_all(messages), done, started)
+            staged.sent = self.sink.take_owed()
+            self.in_flight.add(staged)
+        await yield_to_sender()  # the producer ships what this batch sent
+        async with self.partitions.writing():
+            await self.in_flight.advance()
+
+    async def step(self) -> None:
+        """Take the oldest batch in flight one step on (nothing to wait for: a step a batch
+        would have made anyway). For an idle agent: done in two steps."""
+        async with self.partitions.writing():
+            await self.in_flight.step()
+
+    async def drain(self) -> None:
+        """Once every batch pushed is durable."""
+        async with self.partitions.writing():
+            await self.in_flight.drain()
+
+    async def _apply_all(self, messages: Sequence[RawMessage]) -> list[Applied]:
+        by_partition: dict[int, list[RawMessage]] = defaultdict(list)
+        for m in messages:
+            # events of a partition in hand-over are left to its next owner (not acked by us)
+            if self.partitions.applying(m.partition):
+                by_partition[m.partition].append(m)
+        return [
+            await self._apply(self.partitions.workers[partition], part)
+            for partition, part in by_partition.items()
+        ]
+
+    async def _seal(self, staged: Staged) -> None:
+        """Its samples acknowledged: send its changelog records (markers last)."""
+        await staged.sent.settle()  # acknowledged before a marker covers their events
+        staged.markers = [await self._send_changelog(a) for a in staged.applied]
+        staged.logged = self.sink.take_owed()
+
+    async def _finish(self, staged: Staged) -> None:
+        """Its changelog acknowledged: commit the stores, count, let its offsets go."""
+        await staged.logged.settle()
+        for a, marker in zip(staged.applied, staged.markers, strict=True):
+            a.worker.commit(a.result, await self._position(a.worker.partition, marker))
+            self._count(a.result, a.kept)
+        self.metrics.batch_seconds.observe(time.perf_counter() - staged.started)
+        staged.done()
 
     async def _apply(self, worker: PartitionWorker, messages: list[RawMessage]) -> Applied:
         """Validate, route what another partition owns, apply the rest in memory, send samples,
@@ -147,6 +186,7 @@ class IngestService:
         once the broker has them, the closed windows' changelog records; once it has those, the
         local stores forget the windows."""
         async with self.partitions.writing():
+            await self.in_flight.drain()  # its pending impressions and sampler before the tick's
             active = self.partitions.active()
             closed = {p: worker.close_windows() for p, worker in active.items()}
             samples: dict[int, Records] = {
@@ -165,6 +205,7 @@ class IngestService:
         (:mod:`feature_store.clustering_sweep`); their changelog records are acknowledged before
         the stores commit them, as a batch's."""
         async with self.partitions.writing():
+            await self.in_flight.drain()
             active = self.partitions.active()
             started = time.perf_counter()
             swept = {p: sweep_stale(worker, self.cluster_sweep) for p, worker in active.items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -48,6 +48,9 @@ class OwnedPartitions:
         self.lock = asyncio.Lock()
         self.failed: Exception | None = None  # the write that failed, once one did
         self.embedder: ItemEmbedder | None = None  # TWIN-V2 clusters: the live model's items
+        # makes the batches in flight durable (the ingest service's); run under the lock before
+        # a rebalance pauses, drops or adds a partition
+        self.settle: Callable[[], Awaitable[None]] | None = None
 
     def path(self, partition: int) -> Path:
         """Per events topic: offsets stored for one topic must never gate another's events."""
@@ -80,14 +83,23 @@ class OwnedPartitions:
                 raise
 
     async def pause(self, partitions: Iterable[int]) -> None:
-        """Stop applying these partitions (a rebalance began); waits for the batch in flight."""
+        """Stop applying these partitions (a rebalance began); waits for the batch being
+        applied and makes the batches in flight durable first (:attr:`settle`)."""
         async with self.lock:
+            if self.failed is None and self.settle is not None:
+                try:
+                    await self.settle()
+                except Exception as exc:
+                    self.failed = exc
+                    raise
             self.paused |= set(partitions)
 
     async def own(self, partitions: Iterable[int]) -> None:
         """The new assignment: drop what we lost (state deleted), catch up what we gained."""
         wanted = set(partitions)
         async with self.writing():
+            if self.settle is not None:
+                await self.settle()
             for p in set(self.workers) - wanted:
                 self.workers.pop(p).store.close()
                 shutil.rmtree(self.path(p), ignore_errors=True)

@@ -1,7 +1,8 @@
 """Where the worker's records go: the :class:`Sink` protocol, :class:`FaustSink` over the app's
 own producer, and :class:`BestEffortSink` for answers nobody waits on.
 
-The ingest and scoring services reach Kafka only through a sink (send, send_many, flush), so the
+The ingest and scoring services reach Kafka only through a sink (send, send_many, flush,
+take_owed), so the
 same code runs under Faust and, with an in-memory sink, in plain asyncio tests.
 
 A :class:`FaustSink` owes an acknowledgement for every record sent through it
@@ -44,6 +45,8 @@ class Sink(Protocol):
     ) -> Delivery: ...
 
     async def flush(self) -> None: ...
+
+    def take_owed(self) -> Acknowledgements: ...
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,13 @@ class FaustSink:
         flush; raises :class:`DeliveryFailed` if it refused one. The producer's other records
         (another sink's) are not waited for: aiokafka sends without a flush, which only waits."""
         await self.owed.settle()
+
+    def take_owed(self) -> Acknowledgements:
+        """The acknowledgements owed for what was sent since the last flush or take, to settle
+        later; what is sent from now on owes a new set (a batch in flight settles its own
+        records, not the next batch's)."""
+        owed, self.owed = self.owed, Acknowledgements()
+        return owed
 
     def _owe(self, topic: str, partition: int | None, future: asyncio.Future[Any]) -> None:
         self.owed.owe(topic, partition, future)

@@ -1,12 +1,15 @@
 """Ingest throughput and event-to-state latency of one worker, against a bare Faust agent.
 
     python -m ops.bench.bench_ingest [--data PATH] [--rate 5000] [--seconds 20] [--processes 1,2]
+        [--compare NAME=VALUE]
 
 1. Throughput: the same pre-published topic is consumed by a plain aiokafka consumer that decodes
    each value with orjson (what Kafka hands a Python consumer), by a bare Faust agent (consume
    only) and by one ``twinstream worker`` (validation, RocksDB, sessions, clusters, samples,
    changelog), one after the other, each in its own process; events/s from its first to its
-   last batch. ``--processes 0`` skips the latency runs.
+   last batch. ``--compare NAME=VALUE`` (repeatable) then runs the worker again with that
+   setting in its environment, over the same log published to fresh topics (for example
+   ``TWINSTREAM_INGEST_OVERLAP=0``). ``--processes 0`` skips the latency runs.
 2. Latency: events are published at ``--rate`` events/s into a running worker; per event, the
    time from its Kafka timestamp to the changelog marker that covers it (written just before the
    local state commit), from the broker's own records; once per ``--processes`` count (one
@@ -172,11 +175,16 @@ def read_all(settings: Settings, topic: str) -> list[tuple[int, int, bytes, byte
     return out
 
 
-def start_worker(settings: Settings, state: Path, processes: int = 1) -> subprocess.Popen[bytes]:
+def start_worker(
+    settings: Settings, state: Path, processes: int = 1, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "ops.cli", "worker", "--state-dir", str(state)]
     cmd += ["--processes", str(processes)]
     return subprocess.Popen(
-        cmd, env=child_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        env=child_env(settings) | (env or {}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -210,9 +218,9 @@ def end_offsets(settings: Settings) -> dict[int, int]:
     return ends
 
 
-def worker_rate(settings: Settings, n: int) -> float:
+def worker_rate(settings: Settings, n: int, env: dict[str, str] | None = None) -> float:
     with tempfile.TemporaryDirectory() as state:
-        proc = start_worker(settings, Path(state))
+        proc = start_worker(settings, Path(state), env=env)
         try:
             got = wait_for(settings, n)
         finally:
@@ -354,6 +362,17 @@ def compare_partitioners(
         )
 
 
+def compare_rate(events: list[Event], spec: str) -> float:
+    """Worker events/s over ``events`` published to fresh topics, with ``spec`` (NAME=VALUE)
+    in the worker's environment."""
+    name, _, value = spec.partition("=")
+    settings = fresh_settings()
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:
+        replay(events, producer, progress=False)
+    return worker_rate(settings, len(events), {name: value})
+
+
 def main() -> None:
     try:
         measure()
@@ -372,6 +391,14 @@ def measure() -> None:
     parser.add_argument(
         "--partitioners",
         help="instead: the cost of routing, e.g. murmur2,crc32 (librdkafka's, comma-separated)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="then a worker with this environment setting over the same log, published again to "
+        "fresh topics (e.g. TWINSTREAM_INGEST_OVERLAP=0); repeatable",
     )
     args = parser.parse_args()
     events = load(args.data)
@@ -393,6 +420,9 @@ def measure() -> None:
         f"of bare Faust, {worker / plain:.3f}x of plain aiokafka",
         flush=True,
     )
+    for spec in args.compare:
+        print(f"twinstream worker with {spec:<18}{compare_rate(events, spec):10,.0f} events/s")
+        drop_topics()  # a run's topics, each a few GB on long logs, gone before the next
     for processes in (int(n) for n in args.processes.split(",") if int(n) > 0):
         paced = fresh_settings()
         ensure_topics(paced)

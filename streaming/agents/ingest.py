@@ -3,23 +3,25 @@ rebalance hooks that hand partitions over.
 
 The consumer diverts the records of ``events`` (:class:`streaming.transport.Diverted`): each fetch
 (up to ``broker_max_poll_records``, every owned partition's records together) goes to
-:class:`streaming.ingest.IngestService` as one batch, without a Faust message per record, and
-once :meth:`IngestService.handle` has returned (the broker has acknowledged every record the batch
-made: samples, dead letters, copies, changelog; the local stores hold it) the batch's last offset
-of each partition is acknowledged (:meth:`streaming.transport.Consumer.ack_batch`) and Faust
-commits it. A batch fetched before a rebalance is dropped; a partition paused meanwhile is not
-acknowledged. The ``ingest`` agent stays subscribed to ``events`` (Faust assigns the partitions of
-the topics its agents read) and applies what reaches it through Faust (its test context) in
-batches of up to ``BATCH_SIZE``, acknowledged by ``take_events`` once handled. On a rebalance the
-revoked partitions of ``events`` are paused at once and the new assignment is owned (caught up
-from the changelog) when it comes. A batch, tick or
-catch-up that fails (a state write, or a record the broker refused) stops the worker
-(:mod:`streaming.failstop`): the agent takes no further batch and the failed one is never
-committed.
+:class:`streaming.ingest.IngestService` as one batch, without a Faust message per record, and once
+the batch is durable (the broker has acknowledged every record the batch made: samples, dead
+letters, copies, changelog; the local stores hold it) the batch's last offset of each partition is
+acknowledged (:meth:`streaming.transport.Consumer.ack_batch`) and Faust commits it. The next batch
+is applied while the broker acknowledges the last one's records (:meth:`IngestService.push`,
+:mod:`streaming.pipeline`); while no batch is waiting, those in flight are completed, and a
+rebalance completes them before it pauses a partition. A batch fetched before a rebalance is
+dropped; a partition paused meanwhile is not acknowledged. The ``ingest`` agent stays subscribed to
+``events`` (Faust assigns the partitions of the topics its agents read) and applies what reaches it
+through Faust (its test context) in batches of up to ``BATCH_SIZE``, acknowledged by ``take_events``
+once handled. On a rebalance the revoked partitions of ``events`` are paused at once and the new
+assignment is owned (caught up from the changelog) when it comes. A batch, tick or catch-up that
+fails (a state write, or a record the broker refused) stops the worker (:mod:`streaming.failstop`):
+the agent takes no further batch and the failed one is never committed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -64,15 +66,17 @@ def add_ingest_agent(
     @app.task
     async def ingest_fetched() -> None:
         while fail_stop.healthy:
-            batch = await diverted.batches.get()
-            if batch.generation != app.consumer_generation_id:
-                continue  # fetched before a rebalance: fetched again from the committed offset
             try:
-                await service.handle(fetched_messages(batch))
+                batch = await next_batch(diverted, service)
+                if batch.generation != app.consumer_generation_id:
+                    continue  # fetched before a rebalance: fetched again from the committed offset
+                done = functools.partial(acknowledge, app, service, batch)
+                await service.push(fetched_messages(batch), done)
+                if not settings.ingest_overlap:
+                    await service.drain()
             except Exception as exc:
                 await fail_stop.halt(exc)
                 return
-            acknowledge(app, service, batch)
 
     @app.agent(events_topic(app, settings), name="ingest")
     async def ingest(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
@@ -108,6 +112,14 @@ def add_rebalance_hooks(
         except Exception as exc:
             raise fail_stop.trip(exc) from exc
         log.warning("ingest owns partitions %s", sorted(partitions.workers))
+
+
+async def next_batch(diverted: Diverted, service: IngestService) -> FetchedBatch:
+    """The next fetched batch; while none is there, the batches in flight are taken on step
+    by step (an idle worker leaves none undone)."""
+    while diverted.batches.empty() and service.in_flight:
+        await service.step()
+    return await diverted.batches.get()
 
 
 def events_partitions(tps: Iterable[TP], settings: Settings) -> set[int]:

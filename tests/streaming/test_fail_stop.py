@@ -29,7 +29,7 @@ from streaming.failstop import FailStop, FailStopped, fault_kind
 from streaming.ingest import IngestService, RawMessage
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions, StoresStopped
-from streaming.sink import Delivery
+from streaming.sink import Acknowledgements, Delivery
 from streaming.transport import Consumer
 from streaming.views import add_views
 from tests.support.events import T0
@@ -112,6 +112,22 @@ class BrokerFails(MemorySink):
         await super().flush()
         if self.at == "flush":
             raise KafkaConnectionError("connection to the broker lost")
+
+    def take_owed(self) -> Acknowledgements:
+        owed = super().take_owed()
+        return ConnectionLost(owed) if self.at == "flush" else owed
+
+
+class ConnectionLost(Acknowledgements):
+    """A set of acknowledgements whose wait fails as a lost connection does."""
+
+    def __init__(self, owed: Acknowledgements) -> None:
+        super().__init__()
+        self.owed = owed
+
+    async def settle(self) -> None:
+        await self.owed.settle()
+        raise KafkaConnectionError("connection to the broker lost")
 
 
 @pytest.mark.parametrize("at", ["changelog", "flush"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 
 from contracts.settings import Settings
@@ -16,16 +15,11 @@ from streaming.ingest import IngestService, RawMessage
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
 from tests.support.events import T0
+from tests.support.events import raw_click as raw
 from tests.support.sink import MemorySink
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.topics
-
-
-def raw(partition: int, offset: int, ts: float, user: str = "u1", **fields: str) -> RawMessage:
-    """An event message at ``T0 + ts`` as the ingest agent hands it over."""
-    event = {"user_id": user, "item_id": "i1", "category_id": "c1", "type": "click"} | fields
-    return RawMessage(partition, offset, orjson.dumps(event | {"ts": T0 + ts}), T0 + ts)
 
 
 @pytest.fixture()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import orjson
 
 from contracts.schema import Event, EventType
 from feature_store import MemoryStore, PartitionWorker
+from streaming.ingest import RawMessage
 from streaming.sources import EventLog
 from streaming.synthetic import GeneratorConfig, generate
 
@@ -89,3 +91,12 @@ def sample_messages(events: list[Event], partitions: int = 4) -> dict[int, list[
         worker = PartitionWorker(MemoryStore(), p)
         out[p] = worker.process(records).samples
     return out
+
+
+def raw_click(
+    partition: int, offset: int, ts: float, user: str = "u1", **fields: str
+) -> RawMessage:
+    """A click message at ``T0 + ts`` as the ingest agent hands it over (``fields`` replace the
+    event's)."""
+    body = {"user_id": user, "item_id": "i1", "category_id": "c1", "type": "click"} | fields
+    return RawMessage(partition, offset, orjson.dumps(body | {"ts": T0 + ts}), T0 + ts)

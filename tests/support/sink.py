@@ -1,7 +1,7 @@
 """An in-memory :class:`streaming.sink.Sink`: what the worker's services would have sent to
 Kafka, by topic, with futures that resolve at once to the record's offset, or fail as a broker's
-refusal would (:meth:`MemorySink.refuse`); its flush settles them as
-:class:`streaming.sink.FaustSink`'s does."""
+refusal would (:meth:`MemorySink.refuse`), or wait until released (:meth:`MemorySink.hold`); its
+flush settles them as :class:`streaming.sink.FaustSink`'s does."""
 
 from __future__ import annotations
 
@@ -34,6 +34,20 @@ class MemorySink:
         self.flushes = 0
         self.owed = Acknowledgements()
         self.refusals: dict[str, list[BaseException]] = defaultdict(list)
+        self.held: set[str] = set()  # topics whose acknowledgements wait for :meth:`release`
+        self.unacknowledged: dict[str, list[tuple[asyncio.Future[Any], int]]] = defaultdict(list)
+
+    def hold(self, *topics: str) -> None:
+        """Records sent to these topics are acknowledged only by :meth:`release` (a broker slow
+        to answer)."""
+        self.held |= set(topics)
+
+    def release(self, topic: str) -> int:
+        """Acknowledge every record of ``topic`` sent so far; how many."""
+        waiting, self.unacknowledged[topic] = self.unacknowledged[topic], []
+        for future, offset in waiting:
+            future.set_result(SimpleNamespace(offset=offset))
+        return len(waiting)
 
     def refuse(self, topic: str, error: BaseException, count: int = 1) -> None:
         """The next ``count`` records sent to ``topic`` are refused with ``error`` (they are
@@ -55,6 +69,8 @@ class MemorySink:
         future = asyncio.get_running_loop().create_future()
         if self.refusals[topic]:
             future.set_exception(self.refusals[topic].pop(0))
+        elif topic in self.held:
+            self.unacknowledged[topic].append((future, len(self.sent[topic]) - 1))
         else:
             future.set_result(SimpleNamespace(offset=len(self.sent[topic]) - 1))
         self.owed.owe(topic, partition, future)
@@ -76,6 +92,23 @@ class MemorySink:
     async def flush(self) -> None:
         self.flushes += 1
         await self.owed.settle()
+
+    def take_owed(self) -> Acknowledgements:
+        """As :meth:`flush`, settled later: its settling counts as a flush."""
+        owed, self.owed = self.owed, Acknowledgements()
+        return _CountedSettle(self, owed)
+
+
+class _CountedSettle(Acknowledgements):
+    """A set taken from a :class:`MemorySink`: settling it counts as one of its flushes."""
+
+    def __init__(self, sink: MemorySink, owed: Acknowledgements) -> None:
+        super().__init__()
+        self.sink, self._owed = sink, owed._owed
+
+    async def settle(self) -> None:
+        self.sink.flushes += 1
+        await super().settle()
 
 
 def stamp(timestamps: Sequence[float] | None, i: int) -> float | None:
