@@ -8,6 +8,7 @@ import numpy.typing as npt
 
 from contracts.schema import Event, EventType
 from feature_store import FeatureConfig, MemoryStore, PartitionWorker, UserState
+from feature_store.cluster_config import ClusterConfig
 from feature_store.clustering import ClusterState, update
 from feature_store.clustering_sweep import SweepConfig, sweep_stale
 from feature_store.state_delta import (
@@ -80,3 +81,16 @@ def test_sweep_rebuilds_the_stalest_users_within_its_budget_and_logs_them() -> N
         fresh = update(ClusterState(), stored.log, stored.lo, worker.config.clusters, table)
         assert stored.cluster_state.clusters.tobytes() == fresh.clusters.tobytes()
         assert restored[user].cluster_state.clusters.tobytes() == fresh.clusters.tobytes()
+
+
+def test_sweep_leaves_the_raw_recent_behaviours_clusters_of_one() -> None:
+    table = SwitchableTable()
+    config = FeatureConfig(clusters=ClusterConfig(raw_recent=150))
+    worker = PartitionWorker(MemoryStore(), 0, config, embedder=table)
+    worker.commit(worker.process(clicks("a", 700, 0)))
+    table.version, table.seed = 2, 2
+    worker.commit(sweep_stale(worker, SweepConfig(seconds=10.0)))
+    (stored,) = worker.store.get_many(["a"])
+    assert stored is not None and stored.cluster_state.version == 2
+    assert stored.cluster_state.upto == 700 - 150  # the newest 150 stay unclustered
+    assert (stored.clusters()["size"][-150:] == 1).all()
