@@ -57,6 +57,7 @@ class ModelConfig:
     cross_features: bool = True  # DIN, DSIN, BST head: also target ⊙ each interest vector
     twin_v2_recent: bool = False  # TWIN-V2: also attend over the recent sequence
     twin_v2_age: bool = False  # TWIN-V2: time-gap bias by estimated cluster age (models.twin_v2)
+    twin_v2_log_size: bool = True  # TWIN-V2: ESU logits + ln N (the paper); False: a departure
 
     def __post_init__(self) -> None:
         if self.attn_dim is None:

@@ -19,6 +19,10 @@ without a new feature: the members of the clusters after it plus half its own
 relative position. Ages bucket exactly below 128, then 8 buckets per doubling
 (:func:`age_bucket`).
 
+``config.twin_v2_log_size=False`` drops the + ln N (a departure from the paper, for diagnosis: on a
+generated log whose interests drift fast, large old clusters of an abandoned interest took
+weight they should not; trainer/RESULTS-offline.md).
+
 >>> from models.testing import random_batch
 >>> cfg = ModelConfig(n_items=50, n_categories=5, dim=4, seq_len=6, topk=2)
 >>> out = TWINV2(cfg).eval()(random_batch(cfg, batch_size=2, n_clusters=5, min_len=3))
@@ -77,7 +81,9 @@ class TWINV2(CTRModel):
         target = self.embed_target(batch)  # (B, D)
         tokens = self.embed(batch.cluster_item, batch.cluster_category)  # (B, C, D)
         mask = batch.cluster_mask
-        log_size = batch.cluster_size.clamp(min=1).log()  # (B, C) ln N, 0 on padding (masked)
+        log_size: torch.Tensor | None = None  # without: a departure (see the module docstring)
+        if self.config.twin_v2_log_size:
+            log_size = batch.cluster_size.clamp(min=1).log()  # (B, C) ln N, 0 on padding
         age = None
         if self.attn.age is not None:
             age = age_bucket(cluster_age(batch.cluster_size, mask), self.attn.age.num_embeddings)

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "twin_v2_recent": Flag("TWIN-V2 also attends over the recent sequence"),
         "twin_v2_age": Flag("TWIN-V2: time-gap bias by cluster age (not in the paper's text)"),
         "cluster_by_token": Flag("TWIN-V2: cluster on [item, category] rows (offline only)"),
+        "twin_v2_log_size": Flag("TWIN-V2: ESU without + ln N (not the paper)",
+                                 name="--no-twin-v2-log-size"),
     })  # fmt: skip
     dataset = p.add_argument_group("dataset")
     add_fields(dataset, DatasetConfig, {

@@ -56,6 +56,7 @@ class EvalConfig:
     twin_v2_recent: bool = False  # TWIN-V2 also attends over the recent sequence (ModelConfig)
     twin_v2_age: bool = False  # TWIN-V2: time-gap bias by cluster age (ModelConfig)
     cluster_by_token: bool = False  # TWIN-V2: cluster on [item, its category] rows, not item rows
+    twin_v2_log_size: bool = True  # TWIN-V2: ESU + ln N, as the paper (ModelConfig)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def model_config(ds: OfflineDataset, cfg: EvalConfig) -> ModelConfig:
         topk=min(cfg.topk, ds.config.seq_len),
         twin_v2_recent=cfg.twin_v2_recent,
         twin_v2_age=cfg.twin_v2_age,
+        twin_v2_log_size=cfg.twin_v2_log_size,
     )
 
 

@@ -149,6 +149,21 @@ def test_twin_v2_with_age_over_clusters_of_one_is_twin(config: ModelConfig) -> N
     assert not torch.allclose(plain(batch).logits, twin(batch).logits)
 
 
+def test_twin_v2_without_log_size_weighs_equal_logits_equally(config: ModelConfig) -> None:
+    cfg = replace(config, topk=50, twin_v2_log_size=False)
+    batch = random_batch(cfg, batch_size=4, n_clusters=9, seed=4, min_len=3)
+    same = torch.full_like(batch.cluster_item, 5) * batch.cluster_mask
+    batch = replace(
+        batch,
+        cluster_item=same,
+        cluster_category=torch.full_like(same, 2),
+        cluster_dense=torch.zeros_like(batch.cluster_dense),
+    )
+    out = build("twin_v2", cfg)(batch)
+    mask = batch.cluster_mask.float()  # softmax(α) over equal α: 1 / C whatever the sizes
+    torch.testing.assert_close(out.attention, mask / mask.sum(1, keepdim=True))
+
+
 def test_cluster_age_counts_the_members_of_later_clusters() -> None:
     size = torch.tensor([[0.0, 0.0, 5.0, 3.0, 1.0, 1.0], [20.0, 10.0, 1.0, 1.0, 1.0, 1.0]])
     age = cluster_age(size, size > 0)
