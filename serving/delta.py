@@ -35,6 +35,7 @@ import torch
 
 from models.embedding import IdMap
 from models.followed_idmap import FollowedIdMap
+from serving.files import safetensors_views
 from serving.manifest import SnapshotError
 from serving.signing import Signer
 
@@ -87,19 +88,19 @@ class Delta:
     @classmethod
     def from_bytes(cls, data: bytes) -> Delta:
         """Parse a delta body; :class:`SnapshotError` "corrupt" when it is not one."""
+        blob = _joined([data], len(data))
+        assert blob is not None
+        return cls.from_blob(blob)
+
+    @classmethod
+    def from_blob(cls, blob: torch.Tensor) -> Delta:
+        """Parse a delta body held in ``blob`` (uint8): its tensors are views of that memory."""
+        meta, tensors = safetensors_views(blob)
         try:
-            (n,) = struct.unpack_from("<Q", data)
-            if n > len(data) - 8:
-                raise ValueError("header larger than the delta")
-            meta = json.loads(data[8 : 8 + n]).get("__metadata__", {})
             fields = json.loads(meta["header"])
             fields["offsets"] = {int(p): int(o) for p, o in fields.get("offsets", {}).items()}
-            header = DeltaHeader(**fields)
-            tensors = safetensors.torch.load(data)
-            return cls._of(header, tensors)
-        except (ValueError, KeyError, TypeError, struct.error) as err:
-            raise SnapshotError("corrupt", f"not a delta: {err!r}") from None
-        except Exception as err:  # safetensors raises its own error types
+            return cls._of(DeltaHeader(**fields), tensors)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise SnapshotError("corrupt", f"not a delta: {err!r}") from None
 
     @classmethod
@@ -213,10 +214,10 @@ class DeltaAssembler:
         if len(pending.parts) < pending.count:
             return None
         del self._pending[version]
-        body = b"".join(pending.parts[i] for i in range(pending.count))
-        if len(body) != pending.size or hashlib.sha256(body).hexdigest() != pending.sha256:
+        body = _joined([pending.parts[i] for i in range(pending.count)], pending.size)
+        if body is None or hashlib.sha256(body.numpy().data).hexdigest() != pending.sha256:
             raise SnapshotError("checksum", f"delta v{version}: sha256 or size differs")
-        delta = Delta.from_bytes(body)
+        delta = Delta.from_blob(body)
         if (delta.header.version, delta.header.prev) != (version, head["prev"]):
             raise SnapshotError("corrupt", f"delta v{version}: header and body disagree")
         return delta
@@ -225,6 +226,19 @@ class DeltaAssembler:
         old = time.time() - self.timeout_s
         for version in [v for v, p in self._pending.items() if p.started < old]:
             del self._pending[version]
+
+
+def _joined(parts: list[bytes], size: int) -> torch.Tensor | None:
+    """The chunks' bodies in one uint8 tensor (None when they do not add up to ``size``),
+    copied a chunk at a time, so the GIL is never held for a pass over the whole delta."""
+    if sum(len(p) for p in parts) != size:
+        return None
+    body = torch.empty(size, dtype=torch.uint8)
+    out, at = body.numpy(), 0
+    for part in parts:
+        out[at : at + len(part)] = np.frombuffer(part, dtype=np.uint8)
+        at += len(part)
+    return body
 
 
 # ---------------------------------------------------------------- applying

@@ -9,6 +9,9 @@ same delta is then written into the model just retired, which no request reads a
 twin (half the memory) the rows are written into the serving model under the lock, which the
 scorer holds while it reads the model: requests wait for the write (about 11 ms for 20k rows of
 two 4M-row tables).
+Decoding and preparing a delta (checks, id maps) is Python beside the requests' Python: it runs
+with a limited share of the interpreter lock (:class:`serving.gil_share.GilShare`), so requests
+keep their speed while it runs.
 A delta that arrives early (a gap: one before it was lost or refused) waits in a small buffer;
 the watcher then loads the chain's checkpoint and replays what follows it
 (:meth:`DeltaFollower.wants_checkpoint`). A refused delta is logged and counted like a refused
@@ -26,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from serving.delta import Delta, DeltaAssembler, apply_prepared, prepare
+from serving.gil_share import GilShare
 from serving.manifest import SnapshotError
 from serving.metrics import ScoringMetrics
 from serving.scorer import ModelHolder, ServingModel
@@ -44,11 +48,13 @@ class DeltaFollower:
         max_bytes: int,
         refuse: Callable[[str, object, object], None],
         twin: bool = True,
+        gil_share: float = 1.0,
     ) -> None:
         self.holder, self.metrics, self.refuse = holder, metrics, refuse
         self.twin = twin  # keep an off-duty copy of the weights to write deltas into
         self._twin: tuple[ServingModel, ServingModel] | None = None  # (serving model, its twin)
         self.assembler = DeltaAssembler(signer, max_bytes)
+        self.gil = GilShare(gil_share)  # decoding and preparing spread out beside requests
         self._early: dict[int, Delta] = {}  # prev → delta, waiting for its predecessor
         self.applied = 0
         self.locked_s: list[float] = []  # how long each apply held the scorer off (recent ones)
@@ -64,7 +70,9 @@ class DeltaFollower:
         try:
             if DeltaAssembler.peek(value)["version"] <= self.version:
                 return
-            delta = self.assembler.add(value, None if mac is None else mac.decode(errors="replace"))
+            text = None if mac is None else mac.decode(errors="replace")
+            with self.gil.limited():
+                delta = self.assembler.add(value, text)
         except SnapshotError as err:
             self.refuse(err.reason, "delta chunk", err)
             return
@@ -102,7 +110,8 @@ class DeltaFollower:
         began = time.perf_counter()
         twin = self.twin_of(model)
         try:
-            prepared = prepare(model, delta)
+            with self.gil.limited():
+                prepared = prepare(model, delta)
         except SnapshotError as err:
             self.refuse(err.reason, f"delta v{delta.header.version}", err)
             return False

@@ -271,10 +271,7 @@ def _entries(header: object, body: int) -> list[tuple[str, torch.dtype, list[int
         if any(d < 0 for d in shape):
             raise ValueError(f"{key}: negative dimension")
         begin, end = (int(x) for x in entry["data_offsets"])
-        count = 1
-        for d in shape:
-            count *= d
-        if end - begin != count * torch.empty(0, dtype=dtype).element_size():
+        if end - begin != _count(shape) * torch.empty(0, dtype=dtype).element_size():
             raise ValueError(f"{key}: data offsets {begin}..{end} do not fit its shape")
         found.append((str(key), dtype, shape, begin, end))
     found.sort(key=lambda e: e[3])
@@ -286,6 +283,39 @@ def _entries(header: object, body: int) -> list[tuple[str, torch.dtype, list[int
     if at != body:
         raise ValueError(f"tensors cover {at} of {body} data bytes")
     return [(k, d, s, b) for k, d, s, b, _ in found]
+
+
+def safetensors_views(blob: torch.Tensor) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of the safetensors blob in ``blob`` (uint8, one dimension),
+    checked as :func:`read_safetensors` checks a file ("corrupt" otherwise). The tensors are views
+    of ``blob``'s memory (a copy where an offset does not suit the dtype): no pass over the data
+    holds the GIL, unlike ``safetensors.torch.load``, which copies megabytes while it holds it."""
+    size = int(blob.numel())
+    (n,) = struct.unpack("<Q", blob[:8].numpy().tobytes()) if size >= 8 else (size,)
+    if n > min(MAX_HEADER_BYTES, size - 8):
+        raise SnapshotError("corrupt", f"safetensors blob of {size} bytes, header {n}")
+    try:
+        header = json.loads(blob[8 : 8 + n].numpy().tobytes())
+        entries = _entries(header, size - 8 - n)
+        meta = {str(k): str(v) for k, v in header.get("__metadata__", {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SnapshotError("corrupt", f"not a valid safetensors blob: {err}") from None
+    out: dict[str, torch.Tensor] = {}
+    for key, dtype, shape, begin in entries:
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        at = 8 + n + begin
+        raw = blob[at : at + itemsize * _count(shape)]
+        if at % itemsize:
+            raw = raw.clone()
+        out[key] = raw.view(dtype).reshape(shape)
+    return meta, out
+
+
+def _count(shape: list[int]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:

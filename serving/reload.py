@@ -93,7 +93,13 @@ class SnapshotWatcher:
         self.signer = Signer.of(settings.model_hmac_key)
         max_delta = min(settings.model_max_file_bytes, MAX_DELTA_BYTES)
         self.follower = DeltaFollower(
-            holder, metrics, self.signer, max_delta, self.refuse, twin=settings.delta_twin
+            holder,
+            metrics,
+            self.signer,
+            max_delta,
+            self.refuse,
+            twin=settings.delta_twin,
+            gil_share=settings.delta_gil_share,
         )
         self._consumer: KafkaConsumer | None = None
         self._tried, self._tried_at = 0, 0.0  # the last checkpoint a resync tried, and when
@@ -150,7 +156,8 @@ class SnapshotWatcher:
         self._consumer = consumer = self._new_consumer()
         try:
             while not self._stop.is_set():
-                batch = consumer.poll(timeout_ms=200)
+                with self.follower.gil.limited():  # parsing MiBs of deltas, beside requests
+                    batch = consumer.poll(timeout_ms=200)
                 records = [r for part in batch.values() for r in part]
                 self.handle(sorted(records, key=lambda r: r.offset))
                 self._fetch_while_empty()

@@ -204,6 +204,10 @@ def main() -> None:
     scale.add_argument("--categories", type=int, default=9_440)
     scale.add_argument("--delta-rows", type=int, default=20_000, help="rows per item table")
     scale.add_argument("--deltas", type=int, default=20)
+    scale.add_argument(
+        "--gil-share", type=float, default=Settings().delta_gil_share,
+        help="the applying thread's share of the GIL in the default mode",
+    )  # fmt: skip
     args = parser.parse_args()
     tuned = not args.default_malloc and tune_malloc()
     torch.set_num_threads(args.threads)

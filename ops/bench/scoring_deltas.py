@@ -5,10 +5,14 @@ writes it) is loaded by the worker's loader; the whole scorer then answers reque
 candidates, a user with a 100,000-behaviour history) while, on another thread at the watcher's
 priority, :class:`serving.delta_follow.DeltaFollower` applies deltas of ``--delta-rows`` rows per
 item table with all dense tensors and ``--delta-rows / 10`` id-map changes (new ids on recycled
-rows, the vocabulary being full). Requests timed during each apply alternate with as many right
-after it with none running (the baseline, measured in the same run); the ratio of their p99 is the
-figure (goal <= 1.3x). Both ways a worker can apply deltas run, one after the other: into the
-off-duty twin, swapped in under the lock (the default), and in place under the lock
+rows, the vocabulary being full). Each delta arrives as the signed chunks a worker reads from
+``model-updates`` (encoded before any timing): the applying thread assembles, verifies, decodes,
+prepares and writes it, as the watcher's thread does (the Kafka poll itself is left out).
+Requests timed during each apply alternate with as many right after it with none running (the
+baseline, measured in the same run); the ratio of their p99 is the figure (goal <= 1.3x). The
+ways a worker can apply deltas run one after the other: into the off-duty twin, swapped in under
+the lock, with the applying thread's share of the GIL limited (the default,
+``TWINSTREAM_DELTA_GIL_SHARE``) and without a limit; and in place under the lock
 (``TWINSTREAM_DELTA_TWIN=0``).
 """
 
@@ -31,9 +35,10 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
+from contracts.settings import Settings
 from feature_store import UserState
 from ops.bench.freshness_scale import KEY, model_flags
-from serving.delta import Delta, DeltaHeader, IdMapChange
+from serving.delta import Delta, DeltaHeader, IdMapChange, chunk_messages
 from serving.delta_follow import DeltaFollower
 from serving.loading import load_snapshot
 from serving.metrics import ScoringMetrics
@@ -41,6 +46,9 @@ from serving.requests import ScoreRequest
 from serving.scorer import ItemCatalog, ModelHolder, Scorer
 from serving.signing import Signer
 from serving.snapshot import version_dir
+
+Chunks = list[tuple[bytes, list[tuple[str, bytes]]]]  # one delta's (value, headers) messages
+CHUNK_BYTES = Settings().delta_chunk_bytes
 
 
 def synthetic_delta(served: Any, version: int, rows: int, seed: int) -> Delta:
@@ -87,14 +95,23 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
 
     # every delta built before any timing: building one passes over the 4M ids, which would
     # leave the next requests a cold cache that has nothing to do with applying it
-    versions = range(served.version + 1, served.version + 1 + 2 * a.deltas)
-    chain = [synthetic_delta(served, v, a.delta_rows, seed=v) for v in versions]
+    modes = (
+        ("twin", True, a.gil_share),
+        ("twin, GIL unlimited", True, 1.0),
+        ("in place", False, 1.0),
+    )
+    versions = range(served.version + 1, served.version + 1 + len(modes) * a.deltas)
+    signer = Signer.of(KEY)
+    chain = [
+        chunk_messages(synthetic_delta(served, v, a.delta_rows, seed=v), signer, CHUNK_BYTES)
+        for v in versions
+    ]
     quiet = timed(score, 200)
     print(f"   scoring p99 quiet {np.percentile(np.array(quiet) * 1000, 99):.2f} ms")
-    for twin, deltas in ((True, chain[: a.deltas]), (False, chain[a.deltas :])):
+    for i, (mode, twin, share) in enumerate(modes):
         follower = DeltaFollower(
-            holder, ScoringMetrics.create(CollectorRegistry()), Signer.of(KEY), 1 << 34,
-            lambda *x: print("refused", x), twin=twin,
+            holder, ScoringMetrics.create(CollectorRegistry()), signer, 1 << 34,
+            lambda *x: print("refused", x), twin=twin, gil_share=share,
         )  # fmt: skip
         if twin:
             began = time.perf_counter()
@@ -103,13 +120,15 @@ def run(args: argparse.Namespace, state: UserState, timed: Callable[..., list[fl
                 f"   twin made in {time.perf_counter() - began:.1f} s; "
                 f"worker resident {_rss_gib():.2f} GiB"
             )
-        mode = "twin" if twin else "in place, under the lock"
+        if share < 1.0:
+            mode += f", GIL share {share}"
+        deltas = chain[i * a.deltas : (i + 1) * a.deltas]
         _deltas(deltas, a.delta_rows, follower, score, timed, mode)
         print(f"   worker peak resident {_peak_gib():.2f} GiB so far")
 
 
 def _deltas(
-    deltas: list[Delta],
+    deltas: list[Chunks],
     rows: int,
     follower: DeltaFollower,
     score: Callable[[], object],
@@ -135,7 +154,7 @@ def _deltas(
     )
     print(
         f"   {mode}: {follower.applied} deltas of up to {rows:,} rows per item table applied, "
-        f"{np.mean(applied):.3f} s each (check, id maps rebuilt, rows written); "
+        f"{np.mean(applied):.3f} s each (decoded, checked, id maps followed, rows written); "
         f"the lock held {np.median(follower.locked_s) * 1000:.3f} ms median, "
         f"{max(follower.locked_s) * 1000:.3f} ms max"
     )
@@ -162,11 +181,11 @@ class _Applier:
 
     def __init__(self, follower: DeltaFollower) -> None:
         self.follower, self.seconds = follower, list[float]()
-        self._queue: queue.Queue[tuple[Delta, threading.Event] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Chunks, threading.Event] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def submit(self, delta: Delta) -> threading.Event:
+    def submit(self, delta: Chunks) -> threading.Event:
         done = threading.Event()
         self._queue.put((delta, done))
         return done
@@ -182,7 +201,8 @@ class _Applier:
         lower_thread_priority()  # as the watcher's own thread does
         while (item := self._queue.get()) is not None:
             began = time.perf_counter()
-            self.follower.offer(item[0])
+            for value, headers in item[0]:
+                self.follower.chunk(value, dict(headers).get("mac"))
             self.seconds.append(time.perf_counter() - began)
             item[1].set()
 

@@ -99,22 +99,27 @@ def test_a_snapshot_plus_deltas_scores_exactly_like_the_trainer(tmp_path: Path) 
     assert_serves_like(trainer, served)
 
 
-@pytest.mark.parametrize("twin", [True, False], ids=["twin", "in-place"])
+@pytest.mark.parametrize(
+    ("twin", "gil_share"),
+    [(True, 1.0), (True, 0.3), (False, 1.0)],
+    ids=["twin", "twin-gil-limited", "in-place"],
+)
 def test_a_follower_serves_the_trainers_weights_with_or_without_a_twin(
-    tmp_path: Path, twin: bool
+    tmp_path: Path, twin: bool, gil_share: float
 ) -> None:
     """With a twin the holder's model is swapped for the copy a delta was written into, and the
-    retired copy catches up: both equal the trainer's after every delta."""
+    retired copy catches up: both equal the trainer's after every delta. The deltas arrive as
+    their signed chunks, as on ``model-updates``."""
     trainer, served, deltas = trained_chain(tmp_path)
     holder = ModelHolder()
     holder.swap(served)
     follower = DeltaFollower(
-        holder, ScoringMetrics.create(CollectorRegistry()), SIGNER, 1 << 24, _refused, twin=twin
-    )
-    serving = []
+        holder, ScoringMetrics.create(CollectorRegistry()), SIGNER, 1 << 24, _refused,
+        twin=twin, gil_share=gil_share,
+    )  # fmt: skip
     for delta in reversed(deltas):  # early ones wait for their predecessor
-        follower.offer(delta)
-        serving.append(holder.model)
+        for value, headers in chunk_messages(delta, SIGNER, 4096):
+            follower.chunk(value, dict(headers).get("mac"))
     assert follower.applied == len(deltas) and holder.model is not None
     assert holder.model.version == deltas[-1].header.version
     assert_serves_like(trainer, cast(LoadedSnapshot, holder.model))
