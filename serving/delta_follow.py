@@ -11,7 +11,8 @@ scorer holds while it reads the model: requests wait for the write (about 11 ms 
 two 4M-row tables).
 Decoding and preparing a delta (checks, id maps) is Python beside the requests' Python: it runs
 with a limited share of the interpreter lock (:class:`serving.gil_share.GilShare`), so requests
-keep their speed while it runs.
+keep their speed while it runs; not while the follower is *behind* (more of ``model-updates``
+waits to be read: a restart or a checkpoint load replaying deltas), when freshness comes first.
 A delta that arrives early (a gap: one before it was lost or refused) waits in a small buffer;
 the watcher then loads the chain's checkpoint and replays what follows it
 (:meth:`DeltaFollower.wants_checkpoint`). A refused delta is logged and counted like a refused
@@ -26,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 
 from serving.delta import Delta, DeltaAssembler, apply_prepared, prepare
 from serving.gil_share import GilShare
@@ -55,6 +56,7 @@ class DeltaFollower:
         self._twin: tuple[ServingModel, ServingModel] | None = None  # (serving model, its twin)
         self.assembler = DeltaAssembler(signer, max_bytes)
         self.gil = GilShare(gil_share)  # decoding and preparing spread out beside requests
+        self.behind = False  # set by the reader: more deltas wait than it has read
         self._early: dict[int, Delta] = {}  # prev → delta, waiting for its predecessor
         self.applied = 0
         self.locked_s: list[float] = []  # how long each apply held the scorer off (recent ones)
@@ -71,13 +73,17 @@ class DeltaFollower:
             if DeltaAssembler.peek(value)["version"] <= self.version:
                 return
             text = None if mac is None else mac.decode(errors="replace")
-            with self.gil.limited():
+            with self.paced():
                 delta = self.assembler.add(value, text)
         except SnapshotError as err:
             self.refuse(err.reason, "delta chunk", err)
             return
         if delta is not None:
             self.offer(delta)
+
+    def paced(self) -> AbstractContextManager[None]:
+        """The GIL share limit for the follower's Python, lifted while it is behind."""
+        return nullcontext() if self.behind else self.gil.limited()
 
     def offer(self, delta: Delta) -> None:
         """Apply ``delta`` if it follows the serving version, else keep it for later."""
@@ -110,7 +116,7 @@ class DeltaFollower:
         began = time.perf_counter()
         twin = self.twin_of(model)
         try:
-            with self.gil.limited():
+            with self.paced():
                 prepared = prepare(model, delta)
         except SnapshotError as err:
             self.refuse(err.reason, f"delta v{delta.header.version}", err)

@@ -156,8 +156,9 @@ class SnapshotWatcher:
         self._consumer = consumer = self._new_consumer()
         try:
             while not self._stop.is_set():
-                with self.follower.gil.limited():  # parsing MiBs of deltas, beside requests
+                with self.follower.paced():  # parsing MiBs of deltas, beside requests
                     batch = consumer.poll(timeout_ms=200)
+                self.follower.behind = _backlog(consumer) > 0
                 records = [r for part in batch.values() for r in part]
                 self.handle(sorted(records, key=lambda r: r.offset))
                 self._fetch_while_empty()
@@ -314,3 +315,13 @@ class SnapshotWatcher:
         self._consumer = consumer
         self._seek_to_model_time()
         return consumer
+
+
+def _backlog(consumer: KafkaConsumer) -> int:
+    """Records of the assigned partitions past the consumer's position, as of its last fetch."""
+    waiting = 0
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None:
+            waiting += max(0, high - consumer.position(tp))
+    return waiting

@@ -76,3 +76,22 @@ def test_the_profile_hook_is_removed_afterwards_and_share_one_installs_none() ->
         assert sys.getprofile() is None
     with pytest.raises(ValueError):
         GilShare(share=0.0)
+
+
+def test_a_follower_lifts_the_limit_while_it_is_behind() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from serving.delta_follow import DeltaFollower
+    from serving.metrics import ScoringMetrics
+    from serving.scorer import ModelHolder
+    from serving.signing import Signer
+
+    follower = DeltaFollower(
+        ModelHolder(), ScoringMetrics.create(CollectorRegistry()), Signer.of(None), 1 << 20,
+        lambda *a: None, gil_share=0.2,
+    )  # fmt: skip
+    with follower.paced():
+        assert sys.getprofile() is not None  # caught up: requests first
+    follower.behind = True
+    with follower.paced():
+        assert sys.getprofile() is None  # a backlog to replay: freshness first
