@@ -65,6 +65,8 @@ class Settings:
     # the share of the interpreter lock a worker's watcher may take while it decodes and prepares
     # a delta (serving/gil_share.py): requests beside it keep their speed; 1.0: no limit
     delta_gil_share: float = 0.2
+    # ... except for a delta made longer ago than this (trainer's clock): a worker catching up
+    delta_catch_up_after_s: float = 2.0
     # model-updates keeps deltas this long (each several MiB at full size, one every few seconds);
     # it must exceed the trainer's checkpoint interval, from whose time workers replay deltas
     model_updates_retention_s: float = 3600.0

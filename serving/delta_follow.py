@@ -12,7 +12,9 @@ two 4M-row tables).
 Decoding and preparing a delta (checks, id maps) is Python beside the requests' Python: it runs
 with a limited share of the interpreter lock (:class:`serving.gil_share.GilShare`), so requests
 keep their speed while it runs; not while the follower is *behind* (more of ``model-updates``
-waits to be read: a restart or a checkpoint load replaying deltas), when freshness comes first.
+waits to be read, or the delta was made more than ``catch_up_after_s`` ago by the trainer's
+clock: a restart, a checkpoint load replaying deltas, a big first delta), when freshness comes
+first.
 A delta that arrives early (a gap: one before it was lost or refused) waits in a small buffer;
 the watcher then loads the chain's checkpoint and replays what follows it
 (:meth:`DeltaFollower.wants_checkpoint`). A refused delta is logged and counted like a refused
@@ -50,6 +52,7 @@ class DeltaFollower:
         refuse: Callable[[str, object, object], None],
         twin: bool = True,
         gil_share: float = 1.0,
+        catch_up_after_s: float = 2.0,
     ) -> None:
         self.holder, self.metrics, self.refuse = holder, metrics, refuse
         self.twin = twin  # keep an off-duty copy of the weights to write deltas into
@@ -57,6 +60,7 @@ class DeltaFollower:
         self.assembler = DeltaAssembler(signer, max_bytes)
         self.gil = GilShare(gil_share)  # decoding and preparing spread out beside requests
         self.behind = False  # set by the reader: more deltas wait than it has read
+        self.catch_up_after_s = catch_up_after_s  # an older delta is applied at full speed
         self._early: dict[int, Delta] = {}  # prev → delta, waiting for its predecessor
         self.applied = 0
         self.locked_s: list[float] = []  # how long each apply held the scorer off (recent ones)
@@ -70,10 +74,11 @@ class DeltaFollower:
     def chunk(self, value: bytes, mac: bytes | None) -> None:
         """One chunk from ``model-updates``: old versions skipped unread, others assembled."""
         try:
-            if DeltaAssembler.peek(value)["version"] <= self.version:
+            head = DeltaAssembler.peek(value)
+            if head["version"] <= self.version:
                 return
             text = None if mac is None else mac.decode(errors="replace")
-            with self.paced():
+            with self.paced(head.get("created")):
                 delta = self.assembler.add(value, text)
         except SnapshotError as err:
             self.refuse(err.reason, "delta chunk", err)
@@ -81,9 +86,12 @@ class DeltaFollower:
         if delta is not None:
             self.offer(delta)
 
-    def paced(self) -> AbstractContextManager[None]:
-        """The GIL share limit for the follower's Python, lifted while it is behind."""
-        return nullcontext() if self.behind else self.gil.limited()
+    def paced(self, created: object = None) -> AbstractContextManager[None]:
+        """The GIL share limit for the follower's Python, lifted while it is behind or for a
+        delta ``created`` (trainer's clock; unverified in a chunk's header: it only sets the
+        pace) more than ``catch_up_after_s`` ago."""
+        late = isinstance(created, (int, float)) and time.time() - created > self.catch_up_after_s
+        return nullcontext() if self.behind or late else self.gil.limited()
 
     def offer(self, delta: Delta) -> None:
         """Apply ``delta`` if it follows the serving version, else keep it for later."""
@@ -116,7 +124,7 @@ class DeltaFollower:
         began = time.perf_counter()
         twin = self.twin_of(model)
         try:
-            with self.paced():
+            with self.paced(delta.header.created):
                 prepared = prepare(model, delta)
         except SnapshotError as err:
             self.refuse(err.reason, f"delta v{delta.header.version}", err)

@@ -100,6 +100,7 @@ class SnapshotWatcher:
             self.refuse,
             twin=settings.delta_twin,
             gil_share=settings.delta_gil_share,
+            catch_up_after_s=settings.delta_catch_up_after_s,
         )
         self._consumer: KafkaConsumer | None = None
         self._tried, self._tried_at = 0, 0.0  # the last checkpoint a resync tried, and when

@@ -92,6 +92,10 @@ def test_a_follower_lifts_the_limit_while_it_is_behind() -> None:
     )  # fmt: skip
     with follower.paced():
         assert sys.getprofile() is not None  # caught up: requests first
+    with follower.paced(time.time() - 1.0):
+        assert sys.getprofile() is not None  # a fresh delta
+    with follower.paced(time.time() - 3.0):
+        assert sys.getprofile() is None  # made 3 s ago: freshness first
     follower.behind = True
     with follower.paced():
         assert sys.getprofile() is None  # a backlog to replay: freshness first
