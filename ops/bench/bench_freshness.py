@@ -165,6 +165,9 @@ def main() -> None:
     scale.add_argument("--delta-every-s", type=float, default=2.0)
     scale.add_argument("--checkpoint-every-s", type=float, default=60.0)
     scale.add_argument("--batch", type=int, default=256, help="sample messages per step")
+    scale.add_argument(
+        "--keep-out", action="store_true", help="keep the run's checkpoints, state and logs"
+    )
     args = parser.parse_args()
     settings = settings_for_demo()
     if args.items:

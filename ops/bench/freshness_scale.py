@@ -12,7 +12,9 @@ Measured: sample → served (each sample's Kafka timestamp against the first mom
 ``/healthz`` reports a version whose delta covers its offset), bytes per delta (its chunks on
 ``model-updates``), the trainer's pause per delta and per checkpoint and a checkpoint's write time
 (its log), peak memory (VmHWM) of trainer and worker. Baseline measured in the same run: the time
-the worker took to fetch and load v1 whole, what every new version cost before deltas.
+the worker took to fetch and load v1 whole, what every new version cost before deltas. The run's
+folder (checkpoints of both sides, several GiB each at full size) is removed at the end unless
+``--keep-out`` is given.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -226,6 +229,9 @@ def run_scale(args: argparse.Namespace, settings: Settings) -> None:
         for proc in (trainer, worker):
             proc.wait(timeout=600)
     report_logs(out / "trainer.log")
+    if not args.keep_out:  # checkpoints of 2-6 GiB each, twice over (trainer and worker)
+        shutil.rmtree(out)
+        print(f"removed {out} (--keep-out keeps it)")
 
 
 def measure(
