@@ -56,7 +56,7 @@ class ModelConfig:
     bst_len: int = 20  # BST: most recent behaviours in its sequence (the BST paper's 20)
     cross_features: bool = True  # DIN, DSIN, BST head: also target ⊙ each interest vector
     twin_v2_recent: bool = False  # TWIN-V2: also attend over the recent sequence
-    twin_v2_age: bool = False  # TWIN-V2: time-gap bias by estimated cluster age (models.twin_v2)
+    twin_v2_age: bool = True  # TWIN-V2: time-gap bias by estimated cluster age (models.twin_v2)
     twin_v2_log_size: bool = True  # TWIN-V2: ESU logits + ln N (the paper); False: a departure
 
     def __post_init__(self) -> None:
@@ -108,9 +108,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Reads :meth:`to_dict`; a dict written before ``cross_features`` existed describes a
-        model without them (its head is sized so), hence the ``False`` when the key is absent."""
-        return cls(**{"cross_features": False, **data})
+        """Reads :meth:`to_dict`; a dict written before ``cross_features`` or ``twin_v2_age``
+        existed describes a model without them (its head and attention are sized so), hence the
+        ``False`` when the key is absent."""
+        return cls(**{"cross_features": False, "twin_v2_age": False, **data})
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ the cluster sequence (``attends = "cluster"``).
 With ``config.twin_v2_recent`` the model also runs exact TWIN attention (own parameters) over the
 recent sequence and adds ``[h_recent, v_t ⊙ h_recent]`` to the head input.
 
-**Cluster age** (``config.twin_v2_age``, an option; the paper's ESU is TWIN's, whose cross features
-include the time gap, and a cluster's numeric features are its members' mean): the attention adds
+**Cluster age** (``config.twin_v2_age``, on by default; the paper's ESU is TWIN's, whose cross
+features include the time gap, and a cluster's numeric features are its members' mean; without it
+the clusters are an unordered set and old interests weigh like current ones: on 10,000-behaviour
+generated users TWIN-V2 fell 0.083 AUC behind TWIN, trainer/RESULTS-offline.md): the attention adds
 a learnt bias per head and age bucket, as TWIN does per relative position (the recent branch, when
 on, then gets TWIN's own bias by relative position). The cluster sequence is
 in order of the members' mean position, so the age of a cluster is estimated from the sizes alone,

@@ -54,7 +54,7 @@ class EvalConfig:
     progress: bool = True
     cluster_warmup_epochs: int = 1  # TWIN-V2: epochs clustered by category before the model's own
     twin_v2_recent: bool = False  # TWIN-V2 also attends over the recent sequence (ModelConfig)
-    twin_v2_age: bool = False  # TWIN-V2: time-gap bias by cluster age (ModelConfig)
+    twin_v2_age: bool = True  # TWIN-V2: time-gap bias by cluster age (ModelConfig)
     cluster_by_token: bool = False  # TWIN-V2: cluster on [item, its category] rows, not item rows
     twin_v2_log_size: bool = True  # TWIN-V2: ESU + ln N, as the paper (ModelConfig)
 

@@ -52,3 +52,11 @@ def test_a_dict_written_before_cross_features_reads_as_without_them() -> None:
     assert cfg.cross_features
     old = {k: v for k, v in cfg.to_dict().items() if k != "cross_features"}
     assert not ModelConfig.from_dict(old).cross_features
+
+
+def test_a_dict_written_before_twin_v2_age_reads_as_without_it() -> None:
+    """Snapshots saved before the cluster age existed have no age table: they load without."""
+    cfg = ModelConfig(n_items=10, n_categories=4)
+    assert cfg.twin_v2_age
+    old = {k: v for k, v in cfg.to_dict().items() if k != "twin_v2_age"}
+    assert not ModelConfig.from_dict(old).twin_v2_age
