@@ -106,6 +106,28 @@ def splitmix64_int(x: int) -> int:
     return z ^ (z >> 31)
 
 
+DRAWS_HIGH_LIMIT = 1 << 37  # hash_draws_many multiplies in two halves: exact below this
+
+
+def hash_draws_many(keys: U64, start: int, n: int, highs: Int64Array) -> Int64Array:
+    """:func:`hash_draws` of many keys at once, one row of ``n`` draws per key (its ``high`` in
+    ``highs``), the same values: the 53 hashed bits times ``high``, shifted down by 53, computed
+    in two halves so that no product passes 64 bits (``highs`` below ``DRAWS_HIGH_LIMIT``).
+
+    >>> keys = np.array([7, 2**62 + 5], np.uint64)
+    >>> hash_draws_many(keys, 2, 3, np.array([10, 10**9])).tolist() == [
+    ...     hash_draws(7, 2, 3, 10), hash_draws(2**62 + 5, 2, 3, 10**9)]
+    True
+    """
+    if highs.shape[0] and int(highs.max()) >= DRAWS_HIGH_LIMIT:
+        raise ValueError(f"hash_draws_many needs every high below {DRAWS_HIGH_LIMIT}")
+    counters = keys[:, None] + np.arange(start, start + n, dtype=np.uint64)[None, :]
+    bits = splitmix64(counters) >> np.uint64(11)  # 53 bits
+    high = highs.astype(np.uint64)[:, None]
+    upper, lower = bits >> np.uint64(26), bits & np.uint64((1 << 26) - 1)
+    return ((upper * high + ((lower * high) >> np.uint64(26))) >> np.uint64(27)).astype(np.int64)
+
+
 def hash_draws(key: int, start: int, n: int, high: int) -> list[int]:
     """``n`` integers in [0, high) determined by (``key``, ``start + i``): counter-based random
     draws, so a replay of the same event draws the same values without any generator state.

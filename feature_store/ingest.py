@@ -41,7 +41,7 @@ from feature_store.cluster_config import ClusterConfig
 from feature_store.clustering import ItemEmbedder
 from feature_store.delayed_labels import PendingImpressions
 from feature_store.sampler_journal import SamplerJournal
-from feature_store.samples import SampleBuilder, SampleConfig
+from feature_store.samples import BatchSamples, SampleBuilder, SampleConfig
 from feature_store.state import Admission, LateEvent, StateConfig, UserState
 from feature_store.state_delta import Records, changelog_state_records, full_size
 from feature_store.state_layout import Parts, mark_written, state_parts
@@ -164,9 +164,14 @@ class PartitionWorker:
         result.skipped = len(records) - len(fresh)
         result.states = self._states(list(dict.fromkeys(e.user_id for _, e in fresh)))
         changed: set[str] = set()
-        for offset, event in fresh:
-            if self._one(offset, event, result.states[event.user_id], result):
-                changed.add(event.user_id)
+        samples = BatchSamples(self.builder)
+        try:
+            for offset, event in fresh:
+                if self._one(offset, event, result.states[event.user_id], result, samples):
+                    changed.add(event.user_id)
+            result.samples = samples.finish()
+        finally:
+            samples.close()
         result.offset = max((o for o, _ in fresh), default=None)
         result.meta = self._meta_changes(result.offset)
         for user in changed:  # their next versions: changelog records, then the store's parts
@@ -203,8 +208,15 @@ class PartitionWorker:
         meta = self.builder.pending.drain_changes()
         return meta | self.sampler_journal.changes(self.builder.sampler, offset)
 
-    def _one(self, offset: int, event: Event, state: UserState, result: BatchResult) -> bool:
-        """Apply one event; whether it changed the state."""
+    def _one(
+        self,
+        offset: int,
+        event: Event,
+        state: UserState,
+        result: BatchResult,
+        samples: BatchSamples,
+    ) -> bool:
+        """Apply one event (its samples to ``samples``); whether it changed the state."""
         try:
             verdict = state.check(event, self.config.state)
         except LateEvent as err:
@@ -213,7 +225,7 @@ class PartitionWorker:
         if verdict is Admission.DUPLICATE:
             result.duplicates += 1
             return False
-        result.samples += self.builder.samples_for(state, event)
+        samples.add(state, event)
         state.apply(event, self.config.state, checked=True)
         state.maybe_recluster(self.config.clusters, self.embedder)
         self.watermark = event.ts if self.watermark is None else max(self.watermark, event.ts)

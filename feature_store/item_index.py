@@ -60,3 +60,49 @@ class ItemIndex:
 
     def _count(self, value: int, first: int) -> int:
         return int(self._base.searchsorted(value, side="right")) - first
+
+    def counts(self, values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """How many times the multiset holds each of ``values`` (vectorised: two binary searches
+        of the base for all of them, the dicts read only for values they hold)."""
+        base = self._base
+        out = base.searchsorted(values, side="right") - base.searchsorted(values, side="left")
+        if self._added or self._dropped:
+            added, dropped = self._added, self._dropped
+            for i, v in enumerate(values.tolist()):
+                if v in added or v in dropped:
+                    out[i] += added.get(v, 0) - dropped.get(v, 0)
+        return out
+
+
+class ItemJournal:
+    """The items a log gained and lost, in order, while a batch is applied (a state records them
+    while :attr:`feature_store.state.UserState.item_journal` is set): with the log's items after
+    the batch, they give its items as of any moment in the batch (:func:`counts_as_of`)."""
+
+    __slots__ = ("items", "signs")
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+        self.signs: list[int] = []  # +1 gained, -1 lost
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def gained(self, item: int) -> None:
+        self.items.append(item)
+        self.signs.append(1)
+
+    def lost(self, items: npt.NDArray[np.int64]) -> None:
+        dropped = items.tolist()
+        self.items += dropped
+        self.signs += [-1] * len(dropped)
+
+    def since(self, values: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]) -> np.ndarray:
+        """For each row ``r`` of ``values`` (rows x columns), the net count of each value gained
+        from entry ``starts[r]`` of the journal on (what the log held before is final less it)."""
+        if not self.items:
+            return np.zeros(values.shape, np.int64)
+        items, signs = np.array(self.items, np.int64), np.array(self.signs, np.int64)
+        later = np.arange(items.shape[0])[None, :] >= starts[:, None]  # (rows, entries)
+        match = (values[:, :, None] == items[None, None, :]) & later[:, None, :]
+        return (match * signs).sum(axis=2)

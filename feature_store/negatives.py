@@ -9,6 +9,7 @@ same negatives.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +56,10 @@ class FrequencySampler:
         self._n = 0
         self.fold_every = fold_every
         self.journal: list[int] | None = None  # a list: item, category of each observation
+        # a list: (total before, item index, its category until then) of each category change,
+        # while a batch's draws wait (categories_as_of)
+        self.category_changes: list[tuple[int, int, int]] | None = None
+        self._epoch: Positions | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -74,6 +79,8 @@ class FrequencySampler:
         i = self._index.get(item)
         if i is None:
             i = self._add(item)
+        elif self.category_changes is not None and self._cats[i] != category:
+            self.category_changes.append((self.total, i, int(self._cats[i])))
         self._cats[i] = category
         self._recent.append(i)
         if self.journal is not None:
@@ -144,6 +151,37 @@ class FrequencySampler:
             recent[t - folded] if t >= folded else i for t, i in zip(targets, found, strict=True)
         ]
 
+    def positions(self) -> Positions:
+        """The occurrence multiset's positions as of now (:func:`find_many` maps them to item
+        indices for any total up to now's until the next fold)."""
+        epoch = self._epoch
+        if epoch is None or epoch.cum is not self._cum or epoch.recent is not self._recent:
+            epoch = self._epoch = Positions(self._cum, self._folded_total, self._recent)
+        return epoch
+
+    def items_at(self, indices: I64) -> I64:
+        """The item ids of item indices (an index keeps its item for good)."""
+        return self._items[indices]
+
+    def categories_as_of(self, indices: I64, totals: I64) -> I64:
+        """The category of each item index as it was when the sampler had seen ``totals``
+        occurrences (row-wise: ``totals`` has one entry per row of ``indices``), from the
+        current ones and :attr:`category_changes` (recorded since those totals)."""
+        cats = self._cats[indices]
+        changes = self.category_changes or []
+        changed: dict[int, list[tuple[int, int]]] = {}
+        for total, index, old in changes:
+            changed.setdefault(index, []).append((total, old))
+        if not changed:
+            return cats
+        hit = np.isin(indices, np.fromiter(changed, np.int64, len(changed)))
+        for row, col in zip(*np.nonzero(hit), strict=True):
+            seen = int(totals[row])
+            later = [old for total, old in changed[int(indices[row, col])] if total >= seen]
+            if later:
+                cats[row, col] = later[0]  # the first change after the draw: what it replaced
+        return cats
+
     def encode(self) -> bytes:
         """Magic, counts, then items, categories and folded counts as int64 blocks, then the
         recent occurrences."""
@@ -168,6 +206,27 @@ class FrequencySampler:
         out._n, out._recent = n, recent
         out._cumulate()
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Positions:
+    """The occurrence multiset between two folds: positions below ``folded`` by the cumulative
+    counts, the rest one recent occurrence each (a list that only grows until the next fold)."""
+
+    cum: I64
+    folded: int
+    recent: list[int]
+
+
+def find_many(positions: Positions, targets: I64) -> I64:
+    """:meth:`FrequencySampler._find` of many positions at once (any shape)."""
+    below = targets < positions.folded
+    out = np.empty(targets.shape, np.int64)
+    out[below] = positions.cum.searchsorted(targets[below], side="right")
+    if not below.all():
+        recent = np.array(positions.recent, np.int64)
+        out[~below] = recent[targets[~below] - positions.folded]
+    return out
 
 
 class _Membership:

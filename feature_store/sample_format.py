@@ -148,6 +148,44 @@ def pack_sample(
     of ``recent``, which then stand for them (``n_singletons``). ``narrow_ids``: a history of
     ``NARROW_MIN_ROWS`` rows or more goes in narrow rows when its ids fit
     (:mod:`feature_store.sample_narrow`)."""
+    history = pack_history(
+        recent, clusters, tail, tail_ends_recent, n_dense=n_dense, narrow_ids=narrow_ids
+    )
+    return history.message(user, ts, n_targets, targets)
+
+
+@dataclass(frozen=True, slots=True)
+class PackedHistory:
+    """The history part of a sample message in bytes, and what its header says of it: a
+    message for any targets (:meth:`message`), so a batch encodes each history at its event's
+    turn and adds the targets once its negatives are drawn."""
+
+    flags: int
+    n_dense: int
+    n_recent: int
+    n_clusters: int
+    n_singletons: int
+    body: tuple[bytes, bytes]  # recent rows, clusters (wide or narrow)
+
+    def message(self, user: int, ts: float, n_targets: int, targets: bytes) -> bytes:
+        """The sample message of ``n_targets`` packed target rows over this history."""
+        header = _HEADER_STRUCT.pack(
+            SAMPLE_MAGIC, SAMPLE_VERSION, self.flags, self.n_dense, n_targets, self.n_recent,
+            self.n_clusters, user, ts, self.n_singletons,
+        )  # fmt: skip
+        return b"".join((header, targets, *self.body))
+
+
+def pack_history(
+    recent: np.ndarray,
+    clusters: np.ndarray,
+    tail: np.ndarray | None = None,
+    tail_ends_recent: bool = False,
+    *,
+    n_dense: int,
+    narrow_ids: bool = False,
+) -> PackedHistory:
+    """The history of :func:`pack_sample` in bytes (the same arguments)."""
     if dense_width(recent) != n_dense:
         raise ValueError("targets, recent and clusters must have the same number of dense features")
     n_tail = 0 if tail is None else tail.shape[0]
@@ -159,11 +197,7 @@ def pack_sample(
         narrowed = narrow(recent, clusters)
         if narrowed is not None:
             flags, history = NARROW, narrowed
-    header = _HEADER_STRUCT.pack(
-        SAMPLE_MAGIC, SAMPLE_VERSION, flags, n_dense, n_targets, recent.shape[0],
-        clusters.shape[0], user, ts, singles,
-    )  # fmt: skip
-    return b"".join((header, targets, *history))
+    return PackedHistory(flags, n_dense, recent.shape[0], clusters.shape[0], singles, history)
 
 
 def with_label(blob: bytes, label: float) -> bytes:

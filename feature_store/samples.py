@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from contracts.schema import Event, EventType
 from contracts.settings import RECENT_LENGTH
+from feature_store.batch_negatives import SHORT_HISTORY, BatchNegatives
 from feature_store.delayed_labels import PendingImpressions
 from feature_store.ids import stable_id
 from feature_store.item_index import ItemIndex
@@ -35,15 +36,15 @@ from feature_store.negatives import FrequencySampler, event_key
 from feature_store.sample_format import (
     F32,
     I64,
+    PackedHistory,
     encode_sample,
     make_targets,
+    pack_history,
     pack_sample,
     targets_struct,
 )
 from feature_store.state import StateConfig, UserState
 from feature_store.state_format import TYPE_CODES
-
-SHORT_HISTORY = 128  # up to this many behaviours, negatives are checked against the log itself
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,75 @@ class SampleBuilder:
             tail_ends_recent,
             narrow_ids=self.config.narrow_ids,
         )
+
+
+# an implicit positive staged in a batch: user, ts, item, category, type code, dense, history
+Staged = tuple[int, float, int, int, int, tuple[float, ...], PackedHistory]
+
+
+class BatchSamples:
+    """The samples of one batch of a partition, in event order: what :meth:`SampleBuilder.
+    samples_for` makes of each event, with the negatives of implicit positives drawn together
+    at the end (:mod:`feature_store.batch_negatives`, the same draws). Call :meth:`add` with the
+    user's state before applying the event (point-in-time correct), then :meth:`finish` once,
+    and :meth:`close` in any case (the states and the sampler stop recording)."""
+
+    def __init__(self, builder: SampleBuilder) -> None:
+        self.builder = builder
+        config = builder.config
+        self.implicit, self.negatives = config.mode == "implicit", None
+        if self.implicit:
+            self.negatives = BatchNegatives(builder.sampler, config.negatives)
+        self.ready: list[bytes] = []  # explicit mode: the samples each event completed
+        self.staged: list[Staged] = []  # implicit positives, negatives not drawn yet
+
+    def add(self, state: UserState, event: Event) -> None:
+        if self.negatives is None:
+            self.ready += self.builder.samples_for(state, event)
+            return
+        builder = self.builder
+        if event.type not in builder.config.positive_types:
+            return
+        item, category = stable_id(event.item_id), stable_id(event.category_id)
+        self.negatives.add(state, event_key(builder.config.seed, event), item)
+        recent, clusters, tail, ends_recent = state.sample_history(
+            builder.config.recent_length, as_of=event.ts
+        )
+        n_dense = builder.state_config.n_dense
+        dense = tuple(builder.state_config.dense(event).tolist()) if n_dense else ()
+        history = pack_history(
+            recent,
+            clusters,
+            tail,
+            ends_recent,
+            n_dense=n_dense,
+            narrow_ids=builder.config.narrow_ids,
+        )
+        code = TYPE_CODES[event.type]
+        self.staged.append(
+            (stable_id(event.user_id), event.ts, item, category, code, dense, history)
+        )
+        builder.sampler.observe(item, category)
+
+    def finish(self) -> list[bytes]:
+        """Every sample of the batch, in event order."""
+        if self.negatives is None or not self.staged:
+            return self.ready
+        items, cats, found = self.negatives.draw()
+        n_dense = self.builder.state_config.n_dense
+        out = []
+        drawn = zip(self.staged, items.tolist(), cats.tolist(), found.tolist(), strict=True)
+        for (user, ts, item, category, code, dense, history), neg_items, neg_cats, n in drawn:
+            rows = [(item, category, 1.0)]
+            rows += [(i, c, 0.0) for i, c in zip(neg_items[:n], neg_cats[:n], strict=True)]
+            values = [v for it, cat, lab in rows for v in (it, cat, code, lab, *dense)]
+            targets = targets_struct(len(rows), n_dense).pack(*values)
+            out.append(history.message(user, ts, len(rows), targets))
+        return out
+
+    def close(self) -> None:
+        if self.negatives is not None:
+            self.negatives.close()
 
 
 def request_sample(

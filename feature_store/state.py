@@ -50,7 +50,7 @@ from feature_store.clustering import (
     with_singletons,
 )
 from feature_store.ids import hash_id, stable_id
-from feature_store.item_index import ItemIndex
+from feature_store.item_index import ItemIndex, ItemJournal
 from feature_store.state_format import (
     FORMAT_VERSION,
     HEADER_STRUCT,
@@ -142,6 +142,7 @@ class UserState:
         "_watermark",
         "changes",
         "cluster_state",
+        "item_journal",
     )
 
     def __init__(
@@ -163,6 +164,7 @@ class UserState:
         self._watermark = watermark
         self._ring, self._ring_fill, self._ring_pos = ring, ring_fill, ring_pos
         self.cluster_state = cluster_state
+        self.item_journal: ItemJournal | None = None  # set: the log's item changes recorded
 
     @classmethod
     def empty(cls, config: StateConfig) -> UserState:
@@ -384,9 +386,14 @@ class UserState:
         """Keep the item index and the cap after a behaviour entered the log."""
         if self._items is not None:
             self._items.add(item)
+        if self.item_journal is not None:
+            self.item_journal.gained(item)
         if self._hi - self._lo > cap:
+            dropped = self._buf["item"][self._lo : self._hi - cap]
             if self._items is not None:
-                self._items.drop(self._buf["item"][self._lo : self._hi - cap])
+                self._items.drop(dropped)
+            if self.item_journal is not None:
+                self.item_journal.lost(dropped)
             self._lo = self._hi - cap
 
     def _insert_late(self, rec: np.ndarray, config: StateConfig) -> None:
