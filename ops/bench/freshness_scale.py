@@ -13,8 +13,8 @@ Measured: sample → served (each sample's Kafka timestamp against the first mom
 ``model-updates``), the trainer's pause per delta and per checkpoint and a checkpoint's write time
 (its log), peak memory (VmHWM) of trainer and worker. Baseline measured in the same run: the time
 the worker took to fetch and load v1 whole, what every new version cost before deltas. The run's
-folder (checkpoints of both sides, several GiB each at full size) is removed at the end unless
-``--keep-out`` is given.
+checkpoints (both sides, several GiB each at full size) and state are removed at the end, its
+logs kept, unless ``--keep-out`` is given.
 """
 
 from __future__ import annotations
@@ -230,8 +230,9 @@ def run_scale(args: argparse.Namespace, settings: Settings) -> None:
             proc.wait(timeout=600)
     report_logs(out / "trainer.log")
     if not args.keep_out:  # checkpoints of 2-6 GiB each, twice over (trainer and worker)
-        shutil.rmtree(out)
-        print(f"removed {out} (--keep-out keeps it)")
+        for folder in (trainer_dir, worker_dir, out / "state"):
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"removed the checkpoints and state under {out}, kept its logs (--keep-out: all)")
 
 
 def measure(
