@@ -39,6 +39,9 @@ class ClusterConfig:
     # The newest raw_recent behaviours are never clustered (clusters of one): a departure from
     # the paper, which clusters the whole life cycle; 0 = as published (see clustering.py)
     raw_recent: int = 0
+    # Cluster on the token the model attends with, [item row, category row] of each behaviour
+    # (the embedder's ``tokens``), not the item row alone: worker and offline alike (issue 15)
+    by_token: bool = False
 
     def __post_init__(self) -> None:
         if (

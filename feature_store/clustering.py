@@ -119,6 +119,13 @@ class ItemEmbedder(Protocol):
     def __call__(self, items: I64) -> F32: ...  # (n,) raw item keys -> (n, d)
 
 
+class TokenEmbedder(ItemEmbedder, Protocol):
+    """Also the rows of the token the model attends with: ``[item row, category row]`` of each
+    behaviour (clustered on when ``ClusterConfig.by_token``)."""
+
+    def tokens(self, items: I64, categories: I64) -> F32: ...  # (n,), (n,) raw keys -> (n, d)
+
+
 class LiveEmbedder(ItemEmbedder, Protocol):
     """Embeddings that change (a serving model): :func:`update` reads :meth:`current` once per
     run, so one run never mixes two tables; ``current()`` is None before any snapshot."""
@@ -435,7 +442,7 @@ def _leaves(
         leaves = category_leaves(part["category"], cap, allowance)
         if leaves is not None:
             return leaves, None
-    x = _embed(part, embedder)
+    x = _embed(part, embedder, config.by_token)
     return split_leaves(x, cap, config), x
 
 
@@ -455,10 +462,19 @@ def members_as_of(
     return out + [np.array([p], dtype=np.int64) for p in range(upto, total)]
 
 
-def _embed(part: np.ndarray, embedder: ItemEmbedder | None) -> F32:
+def _embed(part: np.ndarray, embedder: ItemEmbedder | None, by_token: bool) -> F32:
+    """The rows a block is split by: the embedder's item rows, or with ``by_token`` its
+    ``[item, category]`` token rows (:class:`TokenEmbedder`); by category without one."""
     if embedder is None:
         return category_embedding(part["category"])
-    x = np.asarray(embedder(np.ascontiguousarray(part["item"])), dtype=np.float32)
+    items = np.ascontiguousarray(part["item"])
+    if by_token:
+        tokens = getattr(embedder, "tokens", None)
+        if tokens is None:
+            raise TypeError(f"ClusterConfig.by_token needs an embedder with tokens(): {embedder}")
+        x = np.asarray(tokens(items, np.ascontiguousarray(part["category"])), dtype=np.float32)
+    else:
+        x = np.asarray(embedder(items), dtype=np.float32)
     if x.ndim != 2 or x.shape[0] != part.shape[0]:
         raise ValueError(f"embedder returned shape {x.shape} for {part.shape[0]} items")
     return x

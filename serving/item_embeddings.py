@@ -3,7 +3,9 @@
 :class:`SnapshotItemEmbeddings` is an :class:`feature_store.clustering.ItemEmbedder` over one
 loaded snapshot: item keys (``stable_id`` of the raw ids, as the state's log holds them) → rows of
 its feature mapper → rows of its model's item table (an item the snapshot has not admitted reads
-the shared unknown row 0). Its ``version`` is the snapshot's.
+the shared unknown row 0). Its ``version`` is the snapshot's. Its ``tokens`` gives each
+behaviour's ``[item row, category row]``, the token the model attends with, which the worker
+clusters on when ``ClusterConfig.by_token`` is set (as the offline ``--cluster-by-token``).
 
 :class:`LiveItemEmbeddings` follows the scorer's :class:`serving.scorer.ModelHolder` for the
 ingest path. Before any snapshot it has version 0, and the feature store clusters by category.
@@ -64,11 +66,30 @@ class SnapshotItemEmbeddings:
     @torch.inference_mode()
     def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         with self._lock:
-            snapshot = self._snapshot if self._holder is None else self._holder.model
-            snapshot = snapshot or self._snapshot
-            weight = snapshot.model.item.weight  # (n_rows, dim), on the snapshot's device
-            rows = snapshot.mapper.items.lookup(items).to(weight.device)  # (n,)
-            return weight[rows].float().cpu().numpy()  # (n, dim)
+            snapshot = self._serving()
+            return _rows(snapshot.model.item.weight, snapshot.mapper.items.lookup(items))
+
+    @torch.inference_mode()
+    def tokens(
+        self, items: npt.NDArray[np.int64], categories: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """``[item row, category row]`` of each behaviour, the token the model attends with
+        (a category the snapshot has not admitted reads the unknown row 0, as an item does)."""
+        with self._lock:
+            snapshot = self._serving()
+            item = _rows(snapshot.model.item.weight, snapshot.mapper.items.lookup(items))
+            rows = snapshot.mapper.categories.lookup(categories)
+            return np.concatenate([item, _rows(snapshot.model.category.weight, rows)], axis=1)
+
+    def _serving(self) -> ServingModel:
+        """The snapshot to read (the caller holds the lock)."""
+        snapshot = self._snapshot if self._holder is None else self._holder.model
+        return snapshot or self._snapshot
+
+
+def _rows(weight: torch.Tensor, rows: torch.Tensor) -> npt.NDArray[np.float32]:
+    """Rows of a (n_rows, dim) table on the snapshot's device, as float32 numpy (n, dim)."""
+    return weight[rows.to(weight.device)].float().cpu().numpy()
 
 
 class LiveItemEmbeddings:
@@ -116,10 +137,18 @@ class LiveItemEmbeddings:
                 self._version, self._adopted_at = max(self._version, serving.version), now
 
     def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return self._current_or_raise()(items)
+
+    def tokens(
+        self, items: npt.NDArray[np.int64], categories: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        return self._current_or_raise().tokens(items, categories)
+
+    def _current_or_raise(self) -> SnapshotItemEmbeddings:
         embeddings = self.current()
         if embeddings is None:
             raise RuntimeError("no snapshot yet: the feature store clusters by category")
-        return embeddings(items)
+        return embeddings
 
 
 class ClusterMetrics:

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 import models
+from feature_store.cluster_config import ClusterConfig
 from models.base import ModelConfig, ModelOutput
 from models.batch import Batch
 from trainer.dataset import OfflineDataset, Samples, Split
@@ -55,7 +56,7 @@ class EvalConfig:
     cluster_warmup_epochs: int = 1  # TWIN-V2: epochs clustered by category before the model's own
     twin_v2_recent: bool = False  # TWIN-V2 also attends over the recent sequence (ModelConfig)
     twin_v2_age: bool = True  # TWIN-V2: time-gap bias by cluster age (ModelConfig)
-    cluster_by_token: bool = False  # TWIN-V2: cluster on [item, its category] rows, not item rows
+    cluster_by_token: bool = ClusterConfig.by_token  # TWIN-V2: on [item, category] token rows
     twin_v2_log_size: bool = True  # TWIN-V2: ESU + ln N, as the paper (ModelConfig)
 
 
@@ -266,10 +267,8 @@ def refresh_cluster_embeddings(
         return
     if epoch >= cfg.cluster_warmup_epochs:
         table = learner.model.item.weight.detach().float().cpu().numpy()
-        if cfg.cluster_by_token:  # the token the model attends with: [item, category] rows
-            categories = learner.model.category.weight.detach().float().cpu().numpy()
-            table = np.concatenate([table, categories[ds.item_category]], axis=1)
-        ds.clusters.use(ItemTable(table, version=epoch + 1))
+        categories = learner.model.category.weight.detach().float().cpu().numpy()
+        ds.clusters.use(ItemTable(table, epoch + 1, categories), by_token=cfg.cluster_by_token)
 
 
 def train_one(

@@ -25,7 +25,7 @@ initial table would group items by noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -45,15 +45,28 @@ Int = npt.NDArray[np.int64]
 
 
 class ItemTable:
-    """An :class:`ItemEmbedder` over a frozen copy of an item table (keys = rows)."""
+    """An :class:`ItemEmbedder` over a frozen copy of an item table (keys = rows); with a
+    category table also a :class:`~feature_store.clustering.TokenEmbedder` (token rows
+    ``[item row, category row]``, as the worker's snapshot embedder gives them)."""
 
-    def __init__(self, table: npt.NDArray[np.float32], version: int) -> None:
+    def __init__(
+        self,
+        table: npt.NDArray[np.float32],
+        version: int,
+        categories: npt.NDArray[np.float32] | None = None,
+    ) -> None:
         if version < 1:
             raise ValueError("an embedding version is >= 1 (0 means by category)")
         self.table, self.version = np.ascontiguousarray(table, dtype=np.float32), version
+        self.categories = None if categories is None else np.asarray(categories, np.float32)
 
     def __call__(self, items: Int) -> npt.NDArray[np.float32]:
         return self.table[items]
+
+    def tokens(self, items: Int, categories: Int) -> npt.NDArray[np.float32]:
+        if self.categories is None:
+            raise ValueError("token rows need the category table")
+        return np.concatenate([self.table[items], self.categories[categories]], axis=1)
 
 
 @dataclass
@@ -68,10 +81,14 @@ class OfflineClusters:
     def version(self) -> int:
         return 0 if self.embedder is None else int(self.embedder.version)
 
-    def use(self, embedder: ItemEmbedder | None) -> None:
-        """Cluster with ``embedder`` from now on (``None``: by category)."""
+    def use(self, embedder: ItemEmbedder | None, by_token: bool | None = None) -> None:
+        """Cluster with ``embedder`` from now on (``None``: by category); ``by_token``, when
+        given, sets ``ClusterConfig.by_token`` (token rows rather than item rows)."""
         new = 0 if embedder is None else int(embedder.version)
         if new != self.version or embedder is not self.embedder:
+            self._cache.clear()
+        if by_token is not None and by_token != self.config.by_token:
+            self.config = replace(self.config, by_token=by_token)
             self._cache.clear()
         self.embedder = embedder
 

@@ -216,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     default = FeatureConfig().clusters
     p.add_argument("--recluster-every", type=int, default=default.recluster_every)
     p.add_argument("--lloyd-iters", type=int, default=default.lloyd_iters)
+    p.add_argument(
+        "--by-token",
+        action=argparse.BooleanOptionalAction,
+        default=default.by_token,
+        help="cluster on [item, category] token rows (ClusterConfig.by_token)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     name, log = the_log(args)
@@ -227,12 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         FeatureConfig().clusters,
         recluster_every=args.recluster_every,
         lloyd_iters=args.lloyd_iters,
+        by_token=args.by_token,
         block=None,  # B derived again
     )
     features = replace(FeatureConfig(), clusters=clusters)
     print(
         f"ClusterConfig: recluster_every {clusters.recluster_every}, lloyd_iters "
-        f"{clusters.lloyd_iters}, B {clusters.base}, max_clusters {clusters.max_clusters}"
+        f"{clusters.lloyd_iters}, B {clusters.base}, max_clusters {clusters.max_clusters}, "
+        f"by_token {clusters.by_token}"
     )
     base = run("baseline", records, args.chunk, None, args.adopt_every_s, features)
     print(base.line() + "  (by category, no snapshot)", flush=True)

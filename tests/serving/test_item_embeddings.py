@@ -55,6 +55,24 @@ def test_snapshot_embeddings_are_the_models_item_rows(tmp_path: Path) -> None:
     assert np.array_equal(unknown[0], snap.model.item.weight[0].detach().numpy())
 
 
+def test_snapshot_tokens_are_the_models_item_and_category_rows(tmp_path: Path) -> None:
+    """What the worker clusters on with ``ClusterConfig.by_token``: each behaviour's token."""
+    snap = snapshot(tmp_path, 3)
+    live = LiveItemEmbeddings(ModelHolder())
+    live.holder.swap(snap)
+    items, cats = stable_ids(ITEMS[:6]), stable_ids(CATS[:6])
+    item_rows, cat_rows = snap.mapper.items.lookup(items), snap.mapper.categories.lookup(cats)
+    expected = np.hstack(
+        [
+            snap.model.item.weight[item_rows].detach().numpy(),
+            snap.model.category.weight[cat_rows].detach().numpy(),
+        ]
+    )
+    assert cat_rows.min() > 0 and expected.shape == (6, 2 * snap.model.config.dim)
+    assert np.array_equal(SnapshotItemEmbeddings(snap).tokens(items, cats), expected)
+    assert np.array_equal(live.tokens(items, cats), expected)
+
+
 def test_worker_clusters_by_category_then_with_the_live_snapshot(tmp_path: Path) -> None:
     holder, clock = ModelHolder(), Clock()
     budget = RebuildBudget(per_event_s=1.0, burst_s=10.0)  # ample: every stale touch rebuilds

@@ -28,15 +28,22 @@ def vector(raw_item: str) -> npt.NDArray[np.float32]:
 
 
 class RawKeyEmbedder:
-    """The worker's side: item keys are ``stable_id`` of the raw ids."""
+    """The worker's side: item and category keys are ``stable_id`` of the raw ids."""
 
     version = 1
 
-    def __init__(self, raw_items: list[str]) -> None:
+    def __init__(self, raw_items: list[str], raw_categories: list[str]) -> None:
         self.by_key = {stable_id(raw): vector(raw) for raw in raw_items}
+        self.by_category = {stable_id(raw): vector("category " + raw) for raw in raw_categories}
 
     def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         return np.stack([self.by_key[int(k)] for k in items])
+
+    def tokens(
+        self, items: npt.NDArray[np.int64], categories: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        category_rows = np.stack([self.by_category[int(k)] for k in categories])
+        return np.concatenate([self(items), category_rows], axis=1)
 
 
 def click_log(n_users: int = 3, per_user: int = 330, n_items: int = 90) -> EventLog:
@@ -56,11 +63,11 @@ def click_log(n_users: int = 3, per_user: int = 330, n_items: int = 90) -> Event
 
 
 def worker_sequences(
-    log: EventLog, embedder: RawKeyEmbedder, raw_recent: int = 0
+    log: EventLog, embedder: RawKeyEmbedder, raw_recent: int = 0, by_token: bool = False
 ) -> dict[tuple[str, int], list]:
     """(user, behaviours before) -> the worker's cluster sequence as (item key, category key,
     size), read from its store before each event is applied."""
-    config = FeatureConfig(clusters=ClusterConfig(raw_recent=raw_recent))
+    config = FeatureConfig(clusters=ClusterConfig(raw_recent=raw_recent, by_token=by_token))
     worker = PartitionWorker(MemoryStore(), 0, config, embedder=embedder)
     seen: dict[tuple[str, int], list] = {}
     for offset in range(len(log.ts)):
@@ -77,20 +84,22 @@ def worker_sequences(
     return seen
 
 
-@pytest.mark.parametrize("raw_recent", [0, 100])
+@pytest.mark.parametrize(("raw_recent", "by_token"), [(0, False), (100, False), (0, True)])
 def test_offline_clusters_equal_the_workers_for_the_same_log_and_embeddings(
-    raw_recent: int,
+    raw_recent: int, by_token: bool
 ) -> None:
     log = click_log()
     raw_items = sorted(set(log.item_id.tolist()))
     raw_cats = sorted(set(log.category_id.tolist()))
-    online = worker_sequences(log, RawKeyEmbedder(raw_items), raw_recent)
+    online = worker_sequences(log, RawKeyEmbedder(raw_items, raw_cats), raw_recent, by_token)
 
     dcfg = DatasetConfig(negatives=0, max_clusters=10_000, cluster_raw_recent=raw_recent)
     ds = build_dataset(log, dcfg)
     table = np.zeros((ds.n_items, DIM), np.float32)  # rows 1.. are the sorted raw ids
     table[1:] = np.stack([vector(raw) for raw in raw_items])
-    ds.clusters.use(ItemTable(table, version=1))
+    categories = np.zeros((ds.n_categories, DIM), np.float32)
+    categories[1:] = np.stack([vector("category " + raw) for raw in raw_cats])
+    ds.clusters.use(ItemTable(table, 1, categories), by_token=by_token)
     item_key = np.array([0] + [stable_id(r) for r in raw_items])
     cat_key = np.array([0] + [stable_id(r) for r in raw_cats])
 
@@ -116,6 +125,9 @@ def test_offline_clusters_equal_the_workers_for_the_same_log_and_embeddings(
             multi += int(batch.cluster_size[row].max() > 1)
     assert compared == 3 * (330 - 1)  # every target
     assert multi > (600 if raw_recent == 0 else 300)  # most see k-means leaves
+    if by_token:  # the category rows moved the leaves: this compared token clusters
+        by_item = worker_sequences(log, RawKeyEmbedder(raw_items, raw_cats), raw_recent)
+        assert sum(by_item[key] != seq for key, seq in online.items()) > 300
 
 
 def test_clusters_follow_the_models_table_after_the_warmup() -> None:
@@ -135,11 +147,15 @@ def test_clusters_follow_the_models_table_after_the_warmup() -> None:
     table = learner.model.item.weight.detach().numpy()
     items = np.arange(1, ds.n_items)
     assert np.array_equal(ds.clusters.embedder(items), table[items])
-    tokens = replace(cfg, cluster_by_token=True)  # [item row, the row of the item's category]
+    assert not ds.clusters.config.by_token
+    tokens = replace(cfg, cluster_by_token=True)  # [item row, the behaviour's category row]
     refresh_cluster_embeddings(learner, ds, 1, tokens)
-    categories = learner.model.category.weight.detach().numpy()[ds.item_category[items]]
-    assert ds.clusters.embedder is not None
-    assert np.array_equal(ds.clusters.embedder(items), np.hstack([table[items], categories]))
+    assert ds.clusters.config.by_token
+    cats = ds.item_category[items]
+    categories = learner.model.category.weight.detach().numpy()[cats]
+    assert isinstance(ds.clusters.embedder, ItemTable)
+    rows = ds.clusters.embedder.tokens(items, cats)
+    assert np.array_equal(rows, np.hstack([table[items], categories]))
 
 
 def test_retrieval_against_the_truth_over_the_whole_history(tmp_path: Path) -> None:
