@@ -63,8 +63,10 @@ class Settings:
     # never wait for a delta (twice the model's memory); off: deltas are written under the lock
     delta_twin: bool = True
     # the share of the interpreter lock a worker's watcher may take while it decodes and prepares
-    # a delta (serving/gil_share.py): requests beside it keep their speed; 1.0: no limit
-    delta_gil_share: float = 0.2
+    # a delta (serving/gil_share.py) while requests are being scored: they keep their speed
+    # (between requests it takes 0.8); 1.0: no limit. At 4M items, dim 64, scoring p99 while
+    # deltas applied was 1.09-1.24x quiet at 0.1, 1.33-1.49x at 0.2 (BENCHMARKS.md, model sync)
+    delta_gil_share: float = 0.1
     # ... except for a delta made longer ago than this (trainer's clock): a worker catching up
     delta_catch_up_after_s: float = 2.0
     # model-updates keeps deltas this long (each several MiB at full size, one every few seconds);

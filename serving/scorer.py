@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -38,6 +39,36 @@ class ServingModel(Protocol):
     def batch(self, arrays: SampleArrays) -> Batch: ...
 
 
+class InFlight:
+    """How many requests are being scored now, on any thread. Background work beside the
+    scorer (a delta being prepared: :class:`serving.gil_share.GilShare`) yields while any is.
+
+    >>> requests = InFlight()
+    >>> with requests.entered():
+    ...     bool(requests)
+    True
+    >>> bool(requests)
+    False
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        with self._lock:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+
 class ModelHolder:
     """The serving model; swapped atomically (one reference assignment) on reload. A delta
     (:mod:`serving.delta_follow`) replaces it with its twin, or changes it in place, while
@@ -47,6 +78,7 @@ class ModelHolder:
     def __init__(self) -> None:
         self._model: ServingModel | None = None
         self.lock = threading.Lock()
+        self.requests = InFlight()  # the scorer's requests in flight
 
     @property
     def model(self) -> ServingModel | None:
@@ -98,6 +130,10 @@ class Scorer:
 
     def score(self, req: ScoreRequest, state: UserState | None) -> dict[str, Any]:
         """Score one request against the user's state (None: unknown user, empty history)."""
+        with self.holder.requests.entered():
+            return self._score(req, state)
+
+    def _score(self, req: ScoreRequest, state: UserState | None) -> dict[str, Any]:
         model = self.holder.model
         if model is None:
             return error_response(req.request_id, "no_model", "no snapshot has been loaded yet")

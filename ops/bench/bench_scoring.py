@@ -47,6 +47,7 @@ from serving.scorer import ItemCatalog, ModelHolder, Scorer
 from serving.snapshot import SnapshotContent, write_snapshot
 from streaming.synthetic import GeneratorConfig, generate
 
+MODES = ("twin", "unlimited", "inplace")  # --items: the ways deltas are applied (scoring_deltas)
 TAOBAO = ModelConfig(n_items=4_068_791, n_categories=9_408, dim=64, topk=20, twin_v2_recent=True)
 
 
@@ -205,8 +206,12 @@ def main() -> None:
     scale.add_argument("--delta-rows", type=int, default=20_000, help="rows per item table")
     scale.add_argument("--deltas", type=int, default=20)
     scale.add_argument(
-        "--gil-share", type=float, default=Settings().delta_gil_share,
-        help="the applying thread's share of the GIL in the default mode",
+        "--gil-share", type=_shares, default=(Settings().delta_gil_share,),
+        help="the applying thread's share of the GIL in the default mode (a list: one run each)",
+    )  # fmt: skip
+    scale.add_argument(
+        "--modes", type=lambda text: tuple(text.split(",")), default=MODES,
+        help=f"which ways of applying deltas to run, of {','.join(MODES)}",
     )  # fmt: skip
     args = parser.parse_args()
     tuned = not args.default_malloc and tune_malloc()
@@ -223,6 +228,10 @@ def main() -> None:
         return
     model_level(args.runs, args.uncompressed, args.device)
     scorer_path(args.runs, args.reloads)
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
 
 
 if __name__ == "__main__":

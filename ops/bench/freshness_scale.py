@@ -217,7 +217,7 @@ def run_scale(args: argparse.Namespace, settings: Settings) -> None:
         out / "worker.log",
         base | {"TWINSTREAM_CHECKPOINT_URL": f"http://127.0.0.1:{CHECKPOINT_PORT}"},
         "worker", "--state-dir", str(out / "state"), "--snapshot-dir", str(worker_dir),
-        "--http-port", str(HTTP_PORT),
+        "--http-port", str(HTTP_PORT), "--loglevel", "info",  # each delta applied, in its log
     )  # fmt: skip
     watch = Watch(settings)
     try:

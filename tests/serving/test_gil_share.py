@@ -86,10 +86,14 @@ def test_a_follower_lifts_the_limit_while_it_is_behind() -> None:
     from serving.scorer import ModelHolder
     from serving.signing import Signer
 
+    holder = ModelHolder()
     follower = DeltaFollower(
-        ModelHolder(), ScoringMetrics.create(CollectorRegistry()), Signer.of(None), 1 << 20,
+        holder, ScoringMetrics.create(CollectorRegistry()), Signer.of(None), 1 << 20,
         lambda *a: None, gil_share=0.2,
     )  # fmt: skip
+    assert follower.gil.busy is not None and not follower.gil.busy()
+    with holder.requests.entered():
+        assert follower.gil.busy()  # the limit follows the scorer's requests
     with follower.paced():
         assert sys.getprofile() is not None  # caught up: requests first
     with follower.paced(time.time() - 1.0):
@@ -99,3 +103,34 @@ def test_a_follower_lifts_the_limit_while_it_is_behind() -> None:
     follower.behind = True
     with follower.paced():
         assert sys.getprofile() is None  # a backlog to replay: freshness first
+
+
+def test_the_limit_holds_only_while_requests_are_in_flight() -> None:
+    """Between requests the thread pauses only a quarter of its work (idle share 0.8); while a
+    request is being scored it keeps to its share (0.1: nine times its work asleep)."""
+    in_flight = [False]
+    gil = GilShare(share=0.1, slice_s=0.001, busy=lambda: in_flight[0], idle_share=0.8)
+    with gil.limited():
+        _spin(0.1)
+    assert gil.slept_s == pytest.approx(0.1 * 0.25, rel=0.25)
+    in_flight[0], gil.slept_s = True, 0.0
+    with gil.limited():
+        _spin(0.05)
+    assert gil.slept_s == pytest.approx(0.05 * 9, rel=0.25)
+
+
+def test_the_scorer_counts_each_request_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.requests import ScoreRequest
+    from serving.scorer import ItemCatalog, ModelHolder, Scorer
+
+    holder = ModelHolder()
+    seen: list[bool] = []
+
+    def score(self: Scorer, req: object, state: object) -> dict[str, object]:
+        seen.append(bool(holder.requests))
+        return {}
+
+    monkeypatch.setattr(Scorer, "_score", score)
+    Scorer(holder, ItemCatalog()).score(ScoreRequest("r", "u", ("1",), ("1",)), None)
+    assert seen == [True]
+    assert not holder.requests
