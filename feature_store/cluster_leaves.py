@@ -44,22 +44,24 @@ def split_leaves(x: F32, cap: int, config: ClusterConfig) -> list[I64]:
     clamped 2-means. Deterministic."""
     leaves: list[I64] = []
     stack: list[I64] = [np.arange(x.shape[0], dtype=np.int64)]
+    half_sq = 0.5 * np.einsum("ij,ij->i", x, x)  # (n,) once for every node's rows
     while stack:
         idx = stack.pop()
         if idx.shape[0] <= cap:
             if idx.shape[0]:
                 leaves.append(idx)
             continue
-        side = _split(x[idx], config)
+        side = _split(x[idx], half_sq[idx], config)
         stack += [idx[side], idx[~side]]
     return leaves
 
 
-def _split(x: F32, config: ClusterConfig) -> npt.NDArray[np.bool_]:
-    """Two-way clamped k-means split of the rows of ``x`` (m, d): True for the rows of the second
-    side (nearer the second centroid or, where the clamp binds, the largest projections)."""
+def _split(x: F32, half_sq: F32, config: ClusterConfig) -> npt.NDArray[np.bool_]:
+    """Two-way clamped k-means split of the rows of ``x`` (m, d), ``half_sq`` = |x|²/2: True for
+    the rows of the second side (nearer the second centroid or, where the clamp binds, the
+    largest projections)."""
     m = x.shape[0]
-    proj, threshold = _two_means(x, config.lloyd_iters)
+    proj, threshold = _two_means(x, half_sq, config.lloyd_iters)
     side = proj > threshold  # (m,)
     n1 = int(np.count_nonzero(side))
     low = math.ceil(config.min_split_fraction * m)
@@ -71,30 +73,35 @@ def _split(x: F32, config: ClusterConfig) -> npt.NDArray[np.bool_]:
     return side
 
 
-def _two_means(x: F32, iters: int) -> tuple[F32, float]:
+def _two_means(x: F32, half_sq: F32, iters: int) -> tuple[F32, float]:
     """2-means with farthest-point initialisation: the rows' projections on the final centroids'
     axis ``c1 - c0`` and the threshold halfway (above it: nearer ``c1``). Distances as
-    ``|x|²/2 - x·c`` and side sums as one product each: a few matrix-vector products per
-    iteration, no (m, d) temporaries. Splits are many and small (a leaf has ≤ γ = 20 rows), so
-    the cost is numpy calls, kept few: ``np.dot`` of a boolean mask, ``(c1 - c0)·(c1 + c0)``.
-    Splitting the nodes of one depth together with segment sums was tried: slower (16 vs 23 ms
-    for 3,872 × 64 at cap 20), the (m, d) gathers cost more than the per-node calls."""
+    ``|x|²/2 - x·c`` (``half_sq`` = |x|²/2 per row, computed once per block) and side sums as one
+    product each: a few matrix-vector products per iteration, no (m, d) temporaries. Splits are
+    many and small (a leaf has ≤ γ = 20 rows), so the cost is numpy calls, kept few: ``np.dot``
+    of a boolean mask, ``(c1 - c0)·(c1 + c0)``, and no further iteration once the sides stop
+    changing (the centroids, hence the result, would be the same). Splitting the nodes of one
+    depth together with segment sums was tried: slower (16 vs 23 ms for 3,872 × 64 at cap 20),
+    the (m, d) gathers cost more than the per-node calls."""
     m = x.shape[0]
-    half_sq = 0.5 * np.einsum("ij,ij->i", x, x)  # (m,)
     total = x.sum(axis=0)  # (d,)
     c0 = x[int(np.argmax(half_sq - np.dot(x, total / m)))]  # farthest from the mean
     c1 = x[int(np.argmax(half_sq - np.dot(x, c0)))]  # farthest from c0
+    last = None
     for iteration in range(iters + 1):
-        proj = np.dot(x, c1 - c0)  # (m,)
-        threshold = 0.5 * float(np.dot(c1 - c0, c1 + c0))
+        axis = c1 - c0
+        proj = np.dot(x, axis)  # (m,)
+        threshold = 0.5 * float(np.dot(axis, c1 + c0))
         if iteration == iters:
             break
         side = proj > threshold
+        if last is not None and np.array_equal(side, last):
+            break  # converged: the same centroids again
         n1 = int(np.count_nonzero(side))
         if n1 in (0, m):
             break
         s1 = np.dot(side, x)  # (d,) sum of the members on side 1
-        c0, c1 = (total - s1) / (m - n1), s1 / n1
+        c0, c1, last = (total - s1) / (m - n1), s1 / n1, side
     return proj, threshold
 
 

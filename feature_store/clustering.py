@@ -248,19 +248,18 @@ def recluster(
     version = 0 if embedder is None else max(int(embedder.version), 0)
     total = lo + log.shape[0]
     stale = state.version != version and state.blocks.shape[0] > 0
-    log = older_part(log, config)
     if stale and (budget is None or budget.balance > 0):
         start = time.perf_counter()
-        rebuilt = update(state, log, lo, config, embedder)
+        rebuilt = update(state, older_part(log, config), lo, config, embedder)
         if budget is not None:
             budget.balance -= time.perf_counter() - start
             budget.rebuilds += 1
         return rebuilt
     if not needs_update(state, lo, total, state.version if stale else version, config):
-        return None
+        return None  # the common case, once per event: nothing sliced or built
     if stale and budget is not None:
         budget.deferred += 1
-    return update(state, log, lo, config, embedder, keep_version=stale)
+    return update(state, older_part(log, config), lo, config, embedder, keep_version=stale)
 
 
 def update(
