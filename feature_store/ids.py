@@ -45,7 +45,7 @@ def is_canonical_decimal(s: str) -> bool:
     return (s[0] != "0" or s == "0") and int(s) < NUMERIC_LIMIT
 
 
-@lru_cache(maxsize=1 << 12)  # an event id is hashed by the dedupe check, then remembered
+@lru_cache(maxsize=1 << 14)  # an event id: hashed for a batch's dedupe check, then remembered
 def hash_id(s: str) -> int:
     """The hashed key of ``s``: blake2b-64 with bit 62 set, bit 63 clear (a positive int64)."""
     digest = hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest()

@@ -42,7 +42,7 @@ from feature_store.clustering import ItemEmbedder
 from feature_store.delayed_labels import PendingImpressions
 from feature_store.sampler_journal import SamplerJournal
 from feature_store.samples import BatchSamples, SampleBuilder, SampleConfig
-from feature_store.state import Admission, LateEvent, StateConfig, UserState
+from feature_store.state import Admission, LateEvent, StateConfig, UserState, maybe_seen
 from feature_store.state_delta import Records, changelog_state_records, full_size
 from feature_store.state_layout import Parts, mark_written, state_parts
 from feature_store.store import StateStore
@@ -166,8 +166,10 @@ class PartitionWorker:
         changed: set[str] = set()
         samples = BatchSamples(self.builder)
         try:
-            for offset, event in fresh:
-                if self._one(offset, event, result.states[event.user_id], result, samples):
+            maybe = maybe_seen([e for _, e in fresh], result.states)
+            for (offset, event), seen in zip(fresh, maybe, strict=True):
+                state = result.states[event.user_id]
+                if self._one(offset, event, state, result, samples, seen):
                     changed.add(event.user_id)
             result.samples = samples.finish()
         finally:
@@ -215,10 +217,12 @@ class PartitionWorker:
         state: UserState,
         result: BatchResult,
         samples: BatchSamples,
+        maybe_seen: bool,
     ) -> bool:
-        """Apply one event (its samples to ``samples``); whether it changed the state."""
+        """Apply one event (its samples to ``samples``; ``maybe_seen``: its id may be in the
+        state's dedupe ring); whether it changed the state."""
         try:
-            verdict = state.check(event, self.config.state)
+            verdict = state.check(event, self.config.state, maybe_seen=maybe_seen)
         except LateEvent as err:
             result.rejected.append((offset, err))
             return False

@@ -36,6 +36,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -154,8 +155,7 @@ def pack_sample(
     return history.message(user, ts, n_targets, targets)
 
 
-@dataclass(frozen=True, slots=True)
-class PackedHistory:
+class PackedHistory(NamedTuple):
     """The history part of a sample message in bytes, and what its header says of it: a
     message for any targets (:meth:`message`), so a batch encodes each history at its event's
     turn and adds the targets once its negatives are drawn."""

@@ -41,6 +41,7 @@ from feature_store.sample_format import (
     make_targets,
     pack_history,
     pack_sample,
+    target_dtype,
     targets_struct,
 )
 from feature_store.state import StateConfig, UserState
@@ -192,15 +193,27 @@ class BatchSamples:
         if self.negatives is None or not self.staged:
             return self.ready
         items, cats, found = self.negatives.draw()
-        n_dense = self.builder.state_config.n_dense
-        out = []
-        drawn = zip(self.staged, items.tolist(), cats.tolist(), found.tolist(), strict=True)
-        for (user, ts, item, category, code, dense, history), neg_items, neg_cats, n in drawn:
-            rows = [(item, category, 1.0)]
-            rows += [(i, c, 0.0) for i, c in zip(neg_items[:n], neg_cats[:n], strict=True)]
-            values = [v for it, cat, lab in rows for v in (it, cat, code, lab, *dense)]
-            targets = targets_struct(len(rows), n_dense).pack(*values)
-            out.append(history.message(user, ts, len(rows), targets))
+        targets = self._targets(items, cats)
+        return [
+            history.message(user, ts, n + 1, targets[row, : n + 1].tobytes())
+            for row, ((user, ts, *_, history), n) in enumerate(
+                zip(self.staged, found.tolist(), strict=True)
+            )
+        ]
+
+    def _targets(self, neg_items: I64, neg_cats: I64) -> np.ndarray:
+        """Every staged positive's target rows (:func:`target_dtype`): its item labelled 1, then
+        its K negatives labelled 0 with its type and dense features (a row uses the first
+        1 + found)."""
+        n, k = neg_items.shape
+        out = np.zeros((n, k + 1), target_dtype(self.builder.state_config.n_dense))
+        staged = list(zip(*self.staged, strict=True))
+        out["item"][:, 0], out["category"][:, 0] = staged[2], staged[3]
+        out["item"][:, 1:], out["category"][:, 1:] = neg_items, neg_cats
+        out["type"] = np.array(staged[4], np.uint8)[:, None]
+        out["label"][:, 0] = 1.0
+        if self.builder.state_config.n_dense:
+            out["dense"] = np.array(staged[5], np.float32)[:, None, :]
         return out
 
     def close(self) -> None:

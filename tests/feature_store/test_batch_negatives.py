@@ -32,8 +32,9 @@ def stream(n: int, seed: int) -> list[Event]:
         eid = f"e{i - 1}" if rng.random() < 0.03 else f"e{i}"  # a repeat of the previous id
         category = str(item % 17 + (100 if rng.random() < 0.01 else 0))  # now and then another
         kind = KINDS[int(rng.integers(0, len(KINDS)))]
+        features = {"price": float(i % 7) + 0.5}
         out.append(event(clock - late, str(item), user=user, category=category, kind=kind,
-                         event_id=eid))  # fmt: skip
+                         event_id=eid, features=features))  # fmt: skip
     return out
 
 
@@ -47,10 +48,17 @@ def admitted(state: UserState, e: Event, config: StateConfig) -> bool:
     return True
 
 
-@pytest.mark.parametrize("fold_every", [7, 1_024])
+@pytest.mark.parametrize(("fold_every", "dense"), [(7, ()), (1_024, ()), (7, ("price",))])
 @pytest.mark.parametrize("batch", [1, 50, 700])
-def test_batch_samples_equal_one_event_at_a_time(fold_every: int, batch: int) -> None:
-    config = StateConfig(recent_length=50, lifelong_cap=SHORT_HISTORY + 60, allowed_lateness_s=600)
+def test_batch_samples_equal_one_event_at_a_time(
+    fold_every: int, dense: tuple[str, ...], batch: int
+) -> None:
+    config = StateConfig(
+        dense_features=dense,
+        recent_length=50,
+        lifelong_cap=SHORT_HISTORY + 60,
+        allowed_lateness_s=600,
+    )
     clusters = ClusterConfig(lifelong_cap=config.lifelong_cap)
     sample_config = SampleConfig(negatives=3, recent_length=50)
     one = SampleBuilder(sample_config, config, FrequencySampler(fold_every=fold_every))
