@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -49,3 +51,22 @@ def test_lazy_adam_rejects_dense_gradients() -> None:
     table(torch.tensor([1])).sum().backward()
     with pytest.raises(ValueError, match="sparse"):
         LazyAdam(table.parameters()).step()
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_the_moments_of_a_big_table_take_memory_only_for_the_rows_updated() -> None:
+    """The first step of a 2M x 32 table (256 MiB) allocates its two moments (512 MiB) without
+    writing them: only the pages of the rows the batch touched become resident."""
+    table = torch.nn.Embedding(2_000_000, 32, sparse=True)
+    opt = LazyAdam(table.parameters(), lr=0.1)
+    table(torch.tensor([5, 1_000_000, 1_999_999])).sum().backward()
+    before = _resident_bytes()
+    opt.step()
+    assert _resident_bytes() - before < 64 << 20
+    state = opt.state[table.weight]
+    assert state["exp_avg"].shape == table.weight.shape
+    assert state["exp_avg"][5].abs().sum() > 0 and state["exp_avg"][6].abs().sum() == 0
