@@ -385,17 +385,17 @@ class UserState:
 
     def _insert(self, rec: Behaviour, config: StateConfig) -> None:
         """Insert in time order, recompute sessions from there on, enforce the cap."""
-        if self._hi > self._lo and rec.ts < self._buf["ts"][self._hi - 1]:
-            self._insert_late(np.array(rec, dtype=self._buf.dtype), config)
-            return
-        # in order (the usual case): append, the session index follows from the last behaviour
-        if self._hi > self._lo:
-            last = self._buf[self._hi - 1]
-            new_session = rec.ts - float(last["ts"]) > config.session_gap_s
-            rec = rec._replace(session=int(last["session"]) + new_session)
+        session, buf, hi = 0, self._buf, self._hi
+        if hi > self._lo:
+            last_ts = float(buf["ts"][hi - 1])  # field views: cheaper than the row's
+            if rec.ts < last_ts:
+                self._insert_late(np.array(rec, dtype=buf.dtype), config)
+                return
+            # in order (the usual case): the session index follows from the last behaviour
+            session = int(buf["session"][hi - 1]) + (rec.ts - last_ts > config.session_gap_s)
         self._reserve(1, config.lifelong_cap)
         self.changes.logged(self._total)
-        self._buf[self._hi] = rec
+        self._buf[self._hi] = (rec.item, rec.category, rec.ts, rec.type, session, rec.dense)
         self._hi += 1
         self._total += 1
         self._logged(rec.item, config.lifelong_cap)

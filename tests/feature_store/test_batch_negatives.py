@@ -10,9 +10,11 @@ import pytest
 from contracts.schema import Event, EventType
 from feature_store.batch_negatives import SHORT_HISTORY
 from feature_store.cluster_config import ClusterConfig
+from feature_store.ingest import FeatureConfig, PartitionWorker
 from feature_store.negatives import FrequencySampler
 from feature_store.samples import BatchSamples, SampleBuilder, SampleConfig
 from feature_store.state import Admission, LateEvent, StateConfig, UserState
+from feature_store.store import MemoryStore
 from tests.support.events import event
 
 KINDS = [EventType.CLICK, EventType.CLICK, EventType.CART, EventType.IMPRESSION, EventType.BUY]
@@ -84,3 +86,24 @@ def test_batch_samples_equal_one_event_at_a_time(
     assert one.sampler.encode() == many.sampler.encode()
     long_logs = [a.log.shape[0] for user, (a, _) in states.items() if user.startswith("long")]
     assert min(long_logs) == config.lifelong_cap  # the cap dropped behaviours, mid-batch too
+
+
+@pytest.mark.parametrize("batch", [50, 700])
+def test_a_worker_makes_the_same_samples_and_states_in_batches_as_one_event_at_a_time(
+    batch: int,
+) -> None:
+    """Through PartitionWorker: the batch's dedupe check (repeated ids in a batch and across
+    batches), its negatives and its states equal those of batches of one event."""
+    state = StateConfig(recent_length=50, lifelong_cap=SHORT_HISTORY + 60, allowed_lateness_s=600)
+    config = FeatureConfig(state, ClusterConfig(lifelong_cap=state.lifelong_cap))
+    records = list(enumerate(stream(3_000, seed=batch)))
+    one, many = PartitionWorker(MemoryStore(), 0, config), PartitionWorker(MemoryStore(), 0, config)
+    expected = [one.process(records[i : i + 1]) for i in range(len(records))]
+    got = [many.process(records[i : i + batch]) for i in range(0, len(records), batch)]
+    for results, worker in ((expected, one), (got, many)):
+        for result in results:
+            worker.commit(result)
+    assert sum(r.duplicates for r in got) == sum(r.duplicates for r in expected) > 5
+    assert [s for r in got for s in r.samples] == [s for r in expected for s in r.samples]
+    users = {e.user_id for _, e in records}
+    assert all(one.store.get(u).encode() == many.store.get(u).encode() for u in users)  # type: ignore[union-attr]
