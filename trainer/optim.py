@@ -19,13 +19,13 @@ sparse additions for each moment and for the weights.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 
-NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+UNTOUCHED_MIN_BYTES = 1 << 20  # smaller moments are plain zeros
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -92,15 +92,20 @@ def coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def untouched_zeros_like(p: torch.Tensor) -> torch.Tensor:
     """Zeros shaped like ``p`` whose memory the OS maps only when a row is first written (on the
-    CPU: numpy's ``calloc``, fresh zero pages for large arrays). A sparse optimizer writes only
-    the rows batches touch, so the moments of a 4M-row table cost nothing up front:
-    ``torch.zeros_like`` writes every page, 4 GiB for DARE's two 4M x 64 tables and their two
-    moments, which took a resumed trainer's first step 13 s (``bench_freshness --items``).
+    CPU, above ``UNTOUCHED_MIN_BYTES``: an anonymous ``mmap``, zero pages of 4 KiB). A sparse
+    optimizer writes only the rows batches touch, so the moments of a 4M-row table cost nothing
+    up front: ``torch.zeros_like`` writes every page (4 GiB for DARE's two 4M x 64 tables and
+    their two moments: a resumed trainer's first step took 13 s in ``bench_freshness --items``),
+    and numpy's ``calloc`` asks for huge pages, so 2,600 scattered rows fault in 1 GiB.
 
     >>> untouched_zeros_like(torch.ones(2, 3)).sum().item()
     0.0
+    >>> big = untouched_zeros_like(torch.empty(1 << 20, 4))
+    >>> big.shape, big.dtype, big.abs().sum().item()
+    (torch.Size([1048576, 4]), torch.float32, 0.0)
     """
-    numpy_dtype = NUMPY_DTYPES.get(p.dtype)
-    if p.device.type != "cpu" or numpy_dtype is None:
+    nbytes = p.numel() * p.element_size()
+    if p.device.type != "cpu" or nbytes < UNTOUCHED_MIN_BYTES:
         return torch.zeros_like(p)
-    return torch.from_numpy(np.zeros(tuple(p.shape), numpy_dtype))
+    buffer = mmap.mmap(-1, nbytes)  # the tensor keeps it alive
+    return torch.frombuffer(buffer, dtype=p.dtype).view(p.shape)
