@@ -462,15 +462,15 @@ def members_as_of(
 
 
 def _embed(part: np.ndarray, embedder: ItemEmbedder | None, by_token: bool) -> F32:
-    """The rows a block is split by: the embedder's item rows, or with ``by_token`` its
-    ``[item, category]`` token rows (:class:`TokenEmbedder`); by category without one."""
+    """The rows a block is split by: with ``by_token`` the embedder's ``[item, category]`` token
+    rows (:class:`TokenEmbedder`: the worker's snapshot embeddings, the offline model's tables),
+    else, or for an embedder of item rows alone (no ``tokens``), its item rows; by category
+    without an embedder."""
     if embedder is None:
         return category_embedding(part["category"])
     items = np.ascontiguousarray(part["item"])
-    if by_token:
-        tokens = getattr(embedder, "tokens", None)
-        if tokens is None:
-            raise TypeError(f"ClusterConfig.by_token needs an embedder with tokens(): {embedder}")
+    tokens = getattr(embedder, "tokens", None) if by_token else None
+    if tokens is not None:
         x = np.asarray(tokens(items, np.ascontiguousarray(part["category"])), dtype=np.float32)
     else:
         x = np.asarray(embedder(items), dtype=np.float32)

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "cluster_warmup_epochs": Flag("TWIN-V2: epochs by category first", int),
         "twin_v2_recent": Flag("TWIN-V2 also attends over the recent sequence"),
         "twin_v2_age": Flag("TWIN-V2 without the time-gap bias by cluster age"),
-        "cluster_by_token": Flag("TWIN-V2: cluster on [item, category] rows (offline only)"),
+        "cluster_by_token": Flag("TWIN-V2: cluster on item rows, not [item, category] tokens"),
         "twin_v2_log_size": Flag("TWIN-V2: ESU without + ln N (not the paper)",
                                  name="--no-twin-v2-log-size"),
     })  # fmt: skip

@@ -5,7 +5,7 @@ loaded snapshot: item keys (``stable_id`` of the raw ids, as the state's log hol
 its feature mapper → rows of its model's item table (an item the snapshot has not admitted reads
 the shared unknown row 0). Its ``version`` is the snapshot's. Its ``tokens`` gives each
 behaviour's ``[item row, category row]``, the token the model attends with, which the worker
-clusters on when ``ClusterConfig.by_token`` is set (as the offline ``--cluster-by-token``).
+clusters on (``ClusterConfig.by_token``, the default, as the offline evaluation does).
 
 :class:`LiveItemEmbeddings` follows the scorer's :class:`serving.scorer.ModelHolder` for the
 ingest path. Before any snapshot it has version 0, and the feature store clusters by category.

@@ -7,7 +7,9 @@ N) of the behaviours up to the last multiple of ``recluster_every``, then the ne
 clusters of one. The same function and :class:`~feature_store.cluster_config.ClusterConfig` as the
 online feature store, so for the same log and embeddings both hold the same clusters.
 
-Embeddings: the item table of the model being trained (:class:`ItemTable`, item rows as keys).
+Embeddings: the tables of the model being trained (:class:`ItemTable`, item rows as keys),
+clustered on each behaviour's token ``[item row, category row]`` (``ClusterConfig.by_token``, the
+default, as the worker does with its snapshot's tables) or on the item rows alone.
 Before the model has learnt anything (the first ``warmup_epochs``) the clustering falls back to
 categories, as a worker does before its first snapshot; from then on the table is refreshed at the
 start of each epoch (``trainer.offline.fit``), so the clusters of an epoch come from the weights the

@@ -136,7 +136,7 @@ def test_clusters_follow_the_models_table_after_the_warmup() -> None:
     from trainer.offline import EvalConfig, model_config, refresh_cluster_embeddings
 
     ds = build_dataset(click_log(per_user=200), DatasetConfig(negatives=1))
-    cfg = EvalConfig(dim=8, cluster_warmup_epochs=1)
+    cfg = EvalConfig(dim=8, cluster_warmup_epochs=1, cluster_by_token=False)
     learner = Learner(build_model("twin_v2", model_config(ds, cfg)), LearnerConfig())
     ds.clusters.use(None)
     refresh_cluster_embeddings(learner, ds, 0, cfg)
