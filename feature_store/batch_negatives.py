@@ -142,11 +142,8 @@ class BatchNegatives:
         journal = state.item_journal or ItemJournal()
         now = state.items().counts(items.reshape(-1)).reshape(items.shape)
         starts = np.array(self.journal_at, np.int64)[rows]
-        return bool_array(now - journal.since(items, starts) > 0)
-
-
-def bool_array(values: npt.NDArray[np.bool_]) -> Bools:
-    return np.asarray(values, dtype=np.bool_)
+        held: Bools = now - journal.since(items, starts) > 0
+        return held
 
 
 def _keep_in_order(chosen: I64, found: I64, rows: I64, indices: I64, absent: Bools) -> None:
