@@ -278,8 +278,12 @@ class UserState:
         """What a sample carries, as views (the sample encoder's path): :meth:`recent`, the
         clustered part of :meth:`clusters`, the behaviours logged since (its clusters of one),
         and whether those are the last rows of the recent ones (no late event cut them off)."""
-        recent, tail = self.recent(length, as_of), self._unclustered()
-        cut = as_of is not None and self._hi > self._lo and as_of < self._buf["ts"][self._hi - 1]
+        buf, lo, hi = self._buf, self._lo, self._hi  # one pass of recent() and _unclustered()
+        cut = as_of is not None and hi > lo and as_of < float(buf["ts"][hi - 1])
+        end = lo + self.position(as_of) if cut and as_of is not None else hi
+        recent = buf[max(lo, end - length) : end]
+        first = self._total - (hi - lo)  # absolute position of the log's first row
+        tail = buf[lo + max(self.cluster_state.upto, first) - first : hi]
         return recent, self.cluster_state.clusters, tail, not cut and tail.size <= recent.size
 
     def _unclustered(self) -> np.ndarray:
