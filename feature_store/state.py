@@ -365,7 +365,10 @@ class UserState:
 
     def _record(self, event: Event, config: StateConfig) -> Behaviour:
         """The event as a behaviour row (its session index is set on insertion)."""
-        if config.n_dense != self.n_dense:
+        if (
+            self._buf.dtype is not behaviour_dtype(config.n_dense)
+            and config.n_dense != self.n_dense
+        ):
             raise StateFormatError(f"state has {self.n_dense} dense features, not {config.n_dense}")
         dense = tuple(config.dense(event).tolist()) if config.n_dense else ()
         item, category = stable_id(event.item_id), stable_id(event.category_id)
@@ -453,7 +456,8 @@ class UserState:
         n = self._hi - self._lo
         size = min(max(16, 2 * (n + extra)), max(n + extra, cap + cap // 4))
         buf = np.zeros(size, dtype=self._buf.dtype)
-        copy_rows(buf[:n], self._buf[self._lo : self._hi])
+        if n:  # a new user's first behaviour has nothing to copy
+            copy_rows(buf[:n], self._buf[self._lo : self._hi])
         self._buf, self._lo, self._hi = buf, 0, n
 
     # ------------------------------------------------------------ encoding
