@@ -5,7 +5,9 @@ beside the serving model (id maps rebuilt), then written while no request reads 
 request sees one version. With a twin (the default) the follower keeps a second copy of the
 serving model's weights off duty (left-right): a delta is written into the twin, the twin and the
 serving model trade places under the model holder's lock (a reference swap, microseconds), and the
-same delta is then written into the model just retired, which no request reads any more. Without a
+same delta is then written into the model just retired, which no request reads any more
+(:mod:`serving.twin`; after a checkpoint load the twin is copied on its own thread, deltas
+meanwhile written in place and replayed into the copy). Without a
 twin (half the memory) the rows are written into the serving model under the lock, which the
 scorer holds while it reads the model: requests wait for the write (about 11 ms for 20k rows of
 two 4M-row tables).
@@ -23,20 +25,20 @@ snapshot and never blocks a later one.
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import cast
 
 from serving.delta import Delta, DeltaAssembler, apply_prepared, prepare
 from serving.gil_share import GilShare
 from serving.manifest import SnapshotError
 from serving.metrics import ScoringMetrics
+from serving.priority import full_priority
 from serving.scorer import ModelHolder, ServingModel
 from serving.signing import Signer
+from serving.twin import TwinKeeper
 
 log = logging.getLogger(__name__)
 BUFFERED_DELTAS = 64
@@ -56,7 +58,7 @@ class DeltaFollower:
     ) -> None:
         self.holder, self.metrics, self.refuse = holder, metrics, refuse
         self.twin = twin  # keep an off-duty copy of the weights to write deltas into
-        self._twin: tuple[ServingModel, ServingModel] | None = None  # (serving model, its twin)
+        self.twins = TwinKeeper(twin)
         self.assembler = DeltaAssembler(signer, max_bytes)
         # decoding and preparing spread out while requests are being scored
         self.gil = GilShare(gil_share, busy=holder.requests.__bool__)
@@ -123,7 +125,7 @@ class DeltaFollower:
         if model is None:
             return False
         began = time.perf_counter()
-        twin = self.twin_of(model)
+        twin = self.twins.for_delta(model)
         try:
             with self.paced(delta.header.created):
                 prepared = prepare(model, delta)
@@ -132,9 +134,9 @@ class DeltaFollower:
             return False
         if twin is not None:
             apply_prepared(twin, prepared)  # off duty: no request reads the twin
-        with _full_priority(), self.holder.lock:
+        with full_priority(), self.holder.lock:
             if model is not self.holder.model or model.version != delta.header.prev:
-                self._twin = None  # a checkpoint was swapped in meanwhile
+                self.twins.forget()  # a checkpoint was swapped in meanwhile
                 return False
             locked = time.perf_counter()
             if twin is None:
@@ -142,25 +144,18 @@ class DeltaFollower:
             else:
                 self.holder.replace(model, twin)
             self.locked_s.append(time.perf_counter() - locked)
-        if twin is not None:  # the retired model catches up and becomes the next twin
+        if twin is None:
+            self.twins.wrote_in_place(model, prepared)  # replayed into a copy under way
+        else:  # the retired model catches up and becomes the next twin
             apply_prepared(model, prepared)
-            self._twin = (twin, model)
+            self.twins.swapped(twin, model)
         self._applied(delta, time.perf_counter() - began)
         return True
 
     def twin_of(self, model: ServingModel) -> ServingModel | None:
         """The off-duty copy of ``model``'s weights (made now when there is none: a copy of
         every tensor, seconds at full size); None without twins."""
-        if not self.twin:
-            return None
-        if self._twin is None or self._twin[0] is not model:
-            self._twin, began = None, time.perf_counter()  # the old pair's memory goes first
-            mapper = getattr(model, "mapper", None)  # id maps are read-only here: shared
-            with _full_priority():  # copies that release the GIL; at niceness 10 beside a
-                # busy trainer the copy of 2 GiB took 11.9 s instead of 5, delaying every delta
-                self._twin = (model, copy.deepcopy(model, {id(mapper): mapper}))
-            log.info("twin of v%d made in %.1f s", model.version, time.perf_counter() - began)
-        return self._twin[1]
+        return cast(ServingModel | None, self.twins.of(model))
 
     def _applied(self, delta: Delta, seconds: float) -> None:
         self.applied += 1
@@ -170,22 +165,3 @@ class DeltaFollower:
         if self.on_applied is not None:
             self.on_applied(delta, seconds)
         log.info("applied delta v%d in %.3f s", delta.header.version, seconds)
-
-
-@contextmanager
-def _full_priority() -> Iterator[None]:
-    """The calling thread at its process's priority while it holds the scorer's lock (the
-    watcher's thread runs nicer; descheduled while holding the lock it would stall requests).
-    Where the platform does not let a thread raise its priority again, nothing changes."""
-    tid = threading.get_native_id()
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, os.getpid()))
-    except (AttributeError, OSError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        with suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, tid, before)

@@ -139,7 +139,7 @@ class SnapshotWatcher:
             return False
         if not self.holder.swap(snapshot):
             return False
-        self.follower.twin_of(snapshot)  # now, not when the first delta after it arrives
+        self.follower.twins.start(snapshot)  # on its own thread: deltas need not wait for it
         self.metrics.reloads.inc()
         self.metrics.model_version.set(snapshot.version)
         self.metrics.model_created.set(snapshot.manifest.created)

@@ -4,6 +4,7 @@ does not fit, is altered or unsigned is refused before anything changes."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import cast
 
@@ -179,3 +180,44 @@ def test_altered_unsigned_or_oversized_chunks_are_refused() -> None:
         unsigned.add(plain, None).dense["w"].numpy(),
         np.ones(3000, np.float32),  # type: ignore[union-attr]
     )
+
+
+def test_deltas_during_the_twin_copy_are_written_in_place_then_replayed_into_it(
+    tmp_path: Path,
+) -> None:
+    """After a checkpoint load the twin is copied on its own thread. Deltas meanwhile go in
+    place and are written into the copy once it is done: a copy taken before any of them (the
+    worst a copy racing the writes can be) still ends up equal to the trainer's weights."""
+    trainer, served, deltas = trained_chain(tmp_path, n=6)  # 3 in place, 3 through the twin
+    holder = ModelHolder()
+    holder.swap(served)
+    follower = DeltaFollower(
+        holder, ScoringMetrics.create(CollectorRegistry()), SIGNER, 1 << 24, _refused, twin=True
+    )
+    copied, release = threading.Event(), threading.Event()
+    copy_of = follower.twins.copy_of
+
+    def slow_copy(model: object) -> object:
+        twin = copy_of(model)  # the weights before any delta ...
+        copied.set()
+        release.wait(30)  # ... handed over only after three were written in place
+        return twin
+
+    follower.twins.copy_of = slow_copy  # type: ignore[method-assign]
+    follower.twins.start(served)
+    assert copied.wait(30)
+
+    def feed(delta: Delta) -> None:
+        for value, headers in chunk_messages(delta, SIGNER, 4096):
+            follower.chunk(value, dict(headers).get("mac"))
+
+    for delta in deltas[:3]:
+        feed(delta)
+    assert follower.applied == 3 and holder.model is served  # in place: no twin yet
+    release.set()
+    follower.twin_of(served)  # waits for the copy, replays the three into it
+    for delta in deltas[3:]:
+        feed(delta)
+    assert holder.model is not served  # the twin serves now
+    assert_serves_like(trainer, cast(LoadedSnapshot, holder.model))
+    assert_serves_like(trainer, cast(LoadedSnapshot, follower.twin_of(holder.model)))
