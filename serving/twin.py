@@ -94,12 +94,12 @@ class TwinKeeper:
 
     def copy_of(self, model: Any) -> Any:
         """A copy of every tensor of ``model`` (id maps are read-only here: shared)."""
-        began = time.perf_counter()
+        began, version = time.perf_counter(), model.version  # deltas may follow meanwhile
         mapper = getattr(model, "mapper", None)
         with full_priority():  # copies that release the GIL; at niceness 10 beside a busy
             # trainer the copy of 2 GiB took 11.9 s instead of 5-7
             twin = copy.deepcopy(model, {id(mapper): mapper})
-        log.info("twin of v%d made in %.1f s", model.version, time.perf_counter() - began)
+        log.info("twin of v%d made in %.1f s", version, time.perf_counter() - began)
         return twin
 
     def _copy_into(self, copying: _Copying) -> None:
