@@ -57,8 +57,7 @@ class DeltaFollower:
         catch_up_after_s: float = 2.0,
     ) -> None:
         self.holder, self.metrics, self.refuse = holder, metrics, refuse
-        self.twin = twin  # keep an off-duty copy of the weights to write deltas into
-        self.twins = TwinKeeper(twin)
+        self.twins = TwinKeeper(twin)  # an off-duty copy of the weights to write deltas into
         self.assembler = DeltaAssembler(signer, max_bytes)
         # decoding and preparing spread out while requests are being scored
         self.gil = GilShare(gil_share, busy=holder.requests.__bool__)
