@@ -43,7 +43,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from contracts.schema import Event
 from contracts.settings import Settings
-from streaming.admin import delete_topics, ensure_topics
+from streaming.admin import admin_client, delete_topics, ensure_topics
 from streaming.app import APP_NAME
 from streaming.changelog import MARKER_KEY
 from streaming.producer import EventProducer
@@ -67,10 +67,21 @@ def fresh_settings() -> Settings:
 
 def drop_topics() -> None:
     """Delete the topics of every run: a run over long10k left 3.9 GB on the broker (samples,
-    changelog, events), and a broker stops once its disk is full."""
+    changelog, events), and a broker stops once its disk is full. Every topic with the run's
+    prefix goes, the leader topics its Faust apps made (``...-__assignor-__leader``) too."""
     for settings in CREATED:
-        delete_topics(settings, list(settings.topics.all()))
+        made = set(settings.topics.all()) | set(topics_with_prefix(settings))
+        delete_topics(settings, sorted(made))
     CREATED.clear()
+
+
+def topics_with_prefix(settings: Settings) -> list[str]:
+    """The broker's topics whose names start with the run's topic prefix."""
+    client = admin_client(settings)
+    try:
+        return [name for name in client.list_topics() if name.startswith(settings.topics.prefix)]
+    finally:
+        client.close()
 
 
 def child_env(settings: Settings) -> dict[str, str]:
