@@ -100,9 +100,13 @@ class ItemJournal:
     def since(self, values: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]) -> np.ndarray:
         """For each row ``r`` of ``values`` (rows x columns), the net count of each value gained
         from entry ``starts[r]`` of the journal on (what the log held before is final less it)."""
+        out = np.zeros(values.shape, np.int64)
         if not self.items:
-            return np.zeros(values.shape, np.int64)
+            return out
         items, signs = np.array(self.items, np.int64), np.array(self.signs, np.int64)
-        later = np.arange(items.shape[0])[None, :] >= starts[:, None]  # (rows, entries)
-        match = (values[:, :, None] == items[None, None, :]) & later[:, None, :]
-        return (match * signs).sum(axis=2)
+        rows, cols = np.nonzero(np.isin(values, items))  # only values the journal names
+        if rows.shape[0]:
+            later = np.arange(items.shape[0])[None, :] >= starts[rows][:, None]
+            match = (values[rows, cols][:, None] == items[None, :]) & later  # (hits, entries)
+            out[rows, cols] = (match * signs).sum(axis=1)
+        return out
