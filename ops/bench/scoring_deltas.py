@@ -185,7 +185,7 @@ class OtherCpu:
         other = (_machine_busy_s() - self.machine) - (_own_cpu_s() - self.own)
         return (
             f"other processes used {max(other, 0.0):.2f} CPU-s in these {wall:.1f} s "
-            f"({max(other, 0.0) / wall:.2f} cores; the broker's idle share included)"
+            f"({max(other, 0.0) / wall:.2f} cores, the broker included)"
         )
 
 
