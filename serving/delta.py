@@ -88,9 +88,7 @@ class Delta:
     @classmethod
     def from_bytes(cls, data: bytes) -> Delta:
         """Parse a delta body; :class:`SnapshotError` "corrupt" when it is not one."""
-        blob = _joined([data], len(data))
-        assert blob is not None
-        return cls.from_blob(blob)
+        return cls.from_blob(torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()))
 
     @classmethod
     def from_blob(cls, blob: torch.Tensor) -> Delta:

@@ -271,7 +271,7 @@ def _entries(header: object, body: int) -> list[tuple[str, torch.dtype, list[int
         if any(d < 0 for d in shape):
             raise ValueError(f"{key}: negative dimension")
         begin, end = (int(x) for x in entry["data_offsets"])
-        if end - begin != _count(shape) * torch.empty(0, dtype=dtype).element_size():
+        if end - begin != _count(shape) * dtype.itemsize:
             raise ValueError(f"{key}: data offsets {begin}..{end} do not fit its shape")
         found.append((str(key), dtype, shape, begin, end))
     found.sort(key=lambda e: e[3])
@@ -302,7 +302,7 @@ def safetensors_views(blob: torch.Tensor) -> tuple[dict[str, str], dict[str, tor
         raise SnapshotError("corrupt", f"not a valid safetensors blob: {err}") from None
     out: dict[str, torch.Tensor] = {}
     for key, dtype, shape, begin in entries:
-        itemsize = torch.empty(0, dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         at = 8 + n + begin
         raw = blob[at : at + itemsize * _count(shape)]
         if at % itemsize:

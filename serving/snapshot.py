@@ -184,7 +184,7 @@ class SafetensorsWriter:
             doc["__metadata__"] = self.metadata
         at = 0
         for name, dtype, shape, _ in self.tensors:
-            size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            size = math.prod(shape) * dtype.itemsize
             doc[name] = {
                 "dtype": _DTYPE_NAMES[dtype],
                 "shape": list(shape),
@@ -202,7 +202,7 @@ class SafetensorsWriter:
             fh.write(head)
             digest.update(head)
             for name, dtype, shape, chunks in self.tensors:
-                expected = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+                expected = math.prod(shape) * dtype.itemsize
                 written = 0
                 for chunk in chunks():
                     flat = chunk.detach().cpu().flatten()
