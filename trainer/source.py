@@ -34,6 +34,7 @@ from kafka.record import util as kafka_record_util
 from contracts.settings import Settings
 from trainer.config import TrainerConfig
 from trainer.distributed import assigned_partitions
+from trainer.lag import LagWatcher, TopicOffsets
 from trainer.telemetry import TrainerTelemetry
 
 log = logging.getLogger("twinstream.trainer")
@@ -154,6 +155,8 @@ class KafkaSampleSource:
         self.topic = settings.topics.samples
         self._consumer: KafkaConsumer | None = None
         self._consumed: Consumed = lambda: {}
+        self._offsets = TopicOffsets(settings.kafka_config(), self.topic)
+        self._lag: LagWatcher | None = None
 
     @property
     def consumer(self) -> KafkaConsumer:
@@ -183,7 +186,14 @@ class KafkaSampleSource:
         return bool(self.consumer.assignment())
 
     def sample_lag(self, telemetry: TrainerTelemetry) -> None:
-        telemetry.sample_lag(self.consumer)
+        """Hand the lag watcher (its own thread and client) the partitions assigned and the
+        last offset consumed of each: nothing here waits for the broker."""
+        if self._lag is None:
+            self._lag = LagWatcher(self._offsets, telemetry.record_lag)
+            self._lag.start()
+        consumed = self._consumed()
+        mine = [tp.partition for tp in self.consumer.assignment()]
+        self._lag.seen({p: consumed.get(p) for p in mine})
 
     def snapshot_written(self, offsets: Mapping[int, int]) -> None:
         """Commit the snapshot's offsets to the group, for lag monitoring only (never read)."""
@@ -196,12 +206,17 @@ class KafkaSampleSource:
             for p, o in offsets.items()
             if p in mine
         }
+        # asynchronous: a commit waits for the group's coordinator, which a broker failure can
+        # keep away for a request timeout (30 s); training must not wait for monitoring
         try:
-            consumer.commit(commits)
+            consumer.commit_async(commits, callback=_commit_done)
         except Exception as err:  # a rebalance in progress: the next snapshot commits again
             log.debug("lag commit skipped: %r", err)
 
     def close(self) -> None:
+        if self._lag is not None:
+            self._lag.close()
+        self._offsets.close()
         if self._consumer is not None:
             self._consumer.close()
 
@@ -257,6 +272,11 @@ class KafkaSampleSource:
         self.consumer.assign(tps)
         self.seek(tps)
         log.info("rank %d reads partitions %s", self.rank, mine)
+
+
+def _commit_done(offsets: object, response: object) -> None:
+    if isinstance(response, Exception):  # the next snapshot commits again
+        log.debug("lag commit failed: %r", response)
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):

@@ -18,10 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -157,10 +155,9 @@ class TrainerMetrics:
 class TrainerTelemetry:
     """The trainer loop's hooks, turned into :class:`TrainerMetrics`."""
 
-    def __init__(self, metrics: TrainerMetrics, lag_every_s: float = 5.0) -> None:
-        self.metrics, self.lag_every_s = metrics, lag_every_s
+    def __init__(self, metrics: TrainerMetrics) -> None:
+        self.metrics = metrics
         self._pending: list[npt.NDArray[np.float64]] = []  # Kafka times since the last snapshot
-        self._lag_sampled = -math.inf
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> TrainerTelemetry:
@@ -196,18 +193,7 @@ class TrainerTelemetry:
             m.sample_to_model.observe_many(np.maximum(0.0, created - ts))
             self._pending.clear()
 
-    def sample_lag(self, consumer: Any) -> None:
-        """End offset − position of each assigned partition, at most every ``lag_every_s``
-        (``consumer`` is the loop's kafka-python consumer: call from the loop's thread)."""
-        now = time.monotonic()
-        if now - self._lag_sampled < self.lag_every_s:
-            return
-        self._lag_sampled = now
-        try:
-            tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
-            ends = consumer.end_offsets(tps) if tps else {}
-            lags = {tp.partition: max(0, ends[tp] - consumer.position(tp)) for tp in tps}
-        except Exception as err:  # a rebalance in progress, a broker away: try next time
-            log.debug("trainer lag not sampled: %r", err)
-            return
+    def record_lag(self, lags: Mapping[int, int]) -> None:
+        """The trainer's lag per partition it reads (from :class:`trainer.lag.LagWatcher`'s
+        thread: Prometheus gauges are thread-safe)."""
         set_lag(self.metrics.consumer_lag, {"trainer": lags})
