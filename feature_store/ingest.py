@@ -43,8 +43,9 @@ from feature_store.delayed_labels import PendingImpressions
 from feature_store.sampler_journal import SamplerJournal
 from feature_store.samples import BatchSamples, SampleBuilder, SampleConfig
 from feature_store.state import Admission, LateEvent, StateConfig, UserState, maybe_seen
-from feature_store.state_delta import Records, changelog_state_records, full_size
-from feature_store.state_layout import Parts, mark_written, state_parts
+from feature_store.state_delta import Records, full_size
+from feature_store.state_layout import Parts
+from feature_store.state_writes import batch_state_writes
 from feature_store.store import StateStore
 
 
@@ -163,24 +164,20 @@ class PartitionWorker:
         fresh = [(o, e) for o, e in records if last is None or o > last]
         result.skipped = len(records) - len(fresh)
         result.states = self._states(list(dict.fromkeys(e.user_id for _, e in fresh)))
-        changed: set[str] = set()
+        changed: dict[str, UserState] = {}
         samples = BatchSamples(self.builder)
         try:
             maybe = maybe_seen([e for _, e in fresh], result.states)
             for (offset, event), seen in zip(fresh, maybe, strict=True):
                 state = result.states[event.user_id]
                 if self._one(offset, event, state, result, samples, seen):
-                    changed.add(event.user_id)
+                    changed[event.user_id] = state
             result.samples = samples.finish()
         finally:
             samples.close()
         result.offset = max((o for o, _ in fresh), default=None)
         result.meta = self._meta_changes(result.offset)
-        for user in changed:  # their next versions: changelog records, then the store's parts
-            state = result.states[user]
-            result.changelog += changelog_state_records(user, state)
-            result.parts[user] = state_parts(user, state)
-            mark_written(state)
+        result.changelog, result.parts = batch_state_writes(changed)  # their next versions
         self.applied |= {user: (state, result) for user, state in result.states.items()}
         if result.offset is not None:
             self.last_offset = result.offset
