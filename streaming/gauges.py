@@ -1,7 +1,8 @@
 """The worker's sampled gauges: consumer lag of both agents on the owned partitions, and the
 users and bytes of the local state (ARCHITECTURE.md section 8).
 
-Sampled after each attribution tick; monitoring failures are logged, never raised.
+Sampled on a timer of their own (a broker away can make a sample wait its request timeout);
+monitoring failures are logged, never raised.
 """
 
 from __future__ import annotations

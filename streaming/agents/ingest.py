@@ -58,7 +58,7 @@ def add_ingest_agent(
     gauges: WorkerGauges,
     fail_stop: FailStop,
 ) -> None:
-    """The diverted fetches and the agent, then the timer: expired windows closed, then the
+    """The diverted fetches and the agent, then the timers: expired windows closed, and the
     gauges sampled."""
     diverted = Diverted({settings.topics.events})
     app.diverted = diverted  # type: ignore[attr-defined]  # read by streaming.transport.Consumer
@@ -92,6 +92,11 @@ def add_ingest_agent(
             await service.tick()
         except Exception as exc:
             await fail_stop.halt(exc)
+
+    @app.timer(interval=TICK_INTERVAL_S)
+    async def sample_gauges() -> None:
+        # a timer of its own: asking a broker whose leader is away for offsets waits up to a
+        # request timeout (30 s), which must not hold back the attribution windows
         await gauges.sample()
 
 
