@@ -25,6 +25,7 @@ from models.layers import once_per_user
 
 Activation = Literal["prelu", "dice"]
 Sequence = Literal["recent", "cluster"]
+Values = Literal["projected", "tokens"]  # TWIN / TWIN-V2 ESU values (models.twin)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ModelConfig:
     twin_v2_recent: bool = False  # TWIN-V2: also attend over the recent sequence
     twin_v2_age: bool = True  # TWIN-V2: time-gap bias by estimated cluster age (models.twin_v2)
     twin_v2_log_size: bool = True  # TWIN-V2: ESU logits + ln N (the paper); False: a departure
+    twin_values: Values = "projected"  # TWIN, TWIN-V2: W_v, W_o (the paper) or the tokens (DARE's)
 
     def __post_init__(self) -> None:
         if self.attn_dim is None:
@@ -88,6 +90,8 @@ class ModelConfig:
             "session_len must be >= 1": self.session_len >= 1,
             "transformer_layers must be >= 1": self.transformer_layers >= 1,
             "bst_len must be >= 1": self.bst_len >= 1,
+            "twin_values must be 'projected' or 'tokens'": self.twin_values
+            in ("projected", "tokens"),
         }
         return [message for message, ok in checks.items() if not ok]
 

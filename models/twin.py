@@ -10,6 +10,14 @@ blind to recency. GSU: keep the ``topk`` behaviours with the largest head-mean �
 ESU: for each head, softmax of α over the kept behaviours only, weighted sum of their value
 projections; heads are concatenated and projected to h. The scores are computed once and reused
 by both stages, which is TWIN's "consistency-preserved" design. Head input ``[v_t, h, v_t ⊙ h]``.
+
+Values (``config.twin_values``): ``"projected"`` (the default) is the TWIN paper's ESU above, per
+head ``Softmax(α)·K W^v``, concatenated, times ``W^o``. ``"tokens"`` is the DARE reference code's
+TWIN: h is the sum of the kept tokens themselves weighted by the heads' mean softmax, so h lives
+in the target's space and the head's ``v_t ⊙ h`` compares target and history directly; with the
+projections that product is between the target and a randomly rotated history. On MovieLens
+(taste matches) token values lift TWIN from mean pooling's level to DIN's; on Taobao-154 the
+projections are better (trainer/RESULTS-offline.md, "Fifth TWIN-V2 round"); choose on valid AUC.
 When ``topk`` ≥ L the kept set is every behaviour and the result is exact target attention;
 :meth:`TWIN.attend` with ``k=None`` computes that exact attention directly (for evaluating the
 search stage, e.g. NDCG of the top-k against it).
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.base import CTRModel, ModelConfig, ModelOutput
+from models.base import CTRModel, ModelConfig, ModelOutput, Values
 from models.batch import Batch
 from models.layers import gather_steps, is_shared, masked_softmax, once_per_user, scatter_steps
 
@@ -37,13 +45,16 @@ from models.layers import gather_steps, is_shared, masked_softmax, once_per_user
 class TwinAttention(nn.Module):
     """Multi-head target attention with a cross-feature bias, usable on any subset of keys."""
 
-    def __init__(self, d: int, n_heads: int, n_dense: int, n_ages: int = 0) -> None:
+    def __init__(
+        self, d: int, n_heads: int, n_dense: int, n_ages: int = 0, values: Values = "projected"
+    ) -> None:
         super().__init__()
         self.n_heads, self.d_head = n_heads, d // n_heads
         self.query = nn.Linear(d, d, bias=False)
         self.key = nn.Linear(d, d, bias=False)
-        self.value = nn.Linear(d, d, bias=False)
-        self.out = nn.Linear(d, d)
+        projected = values == "projected"  # else the tokens themselves (see the module docstring)
+        self.value = nn.Linear(d, d, bias=False) if projected else None
+        self.out = nn.Linear(d, d) if projected else None
         self.cross = nn.Linear(n_dense, n_heads, bias=False) if n_dense > 0 else None
         self.age = nn.Embedding(n_ages, n_heads) if n_ages > 0 else None  # 1-D bias per age, head
         if self.age is not None:
@@ -74,6 +85,8 @@ class TwinAttention(nn.Module):
         """(B, H, K) logits, (B, K, D) tokens, (B, K) mask → h (B, D), weights (B, H, K)."""
         b, k, _ = tokens.shape
         weights = masked_softmax(alpha, mask.unsqueeze(1))  # (B, H, K) softmax over K per head
+        if self.value is None or self.out is None:  # token values: (B, K) @ (B, K, D) → (B, D)
+            return torch.einsum("bk,bkd->bd", weights.mean(1), tokens), weights
         v = once_per_user(self.value, tokens).view(b, k, self.n_heads, self.d_head)  # (B, K, H, d)
         heads = per_head(weights, v, "bhk,bkhd->bhd")  # (B, H, d)
         return self.out(heads.reshape(b, -1)), weights
@@ -142,7 +155,9 @@ class TWIN(CTRModel):
     def __init__(self, config: ModelConfig) -> None:
         d = config.token_dim
         super().__init__(config, n_features=2 * d)
-        self.attn = TwinAttention(d, config.n_heads, config.dense_features, config.seq_len)
+        self.attn = TwinAttention(
+            d, config.n_heads, config.dense_features, config.seq_len, config.twin_values
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         return self.attend(batch, self.config.topk)

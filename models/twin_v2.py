@@ -21,6 +21,8 @@ without a new feature: the members of the clusters after it plus half its own
 relative position. Ages bucket exactly below 128, then 8 buckets per doubling
 (:func:`age_bucket`).
 
+``config.twin_values`` is TWIN's (``models.twin``): the paper's value projections or the tokens.
+
 ``config.twin_v2_log_size=False`` drops the + ln N (a departure from the paper, for diagnosis: on a
 generated log whose interests drift fast, large old clusters of an abandoned interest took
 weight they should not; trainer/RESULTS-offline.md).
@@ -68,9 +70,10 @@ class TWINV2(CTRModel):
         n_recent = 2 * d if config.twin_v2_recent else 0
         super().__init__(config, n_features=2 * d + n_recent)
         n_ages = config.seq_len if config.twin_v2_age else 0
-        self.attn = TwinAttention(d, config.n_heads, config.dense_features, n_ages)
+        values = config.twin_values
+        self.attn = TwinAttention(d, config.n_heads, config.dense_features, n_ages, values)
         self.recent = (
-            TwinAttention(d, config.n_heads, config.dense_features, n_ages)
+            TwinAttention(d, config.n_heads, config.dense_features, n_ages, values)
             if config.twin_v2_recent
             else None
         )

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "cluster_by_token": Flag("TWIN-V2: cluster on item rows, not [item, category] tokens"),
         "twin_v2_log_size": Flag("TWIN-V2: ESU without + ln N (not the paper)",
                                  name="--no-twin-v2-log-size"),
+        "twin_values": Flag("TWIN, TWIN-V2 ESU values: W_v, W_o (the paper) or the tokens "
+                            "(the DARE reference's TWIN)", str, choices=("projected", "tokens")),
     })  # fmt: skip
     dataset = p.add_argument_group("dataset")
     add_fields(dataset, DatasetConfig, {

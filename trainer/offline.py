@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import models
 from feature_store.cluster_config import ClusterConfig
-from models.base import ModelConfig, ModelOutput
+from models.base import ModelConfig, ModelOutput, Values
 from models.batch import Batch
 from trainer.dataset import OfflineDataset, Samples, Split
 from trainer.loop import Learner, LearnerConfig
@@ -58,6 +58,7 @@ class EvalConfig:
     twin_v2_age: bool = True  # TWIN-V2: time-gap bias by cluster age (ModelConfig)
     cluster_by_token: bool = ClusterConfig.by_token  # TWIN-V2: on [item, category] token rows
     twin_v2_log_size: bool = True  # TWIN-V2: ESU + ln N, as the paper (ModelConfig)
+    twin_values: Values = "projected"  # TWIN, TWIN-V2: the paper's W_v, W_o or the tokens
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def model_config(ds: OfflineDataset, cfg: EvalConfig) -> ModelConfig:
         twin_v2_recent=cfg.twin_v2_recent,
         twin_v2_age=cfg.twin_v2_age,
         twin_v2_log_size=cfg.twin_v2_log_size,
+        twin_values=cfg.twin_values,
     )
 
 

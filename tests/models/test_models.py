@@ -67,6 +67,27 @@ def test_twin_exact_attention_matches_a_direct_computation(config: ModelConfig) 
     torch.testing.assert_close(out.attention, weights.mean(1), atol=1e-6, rtol=1e-5)
 
 
+def test_twin_token_values_are_the_kept_tokens_weighted_by_the_heads_mean(
+    config: ModelConfig,
+) -> None:
+    """``twin_values="tokens"`` (the DARE reference's TWIN): h is in the tokens' own space, a
+    weighted mean of them, so ``v_t ⊙ h`` compares target and history; no W_v, W_o."""
+    cfg = replace(config, topk=12, twin_values="tokens")
+    batch = random_batch(cfg, batch_size=16, seed=2)
+    model = build("twin", cfg)
+    assert isinstance(model, TWIN) and model.attn.value is None and model.attn.out is None
+    target, tokens = model.embed_target(batch), model.embed_history(batch)
+    alpha = model.attn.scores(target, tokens, batch.hist_dense, batch.hist_age)  # (B, H, L)
+    weights = masked_softmax(alpha, batch.hist_mask.unsqueeze(1)).mean(1)  # (B, L)
+    h = (weights.unsqueeze(-1) * tokens).sum(1)
+    torch.testing.assert_close(model(batch).logits, model.predict(target, [h, target * h], batch))
+    projected = build("twin", replace(cfg, twin_values="projected"))
+    assert not torch.allclose(projected(batch).logits, model(batch).logits)
+    searched = build("twin_v2", replace(cfg, topk=50, twin_values="tokens"))
+    exact = searched.attend(batch, None)  # type: ignore[operator]
+    torch.testing.assert_close(searched(batch).logits, exact.logits, atol=1e-5, rtol=1e-5)
+
+
 def test_twin_age_bias_shifts_attention_to_recent_behaviours(config: ModelConfig) -> None:
     batch = random_batch(config, batch_size=8, seed=9, min_len=4)
     model = build("twin", config)
