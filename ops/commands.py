@@ -231,6 +231,18 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-users", type=int, default=d.long_users)
     p.add_argument("--long-history", type=int, default=d.long_history)
     p.add_argument("--shift-at", type=float, help="fraction of time where all interests change")
+    p.add_argument(
+        "--return-prob",
+        type=float,
+        default=d.return_prob,
+        help="chance a behaviour returns to a dormant interest (truth records kind 'return')",
+    )
+    p.add_argument(
+        "--dormant-after",
+        type=int,
+        default=d.dormant_after,
+        help="behaviours without a category before it counts as dormant",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -241,15 +253,19 @@ def generate(args: argparse.Namespace) -> int:
         long_users=args.long_users,
         long_history=args.long_history,
         shift_at=args.shift_at,
+        return_prob=args.return_prob,
+        dormant_after=args.dormant_after,
         seed=args.seed,
     )
     start = time.perf_counter()
     log = generate_log(cfg)
     truth = log.write(args.out)
     took = time.perf_counter() - start
+    returns = sum(1 for record in log.truth if record.get("kind") == "return")
     print(
         f"wrote {len(log.ts)} behaviours of {cfg.users + cfg.long_users} users to {args.out} "
-        f"and {len(log.truth)} planted revisits to {truth} in {took:.1f}s"
+        f"and {len(log.truth)} planted revisits ({returns} of them returns) to {truth} "
+        f"in {took:.1f}s"
     )
     return 0
 

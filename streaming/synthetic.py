@@ -6,6 +6,16 @@ either continues a current interest or *revisits* the category of one earlier be
 planted source); the ground-truth file lists, for each revisit, the source and the positions of
 the user's earlier behaviours in that category: the behaviours an attention model should find.
 
+Revisits draw their source uniformly over the history, and most behaviours continue or revisit a
+current interest, so a revisited category is nearly always in the recent window too. With
+``return_prob`` > 0 a behaviour may instead *return* to a dormant interest: a category of the
+user's not seen in the last ``dormant_after`` behaviours (the category of an earlier behaviour
+drawn uniformly among those in dormant categories). Its truth record has ``"kind": "return"``;
+its relevant positions (the category's 50 most recent) are then all older than ``dormant_after``,
+out of any recent window shorter than that. Interests that come back after a long time are what
+lifelong models are for. ``return_prob`` = 0 (the default) draws nothing for it: the log and its
+truth are those of the generator without the option.
+
 >>> cfg = GeneratorConfig(users=3, long_users=1, long_history=500, seed=1)
 >>> log = generate(cfg)
 >>> int((log.user == log.user[-1]).sum()) >= 0, bool((np.diff(log.ts) >= 0).all())
@@ -39,6 +49,8 @@ class GeneratorConfig:
     long_history: int = 100_000
     drift_per_session: float = 0.1
     revisit_prob: float = 0.6
+    return_prob: float = 0.0  # a behaviour returns to a dormant interest (module docstring)
+    dormant_after: int = 1_000  # behaviours without a category before it counts as dormant
     shift_at: float | None = None  # fraction of the time window where all interests change
     start_ts: float = 1_511_136_000.0  # 2017-11-20
     window_days: float = 14.0
@@ -47,6 +59,8 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if self.shift_at is not None and not 0.0 < self.shift_at < 1.0:
             raise ValueError("shift_at must be in (0, 1)")
+        if not 0.0 <= self.return_prob <= 1.0 or self.dormant_after < 1:
+            raise ValueError("return_prob must be in [0, 1] and dormant_after >= 1")
         if self.categories < 2 * self.interests_per_user:
             raise ValueError("need at least 2 × interests_per_user categories")
 
@@ -162,6 +176,8 @@ def _plant(
     by_category: dict[int, list[int]] = {}
     truth: list[dict[str, object]] = []
     draws = rng.random(ts.size)
+    returns = rng.random(ts.size) if cfg.return_prob > 0 else None  # no draw without the option
+    last_seen: dict[int, int] = {}
     for i in range(ts.size):
         if shift_ts is not None and not shifted and ts[i] >= shift_ts:
             interests, shifted = (
@@ -170,7 +186,15 @@ def _plant(
             )
         elif i > 0 and session_of[i] != session_of[i - 1] and rng.random() < cfg.drift_per_session:
             interests[rng.integers(interests.size)] = rng.choice(pools[1 if shifted else 0])
-        if i > 0 and draws[i] < cfg.revisit_prob:
+        dormant = None
+        if returns is not None and returns[i] < cfg.return_prob:
+            dormant = _dormant_source(rng, by_category, last_seen, i - cfg.dormant_after)
+        if dormant is not None:
+            category = int(categories[dormant])
+            relevant = by_category[category][-MAX_RELEVANT:]
+            record = {"user_id": user, "position": i, "source": dormant, "relevant": relevant}
+            truth.append(record | {"kind": "return"})
+        elif i > 0 and draws[i] < cfg.revisit_prob:
             source = int(rng.integers(i))
             category = int(categories[source])
             relevant = by_category[category][-MAX_RELEVANT:]
@@ -179,7 +203,25 @@ def _plant(
             category = int(rng.choice(interests))
         categories[i] = category
         by_category.setdefault(category, []).append(i)
+        last_seen[category] = i
     return categories, truth
+
+
+def _dormant_source(
+    rng: np.random.Generator,
+    by_category: dict[int, list[int]],
+    last_seen: dict[int, int],
+    before: int,
+) -> int | None:
+    """An earlier position drawn uniformly among those whose category was last seen before
+    position ``before``; None when no category is dormant."""
+    dormant = [c for c, last in last_seen.items() if last < before]
+    if not dormant:
+        return None
+    sizes = np.array([len(by_category[c]) for c in dormant], dtype=np.float64)
+    category = dormant[int(rng.choice(len(dormant), p=sizes / sizes.sum()))]
+    members = by_category[category]
+    return members[int(rng.integers(len(members)))]
 
 
 def _category_pools(cfg: GeneratorConfig, split: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -44,3 +44,22 @@ def test_same_seed_same_log_and_shift_changes_categories() -> None:
     before = set(shifted.category[shifted.ts < middle - 86_400].tolist())
     after = set(shifted.category[shifted.ts > middle + 86_400].tolist())
     assert before and after and not before & after
+
+
+def test_returns_come_back_to_interests_dormant_for_dormant_after_behaviours() -> None:
+    cfg = GeneratorConfig(
+        users=0, long_users=3, long_history=4_000, return_prob=0.05, dormant_after=500, seed=2
+    )
+    log = generate(cfg)
+    returns = [r for r in log.truth if r.get("kind") == "return"]
+    assert len(returns) > 40  # 88 at this seed: a draw returns only where a category is dormant
+    for record in returns:
+        mine = log.category[log.user == record["user_id"]]
+        pos, source = int(record["position"]), int(record["source"])  # type: ignore[call-overload]
+        assert mine[source] == mine[pos]
+        assert not (mine[pos - cfg.dormant_after : pos] == mine[pos]).any()  # dormant until now
+        relevant = np.asarray(record["relevant"])
+        assert relevant.size and (relevant < pos - cfg.dormant_after).all()
+        assert (mine[relevant] == mine[pos]).all()
+    plain = generate(GeneratorConfig(users=0, long_users=3, long_history=4_000, seed=2))
+    assert not any("kind" in r for r in plain.truth)
