@@ -174,6 +174,7 @@ class Changes:
     ring_resized: bool = False  # the dedupe ring grew since the last write
     stored_lo: int = 0  # absolute position of the first logged row at the last write
     stored_clusters: ClusterState | None = field(default=None)  # the cluster state then
+    inline: bool = False  # stored as an inline head, nothing else of it on disk (state_layout)
 
     def logged(self, position: int) -> None:
         self.log_from = position if self.log_from is None else min(self.log_from, position)

@@ -12,6 +12,13 @@ Keys of one user (``U`` = the user id in UTF-8):
   a late one the chunks from its position on; chunks the cap pushed out are deleted.
 - ``k/U``, the TWIN-V2 cluster state: written only when the clustering changed.
 
+A small state (:func:`inline_fits`: at most ``CHUNK_ROWS`` behaviours ever, a ring of at most
+``RING_BLOCK`` ids) is one record instead: its head key, with an inline head (magic ``TWUI``)
+followed by its log rows, its ring's ids and its cluster record. Most users of a short-event log
+are small, and each RocksDB record costs about a microsecond to insert: a new user writes one
+record, not four. A state that outgrows it writes every part once (nothing else of it is on disk:
+``Changes.inline``), and the head key then holds a parts head again.
+
 :func:`state_parts` lists the writes of a state (what its :class:`~feature_store.state.Changes`
 say changed; everything for a state never written, with the user's other chunks and ring blocks
 deleted unless the store is known to hold none of them: a user it has no head for, as
@@ -43,6 +50,7 @@ CHUNK_PREFIX = b"l/"
 RING_PREFIX = b"r/"
 CLUSTER_PREFIX = b"k/"
 HEAD_MAGIC = b"TWUH"
+INLINE_MAGIC = b"TWUI"  # a head followed by the whole small state (inline_fits)
 HEAD_VERSION = 2
 HEAD = struct.Struct("<4sHHHIIIIqdqqq")
 _START = struct.Struct("<q")
@@ -93,13 +101,22 @@ def _user(user: str) -> bytes:
 # --- writing -------------------------------------------------------------------------------------
 
 
+def inline_fits(state: UserState) -> bool:
+    """Whether the state is stored as one inline head (see the module's docstring)."""
+    return state.total <= CHUNK_ROWS and state.ring[0].shape[0] <= RING_BLOCK
+
+
 def state_parts(user: str, state: UserState) -> Parts:
     """The records that bring the stored state up to ``state`` (pure: marks nothing written)."""
+    if inline_fits(state):
+        return _inline_parts(user, state)
     ch, parts, prefix, pack = state.changes, Parts(), _chunk_prefix(user), _CHUNK.pack
+    whole = ch.whole or ch.inline  # an inline state outgrown: every part, none on disk yet
+    on_disk = ch.on_disk and not ch.inline
     parts.records.append((head_key(user), encode_head(state)))
     first, last = state.lo // CHUNK_ROWS, (state.total - 1) // CHUNK_ROWS
-    if ch.whole:
-        if ch.on_disk:  # chunks of an older version may lie outside the log's
+    if whole:
+        if on_disk:  # chunks of an older version may lie outside the log's
             parts.deleted_ranges.append((prefix + pack(0), prefix + pack(max(first, 0))))
             parts.deleted_ranges.append((prefix + pack(last + 1), prefix + pack(2**64 - 1)))
         changed_from = first
@@ -112,20 +129,35 @@ def state_parts(user: str, state: UserState) -> Parts:
         parts.records += [
             (prefix + pack(c), _chunk(state, c)) for c in range(changed_from, last + 1)
         ]
-    if ch.whole or state.cluster_state is not ch.stored_clusters:
+    if whole or state.cluster_state is not ch.stored_clusters:
         parts.records.append((cluster_key(user), encode_clusters(state.cluster_state)))
-    _ring_parts(user, state, parts)
+    _ring_parts(user, state, parts, whole, on_disk)
     return parts
 
 
-def _ring_parts(user: str, state: UserState, parts: Parts) -> None:
+def _inline_parts(user: str, state: UserState) -> Parts:
+    """A small state's one record; and, where parts of an older version may be on disk (a
+    state restored from a checkpoint, or stored as parts before inline heads), their deletion."""
+    ch, prefix, ring_prefix = state.changes, _chunk_prefix(user), _chunk_prefix(user, RING_PREFIX)
+    parts = Parts([(head_key(user), encode_inline(state))])
+    if ch.on_disk and not ch.inline and ch.whole:
+        parts.deleted_ranges.append((prefix + _CHUNK.pack(0), prefix + _CHUNK.pack(2**64 - 1)))
+        parts.deleted_ranges.append((ring_prefix + _BLOCK.pack(0), ring_prefix + b"\xff\xff\xff"))
+        parts.records.append((cluster_key(user), None))
+    elif ch.on_disk and not ch.inline:  # a small state stored as parts: chunk 0, block 0
+        parts.records += [(prefix + _CHUNK.pack(0), None), (ring_prefix + _BLOCK.pack(0), None)]
+        parts.records.append((cluster_key(user), None))
+    return parts
+
+
+def _ring_parts(user: str, state: UserState, parts: Parts, whole: bool, on_disk: bool) -> None:
     """The blocks of the dedupe ring that ids went to since the last write (all of them when it
     grew, was never written, or took more ids than it holds)."""
     ch, (ring, fill, pos) = state.changes, state.ring
     n_blocks, prefix = -(-fill // RING_BLOCK), _chunk_prefix(user, RING_PREFIX)
-    if ch.whole or ch.ring_resized or ch.ring_added >= fill:
+    if whole or ch.ring_resized or ch.ring_added >= fill:
         blocks: range | set[int] = range(n_blocks)
-        if ch.whole and ch.on_disk:
+        if whole and on_disk:
             parts.deleted_ranges.append((prefix + _BLOCK.pack(n_blocks), prefix + b"\xff\xff\xff"))
     else:
         size = ring.shape[0]
@@ -139,7 +171,7 @@ def mark_written(state: UserState) -> None:
     """The state's parts are written: the next write carries only what changes after now."""
     ch = state.changes
     ch.whole, ch.on_disk, ch.log_from, ch.ring_added, ch.ring_resized = False, True, None, 0, False
-    ch.stored_lo, ch.stored_clusters = state.lo, state.cluster_state
+    ch.stored_lo, ch.stored_clusters, ch.inline = state.lo, state.cluster_state, inline_fits(state)
 
 
 def _chunk(state: UserState, chunk: int) -> bytes:
@@ -149,11 +181,19 @@ def _chunk(state: UserState, chunk: int) -> bytes:
     return _START.pack(start) + rows.tobytes()
 
 
-def encode_head(state: UserState) -> bytes:
+def encode_inline(state: UserState) -> bytes:
+    """A small state's record: an inline head, its log rows, ring ids and cluster record."""
+    ring, fill, _ = state.ring
+    head = encode_head(state, INLINE_MAGIC)
+    rows = state.log.tobytes()
+    return b"".join((head, rows, ring[:fill].tobytes(), encode_clusters(state.cluster_state)))
+
+
+def encode_head(state: UserState, magic: bytes = HEAD_MAGIC) -> bytes:
     ring, fill, pos = state.ring
     ch, watermark = state.changes, state.watermark
     head = HEAD.pack(
-        HEAD_MAGIC, HEAD_VERSION, state.n_dense, CHUNK_ROWS, state.log.shape[0], ring.shape[0],
+        magic, HEAD_VERSION, state.n_dense, CHUNK_ROWS, state.log.shape[0], ring.shape[0],
         fill, pos, state.total, np.nan if watermark is None else watermark, ch.seq,
         ch.checkpoint_seq, ch.since_checkpoint,
     )  # fmt: skip
@@ -189,8 +229,11 @@ def load_states(get_many: MultiGet, users: list[str]) -> list[UserState | None]:
             plans.append(None)
             continue
         h = HEAD.unpack_from(blob)
-        if h[0] != HEAD_MAGIC or h[1] != HEAD_VERSION:
+        if h[0] not in (HEAD_MAGIC, INLINE_MAGIC) or h[1] != HEAD_VERSION:
             raise StateFormatError(f"the stored head of {user!r} is not a known state head")
+        if h[0] == INLINE_MAGIC:
+            plans.append((blob, h, -1, 0))
+            continue
         total, n_log, chunk_rows = h[8], h[4], h[3]
         chunks = (
             range((total - n_log) // chunk_rows, (total - 1) // chunk_rows + 1) if n_log else []
@@ -207,8 +250,19 @@ def load_states(get_many: MultiGet, users: list[str]) -> list[UserState | None]:
             out.append(None)
             continue
         blob, h, at, n = plan
-        out.append(_assemble(user, blob, h, values[at : at + n]))
+        out.append(_inline(blob, h) if at < 0 else _assemble(user, blob, h, values[at : at + n]))
     return out
+
+
+def _inline(blob: bytes, h: tuple) -> UserState:
+    """A small state from its inline head (arrays read-only views of ``blob``)."""
+    (_, _, n_dense, _, n_log, ring_size, fill, *_) = h
+    reader = BlockReader(blob, HEAD.size)
+    log = reader.take(behaviour_dtype(n_dense), n_log)
+    ring = np.zeros(ring_size, dtype=np.int64)
+    ring[:fill] = reader.take(np.dtype("<i8"), fill)
+    cs = decode_clusters(blob[reader.offset :], n_dense)
+    return _state(h, log, ring, cs, inline=True)
 
 
 def _log(chunks: list[bytes], lo: int, total: int, row: np.dtype) -> np.ndarray:
@@ -225,18 +279,25 @@ def _log(chunks: list[bytes], lo: int, total: int, row: np.dtype) -> np.ndarray:
 
 
 def _assemble(user: str, blob: bytes, h: tuple, values: Sequence[bytes | None]) -> UserState:
-    (_, _, n_dense, _, n_log, ring_size, fill, pos, total, watermark, seq, ckpt, since) = h
+    (_, _, n_dense, _, n_log, ring_size, fill, _, total, *_) = h
     if any(v is None for v in values):
         raise StateFormatError(f"a stored part of {user!r} is missing")
     parts = [bytes(v) for v in values if v is not None]
     n_ring = -(-fill // RING_BLOCK)
     chunks, ring_blocks = parts[: len(parts) - 1 - n_ring], parts[len(parts) - 1 - n_ring : -1]
     log = _log(chunks, total - n_log, total, behaviour_dtype(n_dense))
-    lo = total - n_log
     ring = np.zeros(ring_size, dtype=np.int64)
     ring[:fill] = np.frombuffer(b"".join(ring_blocks), dtype="<i8")
-    cs = decode_clusters(parts[-1], n_dense)
-    changes = Changes(seq, ckpt, since, whole=False, stored_lo=lo, stored_clusters=cs)
+    return _state(h, log, ring, decode_clusters(parts[-1], n_dense), inline=False)
+
+
+def _state(
+    h: tuple, log: np.ndarray, ring: np.ndarray, cs: ClusterState, inline: bool
+) -> UserState:
+    """A stored state from its head's fields and its decoded arrays."""
+    (_, _, _, _, n_log, _, fill, pos, total, watermark, seq, ckpt, since) = h
+    lo = total - n_log
+    changes = Changes(seq, ckpt, since, False, stored_lo=lo, stored_clusters=cs, inline=inline)
     return UserState(
         log,
         total=total,

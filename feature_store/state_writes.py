@@ -45,10 +45,12 @@ from feature_store.state_layout import (
     HEAD,
     HEAD_MAGIC,
     HEAD_VERSION,
+    INLINE_MAGIC,
     RING_BLOCK,
     RING_PREFIX,
     USER_PREFIX,
     Parts,
+    encode_clusters,
     mark_written,
     state_parts,
 )
@@ -97,11 +99,18 @@ def _new_user(user: str, state: UserState, out: dict[str, Parts]) -> tuple[bytes
         cs.version, cs.upto, dirty, n_blocks, n_clusters,
     )  # fmt: skip
     raw = user.encode("utf-8", "surrogatepass")
-    prefix = _USER_LEN_PACK(len(raw)) + raw
+    value = b"".join((CHECKPOINT, _SEQ_PACK(seq), header, log_bytes, ring_bytes, cluster_bytes))
+    fits = total <= CHUNK_ROWS and ring.shape[0] <= RING_BLOCK  # state_layout.inline_fits
     head = HEAD.pack(
-        HEAD_MAGIC, HEAD_VERSION, n_dense, CHUNK_ROWS, n_log, ring.shape[0], fill, pos, total,
-        wm, seq, seq, 0,
+        INLINE_MAGIC if fits else HEAD_MAGIC, HEAD_VERSION, n_dense, CHUNK_ROWS, n_log,
+        ring.shape[0], fill, pos, total, wm, seq, seq, 0,
     )  # fmt: skip
+    cluster_head = CLUSTER_HEAD.pack(cs.version, cs.upto, dirty, n_blocks, n_clusters)
+    if fits:
+        inline = b"".join((head, log_bytes, ring_bytes, cluster_head, cluster_bytes))
+        out[user] = Parts([(USER_PREFIX + raw, inline)])
+        return raw, value
+    prefix = _USER_LEN_PACK(len(raw)) + raw
     records: Records = [(USER_PREFIX + raw, head)]
     if n_log:
         first, last = lo // CHUNK_ROWS, (total - 1) // CHUNK_ROWS
@@ -111,7 +120,6 @@ def _new_user(user: str, state: UserState, out: dict[str, Parts]) -> tuple[bytes
             )
         else:
             records += _chunks(CHUNK_PREFIX + prefix, log, lo, total, first, last)
-    cluster_head = CLUSTER_HEAD.pack(cs.version, cs.upto, dirty, n_blocks, n_clusters)
     records.append((CLUSTER_PREFIX + raw, cluster_head + cluster_bytes))
     ring_prefix = RING_PREFIX + prefix
     if fill <= RING_BLOCK:
@@ -126,7 +134,6 @@ def _new_user(user: str, state: UserState, out: dict[str, Parts]) -> tuple[bytes
             for b in range(-(-fill // RING_BLOCK))
         ]
     out[user] = Parts(records)
-    value = b"".join((CHECKPOINT, _SEQ_PACK(seq), header, log_bytes, ring_bytes, cluster_bytes))
     return raw, value
 
 
@@ -149,8 +156,10 @@ def _delta(user: str, state: UserState, changelog: Records, out: dict[str, Parts
     n_log, total, size = log.shape[0], state.total, ring.shape[0]
     lo, added = total - n_log, ch.ring_added
     first, last = lo // CHUNK_ROWS, (total - 1) // CHUNK_ROWS
+    fits = total <= CHUNK_ROWS and size <= RING_BLOCK  # state_layout.inline_fits
     if (
-        state.cluster_state is not ch.stored_clusters
+        fits != ch.inline  # stored as parts while small (before inline heads), or outgrown
+        or state.cluster_state is not ch.stored_clusters
         or ch.ring_resized
         or added >= fill
         or (ch.log_from is not None and ch.log_from < lo)
@@ -177,9 +186,14 @@ def _delta(user: str, state: UserState, changelog: Records, out: dict[str, Parts
     ch.since_checkpoint += len(key) + len(value)
     changelog.append((key, value))
     head = HEAD.pack(
-        HEAD_MAGIC, HEAD_VERSION, n_dense, CHUNK_ROWS, n_log, size, fill, pos, total, wm,
-        ch.seq, ch.checkpoint_seq, ch.since_checkpoint,
+        INLINE_MAGIC if fits else HEAD_MAGIC, HEAD_VERSION, n_dense, CHUNK_ROWS, n_log, size,
+        fill, pos, total, wm, ch.seq, ch.checkpoint_seq, ch.since_checkpoint,
     )  # fmt: skip
+    if fits:
+        rows, ring_ids = log.tobytes(), ring[:fill].tobytes()
+        inline = b"".join((head, rows, ring_ids, encode_clusters(state.cluster_state)))
+        out[user] = Parts([(USER_PREFIX + raw, inline)])
+        return True
     prefix = _USER_LEN_PACK(len(raw)) + raw
     records: Records = [(USER_PREFIX + raw, head)]
     if n_log and ch.log_from is not None:

@@ -5,6 +5,7 @@ duplicates and the lifelong cap included, for users of 10k and 100k behaviours t
 
 from __future__ import annotations
 
+import struct
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,19 @@ from feature_store.cluster_config import ClusterConfig
 from feature_store.ingest import FeatureConfig, PartitionWorker
 from feature_store.state import StateConfig, UserState
 from feature_store.state_delta import MIN_CHECKPOINT_BYTES, Records, full_size
-from feature_store.state_layout import CHUNK_PREFIX, CHUNK_ROWS, chunk_key, state_parts
+from feature_store.state_layout import (
+    CHUNK_PREFIX,
+    CHUNK_ROWS,
+    Parts,
+    chunk_key,
+    cluster_key,
+    encode_clusters,
+    encode_head,
+    head_key,
+    inline_fits,
+    ring_key,
+    state_parts,
+)
 from feature_store.store import MemoryStore, RocksDBStore, StateStore
 from streaming.changelog import StateReplay
 from tests.support.lifelong import (
@@ -181,3 +194,62 @@ def test_a_new_users_first_write_deletes_nothing_a_restored_one_clears_stale_chu
     restored.changes = replace(restored.changes, whole=True)
     write_through(store, "old", restored)
     assert [k for k in stored_chunks(store) if b"old" in k] == [chunk_key("old", 0)]
+
+
+def test_small_states_are_one_inline_record_and_read_back_through_every_transition(
+    store: StateStore,
+) -> None:
+    """A small state is one record (its inline head) and reads back equal; one stored as parts
+    before inline heads, rewritten inline, leaves none of its parts; a state restored from a
+    checkpoint over stored parts clears them; one that outgrows its inline head writes every
+    part and reads back equal."""
+    config = FeatureConfig()
+    worker = PartitionWorker(store, 0, config)
+    events = tail_events("small", 200, seed=4)
+    result = worker.process([(i, e) for i, e in enumerate(events[:20])])
+    assert [k for k, _ in result.parts["small"].records] == [head_key("small")]
+    worker.commit(result)
+    reference = applied(UserState.empty(config.state), events[:20], config.state, config.clusters)
+    got = store.get("small")
+    assert got is not None and got.encode() == reference.encode() and got.changes.inline
+    result = worker.process([(20 + i, e) for i, e in enumerate(events[20:])])  # outgrows it
+    assert inline_fits(reference) and not inline_fits(result.states["small"])
+    worker.commit(result)
+    applied(reference, events[20:], config.state, config.clusters)
+    got = store.get("small")
+    assert got is not None and got.encode() == reference.encode() and not got.changes.inline
+    old = lifelong_state(40, seed=5, ring=64)
+    store.write_batch({"old": parts_before_inline_heads("old", old)}, {})
+    loaded = store.get("old")
+    assert loaded is not None and loaded.encode() == old.encode() and not loaded.changes.inline
+    write_through(store, "old", loaded)  # rewritten inline: its parts deleted
+    assert [k for k in stored_keys(store) if b"old" in k] == [head_key("old")]
+    got = store.get("old")
+    assert got is not None and got.encode() == old.encode()
+    restored = lifelong_state(50, seed=6, ring=64)
+    write_through(store, "restored", lifelong_state(280, seed=6))  # parts on disk
+    restored.changes = replace(restored.changes, whole=True)
+    write_through(store, "restored", restored)
+    assert [k for k in stored_keys(store) if b"restored" in k] == [head_key("restored")]
+    got = store.get("restored")
+    assert got is not None and got.encode() == restored.encode()
+
+
+def stored_keys(store: StateStore) -> list[bytes]:
+    if isinstance(store, MemoryStore):
+        return sorted(store._data)
+    assert isinstance(store, RocksDBStore)
+    return [bytes(k) for k in store._db.keys(from_key=b"")]
+
+
+def parts_before_inline_heads(user: str, state: UserState) -> Parts:
+    """A small state's parts as stores written before inline heads hold them."""
+    ring, fill, _ = state.ring
+    return Parts(
+        [
+            (head_key(user), encode_head(state)),
+            (chunk_key(user, 0), struct.pack("<q", state.lo) + state.log.tobytes()),
+            (ring_key(user, 0), ring[:fill].tobytes()),
+            (cluster_key(user), encode_clusters(state.cluster_state)),
+        ]
+    )

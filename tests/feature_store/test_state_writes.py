@@ -1,7 +1,8 @@
 """A batch's state writes in one pass (:func:`feature_store.state_writes.batch_state_writes`)
 equal the per-user path (``changelog_state_records``, ``state_parts``, ``mark_written`` user by
 user) record for record and byte for byte: new users, deltas, late events, duplicates, rings that
-grow and wrap, the lifelong cap, re-clustering, checkpoints that fall due, dense features."""
+grow and wrap, the lifelong cap, re-clustering, checkpoints that fall due, dense features, small
+states in inline heads and a state that outgrows one."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def per_user_writes(states: dict[str, UserState]) -> tuple[Records, dict[str, Pa
 
 
 def batches(n_batches: int, per_batch: int) -> list[list[tuple[int, Event]]]:
-    """Short users (one or two events, many new in each batch) beside long ones (the stored
-    users of :func:`stored`, a few events each per batch: late ones, duplicates)."""
+    """Short users (one or two events, many new in each batch), one that grows past an inline
+    head, and long ones (the stored users of :func:`stored`, a few events each per batch: late
+    ones, duplicates)."""
     long_events = {u: tail_events(u, 6 * n_batches, seed=i) for i, u in enumerate(LONG)}
     out, offset = [], 0
     for b in range(n_batches):
@@ -54,6 +56,9 @@ def batches(n_batches: int, per_batch: int) -> list[list[tuple[int, Event]]]:
             records.append(
                 event(ts, str(k % 37), user=user, event_id=f"{user}/{k}", features={"price": 1.5})
             )
+        for k in range(25):  # a new user that outgrows an inline head in the fifth batch
+            ts = 60.0 * b + k
+            records.append(event(ts, str(k), user="grower", event_id=f"grower/{b}/{k}"))
         for u in LONG:
             records += long_events[u][6 * b : 6 * (b + 1)]
         out.append([(offset + i, e) for i, e in enumerate(records)])
