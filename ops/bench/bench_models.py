@@ -286,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--score-reps", type=int, default=200)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=BenchConfig.seq_len, help="recent behaviours")
+    p.add_argument("--clusters", type=int, default=BenchConfig.clusters, help="TWIN-V2's clusters")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-reference", dest="reference", action="store_false")
     p.add_argument(
@@ -306,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         score_reps=args.score_reps,
         dim=args.dim,
         batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        clusters=args.clusters,
         device=args.device,
         reference=args.reference,
         authors_dare=args.authors_dare,
@@ -313,8 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
-        f"{TAOBAO_ITEMS:,} items, batch {cfg.batch_size}, L {cfg.seq_len}, dim {cfg.dim}, "
-        f"top-k {cfg.topk}; malloc tuned as in the trainers: {tuned}"
+        f"{TAOBAO_ITEMS:,} items, batch {cfg.batch_size}, L {cfg.seq_len}, "
+        f"clusters {cfg.clusters}, dim {cfg.dim}, top-k {cfg.topk}; "
+        f"malloc tuned as in the trainers: {tuned}"
     )
     run(cfg)
     return 0
