@@ -37,7 +37,6 @@ from serving.requests import BadRequest, parse_request
 from streaming.sink import Delivery, Sink
 
 
-@lru_cache(maxsize=1 << 16)
 @lru_cache(maxsize=1 << 16)  # a murmur2 in Python per event otherwise; users repeat
 def owner_partition(user_id: str, partitions: int) -> int:
     """The partition the project's producer puts a message keyed by ``user_id`` on."""
