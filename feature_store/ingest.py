@@ -124,7 +124,7 @@ class StateCache:
     def give(self, states: dict[str, UserState]) -> None:
         for user, state in states.items():
             self.take(user)
-            size = full_size(state) + 8 * state.log.shape[0]  # and its item index
+            size = full_size(state) + 8 * state.n_log  # and its item index
             self._states[user] = (state, size)
             self.size += size
         while self.size > self.budget and self._states:
@@ -145,8 +145,8 @@ class PartitionWorker:
         self.config = config or FeatureConfig()
         self.embedder = embedder
         self.cache = StateCache(self.config.state_cache_bytes)
-        # user -> its state and the last processed, uncommitted batch that holds it
-        self.applied: dict[str, tuple[UserState, BatchResult]] = {}
+        # user -> the last processed, uncommitted batch that holds its state (in its states)
+        self.applied: dict[str, BatchResult] = {}
         self.last_offset = store.last_offset(partition)  # applied (stored, once committed)
         self.watermark: float | None = None
         self.sampler_journal = SamplerJournal(partition, self.config.sampler_checkpoint_every)
@@ -178,7 +178,7 @@ class PartitionWorker:
         result.offset = max((o for o, _ in fresh), default=None)
         result.meta = self._meta_changes(result.offset)
         result.changelog, result.parts = batch_state_writes(changed)  # their next versions
-        self.applied |= {user: (state, result) for user, state in result.states.items()}
+        self.applied.update(dict.fromkeys(result.states, result))
         if result.offset is not None:
             self.last_offset = result.offset
         return result
@@ -186,7 +186,7 @@ class PartitionWorker:
     def _states(self, users: list[str]) -> dict[str, UserState]:
         """The users' states: applied by an uncommitted batch, else from the cache, else the
         store, else empty."""
-        states = {u: held[0] for u in users if (held := self.applied.get(u)) is not None}
+        states = {u: held.states[u] for u in users if (held := self.applied.get(u)) is not None}
         states |= {u: s for u in users if u not in states and (s := self.cache.take(u)) is not None}
         missing = [u for u in users if u not in states]
         for user, state in zip(missing, self.store.get_many(missing), strict=True):
@@ -249,7 +249,7 @@ class PartitionWorker:
         """Whether the user's state may go to the cache once ``result`` is committed (no
         later uncommitted batch holds it), and let go of it here."""
         held = self.applied.get(user)
-        if held is not None and held[1] is not result:
+        if held is not None and held is not result:
             return False
         self.applied.pop(user, None)
         return True

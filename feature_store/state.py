@@ -208,6 +208,16 @@ class UserState:
         return dense_width(self._buf)
 
     @property
+    def n_log(self) -> int:
+        """Rows in :attr:`log` (without making the view)."""
+        return self._hi - self._lo
+
+    @property
+    def log_nbytes(self) -> int:
+        """Bytes of :attr:`log`'s rows (``log.nbytes`` without making the view)."""
+        return (self._hi - self._lo) * self._buf.dtype.itemsize
+
+    @property
     def lo(self) -> int:
         """Absolute position of the log's first behaviour (older ones fell out at the cap)."""
         return self._total - (self._hi - self._lo)

@@ -66,7 +66,7 @@ def full_size(state: UserState) -> int:
     cs = state.cluster_state
     return (
         HEADER_STRUCT.size
-        + state.log.nbytes
+        + state.log_nbytes
         + 8 * state.ring[1]
         + cs.blocks.nbytes
         + cs.clusters.nbytes
