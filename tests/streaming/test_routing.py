@@ -25,7 +25,7 @@ from streaming.changelog import MARKER_KEY, encode_marker
 from streaming.ingest import IngestService, RawMessage
 from streaming.metrics import IngestMetrics
 from streaming.partitions import OwnedPartitions
-from streaming.routing import Router, owner_partition
+from streaming.routing import Router, owner_partition, owner_partitions
 from streaming.scoring import ScoringService
 from tests.support.events import T0
 from tests.support.sink import MemorySink
@@ -69,6 +69,17 @@ def test_the_owner_is_the_murmur2_partition_of_both_producers() -> None:
         expected = (murmur2(key.encode()) & 0x7FFFFFFF) % N
         assert owner_partition(key, N) == expected
         assert aiokafka_partition(key.encode(), list(range(N)), list(range(N))) == expected
+
+
+def test_the_batch_owners_are_the_murmur2_partitions_of_keys_of_every_length() -> None:
+    """Every key length (each a numpy pass of its own: whole words, 0-3 tail bytes), non-ASCII
+    ids and several partition counts, against kafka-python's murmur2 one key at a time."""
+    rng = random.Random(5)
+    keys = [str(rng.randrange(10**9)) for _ in range(2_000)] + USERS + [""]
+    keys += ["".join(chr(rng.randrange(32, 0x3000)) for _ in range(n % 41)) for n in range(400)]
+    for n in (1, N, 7, 12):
+        expected = [(murmur2(key.encode()) & 0x7FFFFFFF) % n for key in keys]
+        assert owner_partitions(keys, n) == expected
 
 
 def test_the_split_keeps_owned_events_and_copies_the_others(metrics: IngestMetrics) -> None:
