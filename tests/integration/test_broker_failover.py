@@ -97,14 +97,17 @@ def fully_replicated(settings: Settings, replicas: int) -> bool:
     return seen is not None and all(len(isr) == replicas for _, isr in seen.values())
 
 
-def min_insync(settings: Settings) -> set[str]:
-    """The ``min.insync.replicas`` values of the deployment's topics."""
+def min_insync(settings: Settings) -> set[str] | None:
+    """The ``min.insync.replicas`` values of the deployment's topics; None while a node that
+    has not yet heard of a new topic answers without its configs."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
         resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in settings.topics.all()]
         configs = admin.describe_configs(resources)["topic"]
     finally:
         admin.close()
+    if any("min.insync.replicas" not in topic for topic in configs.values()):
+        return None
     return {topic["min.insync.replicas"]["value"] for topic in configs.values()}
 
 
@@ -247,7 +250,9 @@ def test_a_broker_killed_mid_replay_loses_nothing_and_counts_nothing_twice(
     record_property: Callable[[str, object], None],
 ) -> None:
     ensure_topics(settings)
-    assert fully_replicated(settings, replicas=3) and min_insync(settings) == {"2"}
+    assert fully_replicated(settings, replicas=3)
+    insync = wait_until(lambda: min_insync(settings), timeout_s=30, what="the topics' configs")
+    assert insync == {"2"}
     path = tmp_path / "UserBehavior.csv"
     generate(LOG).write(path)
     events, _ = read_events(path, "taobao")
