@@ -215,7 +215,7 @@ class UserState:
     @property
     def log_nbytes(self) -> int:
         """Bytes of :attr:`log`'s rows (``log.nbytes`` without making the view)."""
-        return (self._hi - self._lo) * self._buf.dtype.itemsize
+        return self.n_log * self._buf.dtype.itemsize
 
     @property
     def lo(self) -> int:

@@ -1,9 +1,9 @@
-"""A background thread at its process's priority for a while.
+"""Thread priorities of the scorer's background work.
 
 The scorer's watcher thread runs nicer than the rest of the worker (niceness 10:
-:func:`serving.reload.lower_thread_priority`), so that loading a snapshot yields the CPU to
-requests. While it holds the scorer's lock, or copies a model that deltas wait for, it must not
-be descheduled behind busier threads: :func:`full_priority` lifts it for that block.
+:func:`lower_thread_priority`), so that loading a snapshot yields the CPU to requests. While it
+holds the scorer's lock, or copies a model that deltas wait for, it must not be descheduled behind
+busier threads: :func:`full_priority` lifts it for that block.
 """
 
 from __future__ import annotations
@@ -12,6 +12,22 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+
+LOADER_NICENESS = 10
+
+
+def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
+    """Make the calling thread yield the CPU to the scoring threads (Linux sets the niceness
+    of one thread by its native id); False where the platform cannot.
+
+    A reload hashes and copies tens of MiB; at normal priority it takes a core from requests
+    on a small machine, at a higher niceness it runs in the time they leave.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 @contextmanager

@@ -30,31 +30,17 @@ from serving.delta_follow import DeltaFollower
 from serving.fetch import fetch_checkpoint, latest_version
 from serving.manifest import REASONS, SnapshotError
 from serving.metrics import ScoringMetrics
+from serving.priority import lower_thread_priority
 from serving.scorer import ModelHolder
 from serving.signing import Signer
 from serving.snapshot import list_snapshots, prune_snapshots, version_dir
 
 log = logging.getLogger(__name__)
 
-LOADER_NICENESS = 10
 # A reload hashes and copies in chunks and then sleeps nine times as long as each chunk took.
 # p99 during 30 reloads over the p99 between them (bench_scoring C, two runs each): 1.28x at this
 # duty, 1.53-1.66x at 0.25; a reload takes ~2.2x longer (about 0.7 s for 100 MB of weights).
 LOADER_DUTY = 0.1
-
-
-def lower_thread_priority(niceness: int = LOADER_NICENESS) -> bool:
-    """Make the calling thread yield the CPU to the scoring threads (Linux sets the niceness
-    of one thread by its native id); False where the platform cannot.
-
-    A reload hashes and copies tens of MiB; at normal priority it takes a core from requests
-    on a small machine, at a higher niceness it runs in the time they leave.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        return False
-    return True
 
 
 ANNOUNCEMENT_MAX_BYTES = 64 * 1024

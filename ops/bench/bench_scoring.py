@@ -41,7 +41,8 @@ from models.testing import random_batch
 from ops.malloc import tune_malloc
 from serving.features import FeatureMapper, MapperConfig, RawIds
 from serving.metrics import ScoringMetrics
-from serving.reload import SnapshotWatcher, lower_thread_priority
+from serving.priority import lower_thread_priority
+from serving.reload import SnapshotWatcher
 from serving.requests import ScoreRequest
 from serving.scorer import ItemCatalog, ModelHolder, Scorer
 from serving.snapshot import SnapshotContent, write_snapshot

@@ -231,7 +231,7 @@ class _Applier:
         return self.seconds
 
     def _run(self) -> None:
-        from serving.reload import lower_thread_priority
+        from serving.priority import lower_thread_priority
 
         lower_thread_priority()  # as the watcher's own thread does
         while (item := self._queue.get()) is not None:
