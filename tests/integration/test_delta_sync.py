@@ -25,6 +25,7 @@ from serving.snapshot import list_snapshots
 from streaming.admin import ensure_topics
 from tests.support.events import sample_messages, synthetic_events
 from tests.support.snapshots import wait_for_version
+from tests.support.waiting import wait_until
 from trainer.config import TrainerConfig
 from trainer.online import OnlineTrainer
 
@@ -79,7 +80,7 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     trainer = OnlineTrainer(settings, config)
     thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
     thread.start()
-    send_trickle(settings, per_partition)  # a trickle: training goes on for seconds
+    send_in_waves(settings, trainer, thread, per_partition)  # training goes on for seconds
     thread.join(timeout=300)
     assert not thread.is_alive()
     final = trainer.version
@@ -103,15 +104,44 @@ def test_workers_follow_the_trainer_by_deltas_and_catch_up_from_a_checkpoint(
     assert_same_model(trainer, late_holder)
 
 
-def send_trickle(settings: Settings, per_partition: dict[int, list[bytes]]) -> None:
+def send_in_waves(
+    settings: Settings,
+    trainer: OnlineTrainer,
+    thread: threading.Thread,
+    per_partition: dict[int, list[bytes]],
+    waves: int = 6,
+) -> None:
+    """Send the samples in ``waves`` slices; after each, wait until the trainer has consumed it
+    and then for over three delta periods. So every wave lands in a delta of its own however
+    late the trainer joined or slowly it trains (a timed trickle raced both on a loaded CI host)."""
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
-    for partition, blobs in per_partition.items():
-        for i, blob in enumerate(blobs):
-            producer.send(settings.topics.samples, blob, partition=partition)
-            if i % 40 == 0:
-                producer.flush()
-                threading.Event().wait(0.05)
+    for wave in range(waves):
+        futures = {
+            p: [
+                producer.send(settings.topics.samples, b, partition=p)
+                for b in slice_of(blobs, wave, waves)
+            ]
+            for p, blobs in per_partition.items()
+        }
+        producer.flush()
+        last = {p: max(f.get(10).offset for f in fs) for p, fs in futures.items() if fs}
+        wait_until(
+            lambda last=last: consumed(trainer, thread, last),
+            timeout_s=120,
+            what=f"the trainer to consume wave {wave + 1} of {waves}",
+        )
+        threading.Event().wait(1.0)
     producer.close()
+
+
+def consumed(trainer: OnlineTrainer, thread: threading.Thread, last: dict[int, int]) -> bool:
+    if not thread.is_alive():
+        raise AssertionError("the trainer stopped before it consumed every sample sent")
+    return all(dict(trainer.offsets).get(p, -1) >= o for p, o in last.items())
+
+
+def slice_of(blobs: list[bytes], wave: int, waves: int) -> list[bytes]:
+    return blobs[len(blobs) * wave // waves : len(blobs) * (wave + 1) // waves]
 
 
 def test_a_restarted_trainer_chains_on_its_checkpoint_and_workers_keep_following(
@@ -131,7 +161,7 @@ def test_a_restarted_trainer_chains_on_its_checkpoint_and_workers_keep_following
         trainer = OnlineTrainer(settings, config)
         thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
         thread.start()
-        send_trickle(settings, half)
+        send_in_waves(settings, trainer, thread, half)
         thread.join(timeout=300)
         versions.append((trainer.resumed_from, trainer.version, len(trainer.delta_stats.sent)))
         final = trainer.version
@@ -175,18 +205,10 @@ def test_a_worker_on_another_host_fetches_checkpoints_over_http_and_follows_delt
     trainer = OnlineTrainer(trainer_settings, config)
     thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
     thread.start()
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
-    for partition, blobs in sample_messages(synthetic_events()).items():
-        for i, blob in enumerate(blobs):
-            producer.send(settings.topics.samples, blob, partition=partition)
-            if i % 40 == 0:
-                producer.flush()
-                threading.Event().wait(0.05)
-    producer.flush()
+    send_in_waves(settings, trainer, thread, sample_messages(synthetic_events()))
     # a second worker, started while the trainer runs, with an empty folder of its own
     late, late_holder = watcher(worker_settings, tmp_path / "late-worker")
     thread.join(timeout=300)
-    producer.close()
     final = trainer.version
     for holder, name in ((remote_holder, "remote"), (late_holder, "late")):
         wait_for_version(holder, final, f"{name} worker")
