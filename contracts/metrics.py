@@ -1,4 +1,5 @@
-"""Prometheus helpers every part shares: histogram buckets and consumer-group lag.
+"""Prometheus helpers every part shares: histogram buckets, a histogram observed in bulk
+and consumer-group lag.
 
 Labels take closed sets only (agent name, partition number): never a user or item id.
 
@@ -12,14 +13,55 @@ Labels take closed sets only (agent name, partition number): never a user or ite
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from kafka import KafkaConsumer, TopicPartition
-from prometheus_client import Gauge
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000, 20_000, 100_000)
+
+
+class BulkHistogram(Collector):
+    """A Prometheus histogram that takes many observations at once (numpy, O(buckets))."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = np.array([*buckets, math.inf], dtype=np.float64)
+        self._counts = np.zeros(self.bounds.size, dtype=np.int64)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+        idx = np.searchsorted(self.bounds, values, side="left")  # value ≤ bound → that bucket
+        with self._lock:
+            self._counts += np.bincount(idx, minlength=self.bounds.size)
+            self._sum += float(values.sum())
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts), self._sum
+        buckets = [(_bound(b), float(c)) for b, c in zip(self.bounds, cumulative, strict=True)]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], buckets, total)
+        yield family
+
+
+def _bound(b: float) -> str:
+    return "+Inf" if math.isinf(b) else repr(float(b))
 
 
 class GroupLag:

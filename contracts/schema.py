@@ -132,6 +132,82 @@ def parse_event(
     return validate_record(obj, now=now, min_ts=min_ts)
 
 
+def parse_plain_event(raw: bytes, max_bytes: int, min_ts: float, limit: float) -> Event | None:
+    """The event of a message in the usual shape, or None: then :func:`parse_event` decides.
+
+    The usual shape: a JSON object whose ids (user, item, category; event and request id if
+    present) are non-empty strings within their lengths, a known lower-case type, a numeric ``ts``
+    in ``[min_ts, limit]`` and no features. Such a message is what :func:`parse_event` accepts,
+    and the event is the one it makes; a batch of them skips the general validator's per-field
+    calls (the ingest agent's path). ``limit``: the latest ``ts`` accepted, at most ``now + 1 day``
+    of :func:`parse_event` (a batch computes it once, before its events).
+    """
+    if len(raw) > max_bytes:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.get("features") is not None:
+        return None
+    user, item, ts = obj.get("user_id", ""), obj.get("item_id", ""), obj.get("ts")
+    category = obj.get("category_id", UNKNOWN_CATEGORY)
+    kind, event_id, request_id = obj.get("type"), obj.get("event_id"), obj.get("request_id")
+    if type(ts) is int and min_ts <= ts <= limit:
+        ts = float(ts)
+    event_type = TYPE_ALIASES.get(kind) if type(kind) is str else None
+    if (
+        event_type is None
+        or type(ts) is not float
+        or not min_ts <= ts <= limit  # NaN and infinities fail it too
+        or not _plain_id(user, MAX_USER_ID_CHARS)
+        or not _plain_id(item, MAX_ID_CHARS)
+        or not _plain_id(category, MAX_ID_CHARS)
+        or not (event_id is None or _plain_id(event_id, MAX_ID_CHARS))
+        or not (request_id is None or _plain_id(request_id, MAX_ID_CHARS))
+    ):
+        return None
+    return _checked_event(user, item, event_type, ts, category, event_id, request_id)
+
+
+def _plain_id(value: object, max_chars: int) -> bool:
+    return type(value) is str and 0 < len(value) <= max_chars
+
+
+_new_object = object.__new__
+_set_user_id = Event.__dict__["user_id"].__set__  # the slots' own setters: no frozen check
+_set_item_id = Event.__dict__["item_id"].__set__
+_set_type = Event.__dict__["type"].__set__
+_set_ts = Event.__dict__["ts"].__set__
+_set_category_id = Event.__dict__["category_id"].__set__
+_set_event_id = Event.__dict__["event_id"].__set__
+_set_request_id = Event.__dict__["request_id"].__set__
+_set_features = Event.__dict__["features"].__set__
+
+
+def _checked_event(
+    user_id: str,
+    item_id: str,
+    event_type: EventType,
+    ts: float,
+    category_id: str,
+    event_id: str | None,
+    request_id: str | None,
+) -> Event:
+    """``Event(...)`` without features, its fields set through the slots (half the cost of the
+    frozen dataclass's ``__init__``): for values already checked."""
+    event: Event = _new_object(Event)
+    _set_user_id(event, user_id)
+    _set_item_id(event, item_id)
+    _set_type(event, event_type)
+    _set_ts(event, ts)
+    _set_category_id(event, category_id)
+    _set_event_id(event, event_id)
+    _set_request_id(event, request_id)
+    _set_features(event, {})
+    return event
+
+
 def validate_record(obj: object, *, now: float | None = None, min_ts: float = MIN_TS) -> Event:
     """Validate an already-decoded record (a dict) and build the :class:`Event`."""
     if not isinstance(obj, dict):

@@ -21,7 +21,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from contracts.schema import Event, InvalidEvent, Reason, parse_event
+import numpy as np
+
+from contracts.schema import (
+    MAX_FUTURE_S,
+    Event,
+    InvalidEvent,
+    Reason,
+    parse_event,
+    parse_plain_event,
+)
 from contracts.settings import Settings
 from feature_store import PartitionWorker
 from feature_store.clustering_sweep import SweepConfig, sweep_stale
@@ -147,9 +156,9 @@ class IngestService:
         dead letters and copies (not flushed); the result, with the messages not routed and the
         changelog records (encoded now, while the broker acknowledges what was sent)."""
         records: list[tuple[RawMessage, Event]] = []
-        for m in messages:
+        for m, event in self._parse_plain(messages):
             try:
-                records.append((m, self._parse(m)))
+                records.append((m, event or self._parse(m)))
             except InvalidEvent as err:
                 await self._dead_letter(m, err)
         split = self._split(worker, records)
@@ -227,6 +236,16 @@ class IngestService:
 
     # --- validation and dead letters -------------------------------------------------------------
 
+    def _parse_plain(self, messages: list[RawMessage]) -> list[tuple[RawMessage, Event | None]]:
+        """Each message with its event where it has the usual shape (``parse_plain_event``),
+        else None: those go through :meth:`_parse`, which also gives a bad one's reason."""
+        limit = time.time() + MAX_FUTURE_S  # not later than any event's own check
+        max_bytes, min_ts = self.settings.max_event_bytes, self.settings.min_event_ts
+        return [
+            (m, None if m.value is None else parse_plain_event(m.value, max_bytes, min_ts, limit))
+            for m in messages
+        ]
+
     def _parse(self, m: RawMessage) -> Event:
         if m.value is None:
             raise InvalidEvent(Reason.MISSING_FIELD, "message has no value")
@@ -271,9 +290,8 @@ class IngestService:
         m.events.labels(outcome="applied").inc(result.applied)
         m.events.labels(outcome="duplicate").inc(result.duplicates)
         m.events.labels(outcome="skipped").inc(result.skipped)
-        now = time.time()
-        for msg in messages:
-            m.event_to_state_seconds.observe(max(0.0, now - msg.timestamp))
+        stamps = np.fromiter((msg.timestamp for msg in messages), np.float64, len(messages))
+        m.event_to_state_seconds.observe_many(np.maximum(0.0, time.time() - stamps))
         m.observe_states(result.states.values(), self.partitions.config.state.recent_length)
         if self.cluster_metrics is not None:
             self.cluster_metrics.observe(result.states.values(), self.partitions.embedder)

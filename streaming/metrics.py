@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from contracts.metrics import COUNT_BUCKETS, LATENCY_BUCKETS
+from contracts.metrics import COUNT_BUCKETS, LATENCY_BUCKETS, BulkHistogram
 
 if TYPE_CHECKING:
     from feature_store import StateStore, UserState
@@ -42,7 +42,7 @@ class IngestMetrics:
     dlq: Counter  # by reason
     samples: Counter
     batch_seconds: Histogram
-    event_to_state_seconds: Histogram
+    event_to_state_seconds: BulkHistogram  # a batch's events observed at once
     assigned_partitions: Gauge
     users: Gauge
     state_bytes: Gauge
@@ -75,7 +75,7 @@ class IngestMetrics:
                 buckets=LATENCY_BUCKETS,
                 registry=r,
             ),
-            event_to_state_seconds=Histogram(
+            event_to_state_seconds=BulkHistogram(
                 "twinstream_event_to_state_seconds",
                 "Kafka append time of an event to its state being committed",
                 buckets=LATENCY_BUCKETS,

@@ -17,57 +17,19 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.registry import Collector
 
-from contracts.metrics import set_lag
+from contracts.metrics import BulkHistogram, set_lag
 
 log = logging.getLogger(__name__)
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FRESHNESS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 QUALITY = ("auc", "gauc", "logloss")  # manifest metrics exported as twinstream_streaming_*
-
-
-class BulkHistogram(Collector):
-    """A Prometheus histogram that takes many observations at once (numpy, O(buckets))."""
-
-    def __init__(
-        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
-    ) -> None:
-        self.name, self.documentation = name, documentation
-        self.bounds = np.array([*buckets, math.inf], dtype=np.float64)
-        self._counts = np.zeros(self.bounds.size, dtype=np.int64)  # per bucket, not cumulative
-        self._sum = 0.0
-        self._lock = threading.Lock()
-        registry.register(self)
-
-    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
-        idx = np.searchsorted(self.bounds, values, side="left")  # value ≤ bound → that bucket
-        with self._lock:
-            self._counts += np.bincount(idx, minlength=self.bounds.size)
-            self._sum += float(values.sum())
-
-    def describe(self) -> Iterator[HistogramMetricFamily]:
-        yield HistogramMetricFamily(self.name, self.documentation)
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        with self._lock:
-            cumulative, total = np.cumsum(self._counts), self._sum
-        buckets = [(_bound(b), float(c)) for b, c in zip(self.bounds, cumulative, strict=True)]
-        family = HistogramMetricFamily(self.name, self.documentation)
-        family.add_metric([], buckets, total)
-        yield family
-
-
-def _bound(b: float) -> str:
-    return "+Inf" if math.isinf(b) else repr(float(b))
 
 
 @dataclass(frozen=True)
