@@ -59,8 +59,11 @@ class ItemTable:
     ) -> None:
         if version < 1:
             raise ValueError("an embedding version is >= 1 (0 means by category)")
-        self.table, self.version = np.ascontiguousarray(table, dtype=np.float32), version
-        self.categories = None if categories is None else np.asarray(categories, np.float32)
+        # copies: the offline path hands in views of the live parameters, which the optimiser
+        # updates in place; a view would re-cluster with the weights of the moment (a sample's
+        # clusters cached mid-epoch, its members measured after training) instead of one snapshot
+        self.table, self.version = np.array(table, dtype=np.float32, order="C"), version
+        self.categories = None if categories is None else np.array(categories, np.float32)
 
     def __call__(self, items: Int) -> npt.NDArray[np.float32]:
         return self.table[items]

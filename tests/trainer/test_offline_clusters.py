@@ -182,3 +182,22 @@ def test_retrieval_against_the_truth_over_the_whole_history(tmp_path: Path) -> N
             assert result.attended_length == length  # every window full
         else:  # clusters: fewer than the behaviours they stand for, more than 400 / gamma
             assert 400 / 20 < result.attended_length < 400
+
+
+def test_an_epochs_clusters_keep_the_table_of_its_start_while_the_model_trains() -> None:
+    from models.registry import build_model
+    from trainer.loop import Learner, LearnerConfig
+    from trainer.offline import EvalConfig, model_config, refresh_cluster_embeddings
+
+    ds = build_dataset(click_log(per_user=200), DatasetConfig(negatives=1))
+    cfg = EvalConfig(dim=8, cluster_warmup_epochs=0, batch_size=64)
+    learner = Learner(build_model("twin_v2", model_config(ds, cfg)), LearnerConfig())
+    refresh_cluster_embeddings(learner, ds, 0, cfg)
+    table = ds.clusters.embedder
+    assert isinstance(table, ItemTable) and table.categories is not None
+    start = table.table.copy(), table.categories.copy()
+    for batch in ds.batches("train", 64):  # the optimiser updates the live tables in place
+        learner.learn_many(batch)
+    trained = learner.model.item.weight.detach().numpy()
+    assert not np.array_equal(trained, start[0])
+    assert np.array_equal(table.table, start[0]) and np.array_equal(table.categories, start[1])
