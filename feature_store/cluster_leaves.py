@@ -24,7 +24,6 @@ falls back to the clamped 2-means over a fixed pseudo-random unit vector per cat
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -33,6 +32,7 @@ import numpy.typing as npt
 from feature_store.cluster_config import ClusterConfig
 from feature_store.ids import splitmix64
 from feature_store.state_format import dense_width
+from feature_store.two_means import nearest_members, split_tree
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -41,68 +41,10 @@ CATEGORY_DIM = 16
 
 def split_leaves(x: F32, cap: int, config: ClusterConfig) -> list[I64]:
     """Row indices of ``x`` (n, d) grouped into leaves of at most ``cap`` rows, by recursive
-    clamped 2-means. Deterministic."""
-    leaves: list[I64] = []
-    stack: list[I64] = [np.arange(x.shape[0], dtype=np.int64)]
-    half_sq = 0.5 * np.einsum("ij,ij->i", x, x)  # (n,) once for every node's rows
-    while stack:
-        idx = stack.pop()
-        if idx.shape[0] <= cap:
-            if idx.shape[0]:
-                leaves.append(idx)
-            continue
-        side = _split(x[idx], half_sq[idx], config)
-        stack += [idx[side], idx[~side]]
-    return leaves
-
-
-def _split(x: F32, half_sq: F32, config: ClusterConfig) -> npt.NDArray[np.bool_]:
-    """Two-way clamped k-means split of the rows of ``x`` (m, d), ``half_sq`` = |x|²/2: True for
-    the rows of the second side (nearer the second centroid or, where the clamp binds, the
-    largest projections)."""
-    m = x.shape[0]
-    proj, threshold = _two_means(x, half_sq, config.lloyd_iters)
-    side = proj > threshold  # (m,)
-    n1 = int(np.count_nonzero(side))
-    low = math.ceil(config.min_split_fraction * m)
-    if low <= n1 <= m - low:
-        return side
-    k = min(max(n1, low), m - low)
-    side[:] = False
-    side[np.argsort(proj, kind="stable")[m - k :]] = True
-    return side
-
-
-def _two_means(x: F32, half_sq: F32, iters: int) -> tuple[F32, float]:
-    """2-means with farthest-point initialisation: the rows' projections on the final centroids'
-    axis ``c1 - c0`` and the threshold halfway (above it: nearer ``c1``). Distances as
-    ``|x|²/2 - x·c`` (``half_sq`` = |x|²/2 per row, computed once per block) and side sums as one
-    product each: a few matrix-vector products per iteration, no (m, d) temporaries. Splits are
-    many and small (a leaf has ≤ γ = 20 rows), so the cost is numpy calls, kept few: ``np.dot``
-    of a boolean mask, ``(c1 - c0)·(c1 + c0)``, and no further iteration once the sides stop
-    changing (the centroids, hence the result, would be the same). Splitting the nodes of one
-    depth together with segment sums was tried: slower (16 vs 23 ms for 3,872 × 64 at cap 20),
-    the (m, d) gathers cost more than the per-node calls."""
-    m = x.shape[0]
-    total = x.sum(axis=0)  # (d,)
-    c0 = x[int(np.argmax(half_sq - np.dot(x, total / m)))]  # farthest from the mean
-    c1 = x[int(np.argmax(half_sq - np.dot(x, c0)))]  # farthest from c0
-    last = None
-    for iteration in range(iters + 1):
-        axis = c1 - c0
-        proj = np.dot(x, axis)  # (m,)
-        threshold = 0.5 * float(np.dot(axis, c1 + c0))
-        if iteration == iters:
-            break
-        side = proj > threshold
-        if last is not None and np.array_equal(side, last):
-            break  # converged: the same centroids again
-        n1 = int(np.count_nonzero(side))
-        if n1 in (0, m):
-            break
-        s1 = np.dot(side, x)  # (d,) sum of the members on side 1
-        c0, c1, last = (total - s1) / (m - n1), s1 / n1, side
-    return proj, threshold
+    clamped 2-means (:func:`feature_store.two_means.split_tree`, compiled). Deterministic."""
+    rows = np.ascontiguousarray(x, dtype=np.float32)
+    order, sizes = split_tree(rows, cap, config.min_split_fraction, config.lloyd_iters)
+    return np.split(order, np.cumsum(sizes)[:-1]) if sizes.shape[0] else []
 
 
 def category_leaves(categories: I64, cap: int, allowance: int) -> list[I64] | None:
@@ -158,23 +100,12 @@ def summarize(leaves: list[I64], x: F32 | None, log: np.ndarray) -> np.ndarray:
     if x is None:
         nearest = np.maximum.reduceat(order, starts)
     else:
-        nearest = _nearest_centroid(x[order], order, starts, sizes)
+        nearest = nearest_members(np.ascontiguousarray(x, dtype=np.float32), order, sizes)
     out["item"], out["category"] = log["item"][nearest], log["category"][nearest]
     out["size"] = sizes
     if n_dense:
         out["dense"] = np.add.reduceat(log["dense"][order], starts, axis=0) / sizes[:, None]
     return out[_sequence_order(order, starts, sizes)]
-
-
-def _nearest_centroid(xo: F32, order: I64, starts: I64, sizes: I64) -> I64:
-    """Per leaf (rows ``xo`` (n, d) grouped by leaf, their positions ``order``), the position of
-    the member nearest the leaf's centroid; ties: the most recent. Segment minima, no sort."""
-    leaf_of = np.repeat(np.arange(sizes.shape[0]), sizes)  # (n,)
-    centroid = np.add.reduceat(xo, starts, axis=0) / sizes[:, None]  # (k, d)
-    diff = xo - centroid[leaf_of]  # (n, d)
-    dist = np.einsum("ij,ij->i", diff, diff)  # (n,)
-    nearest = dist == np.minimum.reduceat(dist, starts)[leaf_of]
-    return np.maximum.reduceat(np.where(nearest, order, -1), starts)
 
 
 def in_sequence_order(leaves: list[I64]) -> list[I64]:

@@ -47,6 +47,7 @@ from feature_store.state_delta import Records, full_size
 from feature_store.state_layout import Parts
 from feature_store.state_writes import batch_state_writes
 from feature_store.store import StateStore
+from feature_store.two_means import warm_up
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class PartitionWorker:
         self.store, self.partition = store, partition
         self.config = config or FeatureConfig()
         self.embedder = embedder
+        warm_up()  # the compiled 2-means loaded now, not on some user's event
         self.cache = StateCache(self.config.state_cache_bytes)
         # user -> the last processed, uncommitted batch that holds its state (in its states)
         self.applied: dict[str, BatchResult] = {}
