@@ -67,9 +67,9 @@ class BatchNegatives:
         self.totals.append(sampler.total)
         self.targets.append(target)
         self.position_of.append(len(self.positions) - 1)
-        log = state.log
-        if log.shape[0] <= SHORT_HISTORY:
-            self.short_logs.append(log["item"].tolist())
+        n_log = state.n_log
+        if n_log <= SHORT_HISTORY:
+            self.short_logs.append(state.log["item"].tolist() if n_log else [])
             self.pool_of.append(NO_POOL)
             self.journal_at.append(0)
             return

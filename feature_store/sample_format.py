@@ -200,6 +200,13 @@ def pack_history(
     return PackedHistory(flags, n_dense, recent.shape[0], clusters.shape[0], singles, history)
 
 
+@lru_cache(maxsize=16)
+def empty_history(n_dense: int, narrow_ids: bool = False) -> PackedHistory:
+    """:func:`pack_history` of no recent rows and no clusters (immutable: shared)."""
+    rows, clusters = np.zeros(0, behaviour_dtype(n_dense)), np.zeros(0, cluster_dtype(n_dense))
+    return pack_history(rows, clusters, rows, True, n_dense=n_dense, narrow_ids=narrow_ids)
+
+
 def with_label(blob: bytes, label: float) -> bytes:
     """A copy of a sample message with every target's label set to ``label``."""
     h = _sample_header(blob)

@@ -37,6 +37,7 @@ from feature_store.sample_format import (
     F32,
     I64,
     PackedHistory,
+    empty_history,
     encode_sample,
     make_targets,
     pack_history,
@@ -169,24 +170,31 @@ class BatchSamples:
             return
         item, category = stable_id(event.item_id), stable_id(event.category_id)
         self.negatives.add(state, event_key(builder.config.seed, event), item)
-        recent, clusters, tail, ends_recent = state.sample_history(
-            builder.config.recent_length, as_of=event.ts
-        )
         n_dense = builder.state_config.n_dense
         dense = tuple(builder.state_config.dense(event).tolist()) if n_dense else ()
-        history = pack_history(
-            recent,
-            clusters,
-            tail,
-            ends_recent,
-            n_dense=n_dense,
-            narrow_ids=builder.config.narrow_ids,
-        )
+        history = self._history(state, event.ts, n_dense)
         code = TYPE_CODES[event.type]
         self.staged.append(
             (stable_id(event.user_id), event.ts, item, category, code, dense, history)
         )
         builder.sampler.observe(item, category)
+
+    def _history(self, state: UserState, ts: float, n_dense: int) -> PackedHistory:
+        """The state's history as of ``ts``, packed; a state with nothing logged and no
+        clusters (a new user's first event) has the one empty history of its width."""
+        narrow_ids = self.builder.config.narrow_ids
+        if (
+            not state.n_log
+            and not state.cluster_state.clusters.shape[0]
+            and state.n_dense == n_dense
+        ):
+            return empty_history(n_dense, narrow_ids)
+        recent, clusters, tail, ends_recent = state.sample_history(
+            self.builder.config.recent_length, as_of=ts
+        )
+        return pack_history(
+            recent, clusters, tail, ends_recent, n_dense=n_dense, narrow_ids=narrow_ids
+        )
 
     def finish(self) -> list[bytes]:
         """Every sample of the batch, in event order."""

@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feature_store.cluster_leaves import cluster_dtype
-from feature_store.sample_format import decode_samples, encode_sample, make_targets, with_label
+from feature_store.sample_format import (
+    decode_samples,
+    empty_history,
+    encode_sample,
+    make_targets,
+    pack_history,
+    with_label,
+)
+from feature_store.state import StateConfig, UserState
 from feature_store.state_format import behaviour_dtype
 from tests.support.events import T0
 
@@ -166,3 +174,21 @@ def test_long_histories_go_in_narrow_rows_when_they_fit_and_decode_the_same(
     got, want = decode_samples([blob], 200), decode_samples([reference], 200)
     for name in want.__dataclass_fields__:
         assert np.array_equal(getattr(got, name), getattr(want, name), equal_nan=True), name
+
+
+@pytest.mark.parametrize("dense_features", [(), ("price", "dwell")])
+@pytest.mark.parametrize("narrow_ids", [False, True])
+def test_the_shared_empty_history_is_a_new_states_packed_history(
+    dense_features: tuple[str, ...], narrow_ids: bool
+) -> None:
+    """BatchSamples gives a state with nothing logged the shared empty_history instead of
+    packing its sample_history: the two are the same history, byte for byte."""
+    config = StateConfig(dense_features=dense_features)
+    state = UserState.empty(config)
+    recent, clusters, tail, ends_recent = state.sample_history(50, as_of=T0)
+    packed = pack_history(
+        recent, clusters, tail, ends_recent, n_dense=config.n_dense, narrow_ids=narrow_ids
+    )
+    shared = empty_history(config.n_dense, narrow_ids)
+    assert shared == packed
+    assert shared.message(7, T0, 1, b"t" * 9) == packed.message(7, T0, 1, b"t" * 9)
