@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 5_000, 20_000, 100_000)
+OFFSETS_TIMEOUT_S = 10.0  # one ask for offsets; kafka-python's own bound is 30 s per request
 
 
 class BulkHistogram(Collector):
@@ -79,17 +80,18 @@ class GroupLag:
     def sample(
         self, topics: Mapping[str, str], partitions: Iterable[int]
     ) -> dict[str, dict[int, int]]:
-        """``topics``: agent name → topic; returns agent → partition → lag."""
+        """``topics``: agent name → topic; returns agent → partition → lag. Each ask to the
+        broker waits at most ``OFFSETS_TIMEOUT_S`` (then ``KafkaTimeoutError``)."""
         consumer = self._client()
         tps = [TopicPartition(t, p) for t in topics.values() for p in sorted(partitions)]
         if not tps:
             return {}
-        ends = consumer.end_offsets(tps)
-        starts = consumer.beginning_offsets(tps)
+        ends, starts = partition_offsets(consumer, tps)
         agent_of = {topic: agent for agent, topic in topics.items()}
         out: dict[str, dict[int, int]] = {agent: {} for agent in topics}
+        timeout_ms = int(OFFSETS_TIMEOUT_S * 1000)
         for tp in tps:
-            committed = consumer.committed(tp)
+            committed = consumer.committed(tp, timeout_ms=timeout_ms)
             position = starts[tp] if committed is None else committed
             out[agent_of[tp.topic]][tp.partition] = max(0, ends[tp] - position)
         return out
@@ -107,6 +109,17 @@ class GroupLag:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def partition_offsets(
+    consumer: KafkaConsumer, tps: Sequence[TopicPartition], timeout_s: float = OFFSETS_TIMEOUT_S
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """End and beginning offsets of ``tps``, each ask bounded by ``timeout_s``: while a
+    partition has no leader (a broker away) kafka-python would otherwise wait its request
+    timeout, and a caller sampling a gauge would wait with it. Raises ``KafkaTimeoutError``."""
+    timeout_ms = int(timeout_s * 1000)
+    ends = consumer.end_offsets(list(tps), timeout_ms=timeout_ms)
+    return ends, consumer.beginning_offsets(list(tps), timeout_ms=timeout_ms)
 
 
 def set_lag(gauge: Gauge, lags: Mapping[str, Mapping[int, int]]) -> None:

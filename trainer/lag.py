@@ -28,9 +28,11 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts.metrics import OFFSETS_TIMEOUT_S, partition_offsets
+
 log = logging.getLogger("twinstream.trainer")
 LAG_EVERY_S = 5.0
-FETCH_TIMEOUT_S = 10.0
+FETCH_TIMEOUT_S = OFFSETS_TIMEOUT_S
 
 # partitions → (end offset, beginning offset) of each
 Offsets = Callable[[Sequence[int]], tuple[Mapping[int, int], Mapping[int, int]]]
@@ -103,9 +105,7 @@ class TopicOffsets:
         if self._consumer is None:
             self._consumer = KafkaConsumer(**self.kafka_config, enable_auto_commit=False)
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        timeout_ms = int(FETCH_TIMEOUT_S * 1000)
-        ends = self._consumer.end_offsets(tps, timeout_ms=timeout_ms)
-        starts = self._consumer.beginning_offsets(tps, timeout_ms=timeout_ms)
+        ends, starts = partition_offsets(self._consumer, tps, FETCH_TIMEOUT_S)
         return {tp.partition: ends[tp] for tp in tps}, {tp.partition: starts[tp] for tp in tps}
 
     def close(self) -> None:
