@@ -32,7 +32,6 @@ from contracts.metrics import OFFSETS_TIMEOUT_S, partition_offsets
 
 log = logging.getLogger("twinstream.trainer")
 LAG_EVERY_S = 5.0
-FETCH_TIMEOUT_S = OFFSETS_TIMEOUT_S
 
 # partitions → (end offset, beginning offset) of each
 Offsets = Callable[[Sequence[int]], tuple[Mapping[int, int], Mapping[int, int]]]
@@ -82,7 +81,7 @@ class LagWatcher:
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=FETCH_TIMEOUT_S + 5)
+            self._thread.join(timeout=OFFSETS_TIMEOUT_S + 5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -105,7 +104,7 @@ class TopicOffsets:
         if self._consumer is None:
             self._consumer = KafkaConsumer(**self.kafka_config, enable_auto_commit=False)
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        ends, starts = partition_offsets(self._consumer, tps, FETCH_TIMEOUT_S)
+        ends, starts = partition_offsets(self._consumer, tps)
         return {tp.partition: ends[tp] for tp in tps}, {tp.partition: starts[tp] for tp in tps}
 
     def close(self) -> None:
