@@ -60,8 +60,8 @@ def split_tree(x: F32, cap: int, min_fraction: float, iters: int) -> tuple[I64, 
                 sizes[leaves], filled, leaves = hi - lo, filled + hi - lo, leaves + 1
             continue
         rows = perm[lo:hi]
-        side = _split(x, half_sq, rows, min_fraction, iters, scratch)
-        n1 = _partition(rows, side, scratch.rows)
+        side, n1 = _split(x, half_sq, rows, min_fraction, iters, scratch)
+        _partition(rows, side, n1, scratch.rows)
         stack_lo[depth], stack_hi[depth] = lo, lo + n1  # the side above the midpoint
         stack_lo[depth + 1], stack_hi[depth + 1] = lo + n1, hi  # below it: visited first
         depth += 2
@@ -91,8 +91,11 @@ def _scratch(n: int, d: int) -> _Scratch:
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _split(x: F32, half_sq: F32, rows: I64, min_fraction: float, iters: int, s: _Scratch) -> BOOL:
-    """The clamped 2-means sides of ``x[rows]``: True for the second side."""
+def _split(
+    x: F32, half_sq: F32, rows: I64, min_fraction: float, iters: int, s: _Scratch
+) -> tuple[BOOL, int]:
+    """The clamped 2-means sides of ``x[rows]`` (True for the second side) and the second
+    side's size."""
     m = rows.shape[0]
     proj, side, threshold = s.proj[:m], s.side[:m], _two_means(x, half_sq, rows, iters, s)
     n1 = 0
@@ -101,11 +104,11 @@ def _split(x: F32, half_sq: F32, rows: I64, min_fraction: float, iters: int, s: 
         n1 += side[i]
     low = int(np.ceil(min_fraction * m))
     if low <= n1 <= m - low:
-        return side
+        return side, n1
     k = min(max(n1, low), m - low)
     side[:] = False
     side[np.argsort(proj, kind="mergesort")[m - k :]] = True
-    return side
+    return side, k
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
@@ -158,21 +161,17 @@ def _farthest(x: F32, half_sq: F32, rows: I64, c: F32) -> int:
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _partition(rows: I64, side: BOOL, buffer: I64) -> int:
-    """Reorder ``rows`` in place, stably: the True side first. Returns its size."""
-    m, n1 = rows.shape[0], 0
-    for i in range(m):
-        n1 += side[i]
+def _partition(rows: I64, side: BOOL, n1: int, buffer: I64) -> None:
+    """Reorder ``rows`` in place, stably: the ``n1`` rows of the True side first."""
     a, b = 0, n1
-    for i in range(m):
+    for i in range(rows.shape[0]):
         if side[i]:
             buffer[a] = rows[i]
             a += 1
         else:
             buffer[b] = rows[i]
             b += 1
-    rows[:] = buffer[:m]
-    return n1
+    rows[:] = buffer[: rows.shape[0]]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
