@@ -32,6 +32,7 @@ class Summary:
     ndcg_history: float | None = None  # retrieval.history_ndcg, with a truth file
     attended_length: float | None = None  # mean real positions of the attended sequence
     ndcg_category: float | None = None  # history NDCG against retrieval.same_category
+    ndcg_returns: float | None = None  # history NDCG of the samples at planted returns
 
 
 def summarise(results: list[RunResult]) -> list[Summary]:
@@ -54,6 +55,7 @@ def summarise(results: list[RunResult]) -> list[Summary]:
                     [np.nan if r.attended_length is None else r.attended_length for r in rs]
                 ),
                 finite_mean([np.nan if r.ndcg_category is None else r.ndcg_category for r in rs]),
+                finite_mean([np.nan if r.ndcg_returns is None else r.ndcg_returns for r in rs]),
             )
         )
     return out

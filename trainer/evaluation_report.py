@@ -37,14 +37,14 @@ def markdown_table(summaries: list[Summary]) -> str:
     """Results as a Markdown table: mean ± std over seeds."""
     head = (
         "| model | test AUC | test GAUC | test logloss | NDCG@k vs exact "
-        "| NDCG@k vs truth, whole history | same, every same-category one | attended length "
-        "| train s/run | samples/s |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| NDCG@k vs truth, whole history | same, every same-category one | same, returns only "
+        "| attended length | train s/run | samples/s |\n" + "|---" * 11 + "|\n"
     )
     rows = [
         f"| {s.model} | {s.auc[0]:.4f} ± {s.auc[1]:.4f} | {s.gauc[0]:.4f} ± {s.gauc[1]:.4f} "
         f"| {s.logloss[0]:.4f} ± {s.logloss[1]:.4f} "
         f"| {_or_dash(s.ndcg_exact, '.3f')} | {_or_dash(s.ndcg_history, '.3f')} "
-        f"| {_or_dash(s.ndcg_category, '.3f')} "
+        f"| {_or_dash(s.ndcg_category, '.3f')} | {_or_dash(s.ndcg_returns, '.3f')} "
         f"| {_or_dash(s.attended_length, '.1f')} "
         f"| {s.train_seconds:.1f} | {s.samples_per_s:,.0f} |"
         for s in summaries

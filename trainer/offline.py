@@ -80,6 +80,7 @@ class Profile:
     ndcg_truth: list[float] = field(default_factory=list)
     ndcg_history: list[float] = field(default_factory=list)  # retrieval.history_ndcg
     ndcg_category: list[float] = field(default_factory=list)  # same, truth = same_category
+    ndcg_returns: list[float] = field(default_factory=list)  # ndcg_history of the return records
 
     def add(self, attention: torch.Tensor, mask: torch.Tensor) -> None:
         """Accumulate (B, S) right-aligned attention weights of the real positions."""
@@ -109,6 +110,7 @@ class RunResult:
     ndcg_history: float | None = None  # against the truth over the whole history
     attended_length: float | None = None  # mean real positions (behaviours or clusters) attended
     ndcg_category: float | None = None  # history NDCG, truth = every earlier same-category one
+    ndcg_returns: float | None = None  # history NDCG of the samples at planted returns only
 
     @property
     def samples_per_s(self) -> float:
@@ -177,7 +179,10 @@ def _profile(
         units = unit_members(ds, part, top, mask.shape[1], on_clusters)
         keys = truth_keys(ds, part)
         relevant = [truth.get(key, np.zeros(0, np.int64)) for key in keys]
-        profile.ndcg_history.extend(history_ndcg(units, relevant, top.shape[1]).tolist())
+        history = history_ndcg(units, relevant, top.shape[1])
+        profile.ndcg_history.extend(history.tolist())
+        returns = np.array([key in truth.returns for key in keys], dtype=bool)
+        profile.ndcg_returns.extend(history[returns].tolist())
         same = same_category(ds, part, [key in truth for key in keys])
         profile.ndcg_category.extend(history_ndcg(units, same, top.shape[1]).tolist())
     if on_clusters:
@@ -299,7 +304,7 @@ def train_one(
     test = evaluate_split(learner, ds, "test", cfg.eval_batch_size, profile, exact, truth)
     ndcg = finite_mean(profile.ndcg_exact), finite_mean(profile.ndcg_truth)
     history = finite_mean(profile.ndcg_history), finite_mean(profile.lengths)
-    category = finite_mean(profile.ndcg_category)
+    category, returns = finite_mean(profile.ndcg_category), finite_mean(profile.ndcg_returns)
     return RunResult(
         name,
         seed,
@@ -313,6 +318,7 @@ def train_one(
         *ndcg,
         *history,
         category,
+        returns,
     )
 
 

@@ -31,7 +31,14 @@ import orjson
 
 from trainer.dataset import OfflineDataset, Samples
 
-TruthIndex = dict[tuple[str, int], npt.NDArray[np.int64]]
+TruthKey = tuple[str, int]  # (user id as str, target position in the user's sequence)
+
+
+class TruthIndex(dict[TruthKey, npt.NDArray[np.int64]]):
+    """Planted relevance, ``key -> relevant positions``; ``returns`` holds the keys of the records
+    of kind ``"return"`` (an interest back after ``--dormant-after`` behaviours without it)."""
+
+    returns: frozenset[TruthKey] = frozenset()
 
 
 def ndcg_at_k(
@@ -74,16 +81,20 @@ def _repeated(ret: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
 
 
 def load_truth(path: str | Path) -> TruthIndex:
-    """Planted relevance: ``(user_id as str, target position) -> relevant positions``."""
+    """Planted relevance: ``(user_id as str, target position) -> relevant positions``, and which
+    records are returns."""
     with open(path, "rb") as fh:
         return truth_index(orjson.loads(line) for line in fh if line.strip())
 
 
 def truth_index(records: Iterable[dict[str, object]]) -> TruthIndex:
-    out: TruthIndex = {}
+    out, returns = TruthIndex(), []
     for r in records:
-        relevant = np.asarray(r["relevant"], dtype=np.int64)
-        out[(str(r["user_id"]), int(r["position"]))] = relevant  # type: ignore[call-overload]
+        key = (str(r["user_id"]), int(r["position"]))  # type: ignore[call-overload]
+        out[key] = np.asarray(r["relevant"], dtype=np.int64)
+        if r.get("kind") == "return":
+            returns.append(key)
+    out.returns = frozenset(returns)
     return out
 
 

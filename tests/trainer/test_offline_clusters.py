@@ -201,3 +201,32 @@ def test_an_epochs_clusters_keep_the_table_of_its_start_while_the_model_trains()
     trained = learner.model.item.weight.detach().numpy()
     assert not np.array_equal(trained, start[0])
     assert np.array_equal(table.table, start[0]) and np.array_equal(table.categories, start[1])
+
+
+def test_retrieval_at_planted_returns_is_the_history_ndcg_of_those_samples(tmp_path: Path) -> None:
+    """Profile.ndcg_returns against the whole truth equals the history NDCG against a truth that
+    holds the return records alone (the generator's ``"kind": "return"``)."""
+    from models.registry import build_model
+    from streaming.sources import load_log
+    from streaming.synthetic import GeneratorConfig, generate
+    from trainer.loop import Learner, LearnerConfig
+    from trainer.offline import EvalConfig, Profile, evaluate_split, model_config
+    from trainer.retrieval import load_truth, truth_index
+
+    gen = GeneratorConfig(users=0, long_users=6, long_history=600, return_prob=0.5, seed=5)
+    synth = generate(replace(gen, dormant_after=100))
+    truth = load_truth(synth.write(tmp_path / "log.csv"))
+    returns = truth_index(r for r in synth.truth if r.get("kind") == "return")
+    assert returns and truth.returns == returns.keys() == returns.returns
+    every_type = ("click", "cart", "fav", "buy")
+    ds = build_dataset(
+        load_log(tmp_path / "log.csv", "taobao"),
+        DatasetConfig(seq_len=40, behaviour_types=every_type, train_stride=3, max_clusters=500),
+    )
+    learner = Learner(build_model("twin_v2", model_config(ds, EvalConfig(dim=8))), LearnerConfig())
+    whole, alone = Profile(), Profile()
+    evaluate_split(learner, ds, "train", 256, whole, None, truth)
+    evaluate_split(learner, ds, "train", 256, alone, None, returns)
+    assert 0 < len(whole.ndcg_returns) < len(whole.ndcg_history)
+    planted = np.asarray(alone.ndcg_history)
+    assert whole.ndcg_returns == planted[~np.isnan(planted)].tolist()  # nan: no planted truth
