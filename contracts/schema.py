@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -183,6 +183,9 @@ _set_category_id = Event.__dict__["category_id"].__set__
 _set_event_id = Event.__dict__["event_id"].__set__
 _set_request_id = Event.__dict__["request_id"].__set__
 _set_features = Event.__dict__["features"].__set__
+_CHECKED_EVENT_SETS = ("user_id", "item_id", "type", "ts", "category_id", "event_id", "request_id")
+if [f.name for f in fields(Event)] != [*_CHECKED_EVENT_SETS, "features"]:  # at import, loudly
+    raise TypeError("Event's fields changed: _checked_event must set every one of them")
 
 
 def _checked_event(
