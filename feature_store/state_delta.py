@@ -122,7 +122,7 @@ def _cluster_delta(ch: Changes, new: ClusterState) -> bytes:
     old = ch.stored_clusters
     if old is None or new is old:
         return b""
-    keep = _common_blocks(old, new)
+    keep = _common_blocks(old, new, ch.log_from)
     kept = int(old.blocks["n_clusters"][:keep].sum())
     dirty = -1 if new.dirty_from is None else new.dirty_from
     blocks, clusters = new.blocks[keep:], new.clusters[kept:]
@@ -132,11 +132,15 @@ def _cluster_delta(ch: Changes, new: ClusterState) -> bytes:
     return head + blocks.tobytes() + clusters.tobytes()
 
 
-def _common_blocks(old: ClusterState, new: ClusterState) -> int:
-    """How many leading blocks (and so their clusters) the two cluster states share."""
+def _common_blocks(old: ClusterState, new: ClusterState, moved_from: int | None) -> int:
+    """How many leading blocks (and so their clusters) the two cluster states share: equal
+    records that end before ``moved_from``, the first log row added or moved since (a late event
+    re-clusters the blocks after it into blocks that may keep the same span and count)."""
     if old.version != new.version or int(old.blocks["n_clusters"].sum()) != old.clusters.shape[0]:
         return 0
     n = min(old.blocks.shape[0], new.blocks.shape[0])
+    if moved_from is not None:
+        n = min(n, int(np.searchsorted(new.blocks["end"], moved_from, side="right")))
     same = old.blocks[:n].tobytes() == new.blocks[:n].tobytes()
     if same:
         return n

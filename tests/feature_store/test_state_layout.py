@@ -13,7 +13,14 @@ import pytest
 from feature_store.cluster_config import ClusterConfig
 from feature_store.ingest import FeatureConfig, PartitionWorker
 from feature_store.state import StateConfig, UserState
-from feature_store.state_delta import MIN_CHECKPOINT_BYTES, Records, full_size
+from feature_store.state_delta import (
+    MIN_CHECKPOINT_BYTES,
+    Records,
+    apply_record,
+    changelog_state_records,
+    decode_checkpoint,
+    full_size,
+)
 from feature_store.state_layout import (
     CHUNK_PREFIX,
     CHUNK_ROWS,
@@ -24,6 +31,7 @@ from feature_store.state_layout import (
     encode_head,
     head_key,
     inline_fits,
+    mark_written,
     ring_key,
     state_parts,
 )
@@ -144,6 +152,29 @@ def test_a_late_event_rewrites_the_chunks_from_its_position_on() -> None:
     assert state.log["ts"][700] == ts
     chunks = [k for k, _ in state_parts("u", state).records if k.startswith(CHUNK_PREFIX)]
     assert chunks == [chunk_key("u", c) for c in range(700 // CHUNK_ROWS, 1_000 // CHUNK_ROWS + 1)]
+
+
+def test_a_late_event_inside_a_clustered_block_replays_its_new_clusters() -> None:
+    """The block the late event lands in is re-clustered over the same span, often into as
+    many clusters: the delta carries it all the same (it used to keep the old clusters of every
+    block whose record had not changed)."""
+    state, scfg, ccfg = (
+        lifelong_state(1_024, seed=5),
+        StateConfig(allowed_lateness_s=1e5),
+        ClusterConfig(),
+    )
+    written = changelog_state_records("u", state)
+    mark_written(state)
+    stored = decode_checkpoint(written[0][1])
+    ts = float(state.log["ts"][500]) - 30.0  # inside the second base block
+    (late,) = tail_events("u", 1, seed=6)
+    before = state.cluster_state.blocks.copy()
+    state.apply(replace(late, ts=ts), scfg)
+    assert state.maybe_recluster(ccfg)
+    assert state.cluster_state.blocks[:2].tobytes() == before[:2].tobytes()  # same records
+    ((key, delta),) = changelog_state_records("u", state)
+    assert apply_record(stored, key, delta)
+    assert stored.encode() == state.encode()
 
 
 def test_deltas_give_way_to_a_checkpoint_once_they_outweigh_the_state(store: StateStore) -> None:
