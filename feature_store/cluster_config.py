@@ -39,6 +39,11 @@ class ClusterConfig:
     # The newest raw_recent behaviours are never clustered (clusters of one): a departure from
     # the paper, which clusters the whole life cycle; 0 = as published (see clustering.py)
     raw_recent: int = 0
+    # A log of at most raw_until behaviours is not clustered at all: it fits the attention
+    # budget, so it is attended behaviour by behaviour (as TWIN would) and clustering starts once
+    # it grows past that; a departure from the paper, which clusters every lifelong log; 0 = as
+    # published (see clustering.py)
+    raw_until: int = 0
     # Cluster on the token the model attends with, [item row, category row] of each behaviour
     # (the embedder's ``tokens``), not the item row alone: worker and offline alike (issue 15;
     # the default since 5 seeds on Taobao and MovieLens favoured it, trainer/RESULTS-offline.md)
@@ -50,6 +55,7 @@ class ClusterConfig:
             or self.recluster_every < 1
             or self.lloyd_iters < 0
             or self.raw_recent < 0
+            or not 0 <= self.raw_until < self.lifelong_cap
         ):
             raise ValueError(f"invalid ClusterConfig: {self}")
         if not 0.0 < self.min_split_fraction <= 0.5:
@@ -58,6 +64,8 @@ class ClusterConfig:
             raise ValueError("remnant_slack must be in [0, 1)")
         if self.block is None:
             object.__setattr__(self, "block", _largest_block(self))
+        if self.raw_until > self.max_clusters:
+            raise ValueError(f"raw_until={self.raw_until} exceeds max_clusters={self.max_clusters}")
         if cluster_bound(self.base, self) > self.max_clusters:
             raise ValueError(f"block={self.block} can exceed max_clusters={self.max_clusters}")
 

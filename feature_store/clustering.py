@@ -73,6 +73,16 @@ only what is older is compressed. Re-clustering then runs when the part older th
 ...                     raw_recent=4)
 >>> sequence_as_of(log, 10, raw)["size"].tolist()  # 6 older behaviours: none clustered yet
 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+
+**Logs that fit the budget stay raw** (``ClusterConfig.raw_until``, 0 by default; also a
+departure from the paper): a log of at most ``raw_until`` behaviours (at most ``max_clusters``) is
+not clustered at all, so a user whose whole history fits the attention budget is attended
+behaviour by behaviour, as TWIN would, and clustering (as above) starts once the log grows past it.
+
+>>> fits = ClusterConfig(max_leaf=4, max_clusters=32, lifelong_cap=1_000, recluster_every=8,
+...                      raw_until=9)
+>>> [sequence_as_of(log, n, fits)["size"].tolist() for n in (9, 10)]
+[[1, 1, 1, 1, 1, 1, 1, 1, 1], [4, 4, 1, 1]]
 """
 
 from __future__ import annotations
@@ -174,7 +184,9 @@ def needs_update(
         return True
     if state.version != version and state.blocks.shape[0] > 0:  # clustered with old embeddings
         return True
-    return total - config.raw_recent - state.upto >= config.recluster_every
+    if total - lo <= config.raw_until:  # short enough to attend raw: nothing clustered
+        return state.blocks.shape[0] > 0
+    return clusterable_end(lo, total, config) - state.upto >= config.recluster_every
 
 
 def with_singletons(clusters: np.ndarray, unclustered: np.ndarray) -> np.ndarray:
@@ -194,17 +206,28 @@ def singletons(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def clustered_upto(total: int, config: ClusterConfig) -> int:
-    """How far a worker that applied ``total`` in-order behaviours (one embedder version) has
-    clustered: the last multiple of ``recluster_every`` at or below ``total - raw_recent``
-    (:func:`needs_update`'s rule)."""
-    older = max(0, total - config.raw_recent)
-    return older - older % config.recluster_every
+def clusterable_end(lo: int, total: int, config: ClusterConfig) -> int:
+    """One past the newest absolute position that may be clustered in a log spanning
+    ``[lo, total)``: none (``lo``) while the log holds at most ``raw_until`` behaviours, else all
+    but the newest ``raw_recent``."""
+    if total - lo <= config.raw_until:
+        return lo
+    return max(lo, total - config.raw_recent)
 
 
-def older_part(log: np.ndarray, config: ClusterConfig) -> np.ndarray:
-    """The rows of ``log`` that may be clustered: all but the newest ``raw_recent``."""
-    return log[: max(0, log.shape[0] - config.raw_recent)]
+def clustered_upto(total: int, config: ClusterConfig, lo: int = 0) -> int:
+    """How far a worker that applied the in-order behaviours ``[lo, total)`` (one embedder
+    version) has clustered: the last multiple of ``recluster_every`` at or below
+    :func:`clusterable_end` (:func:`needs_update`'s rule), not below ``lo``."""
+    older = clusterable_end(lo, total, config)
+    return max(lo, older - older % config.recluster_every)
+
+
+def older_part(log: np.ndarray, config: ClusterConfig, lo: int = 0) -> np.ndarray:
+    """The rows of ``log`` (absolute positions ``lo ..``) a re-clustering clusters: those before
+    :func:`clustered_upto`, so the worker cuts where the offline path does even when it runs late
+    (a log growing past ``raw_until``, a late insertion, a stale rebuild)."""
+    return log[: clustered_upto(lo + log.shape[0], config, lo) - lo]
 
 
 def sequence_as_of(
@@ -250,7 +273,7 @@ def recluster(
     stale = state.version != version and state.blocks.shape[0] > 0
     if stale and (budget is None or budget.balance > 0):
         start = time.perf_counter()
-        rebuilt = update(state, older_part(log, config), lo, config, embedder)
+        rebuilt = update(state, older_part(log, config, lo), lo, config, embedder)
         if budget is not None:
             budget.balance -= time.perf_counter() - start
             budget.rebuilds += 1
@@ -259,7 +282,7 @@ def recluster(
         return None  # the common case, once per event: nothing sliced or built
     if stale and budget is not None:
         budget.deferred += 1
-    return update(state, older_part(log, config), lo, config, embedder, keep_version=stale)
+    return update(state, older_part(log, config, lo), lo, config, embedder, keep_version=stale)
 
 
 def update(

@@ -58,7 +58,7 @@ def sweep_stale(worker: PartitionWorker, config: SweepConfig) -> BatchResult:
         if state is None:
             continue
         clusters = worker.config.clusters
-        log = older_part(state.log, clusters)  # the newest raw_recent stay clusters of one
+        log = older_part(state.log, clusters, state.lo)  # as the worker cuts it
         state.cluster_state = update(state.cluster_state, log, state.lo, clusters, embedder)
         result.states[user] = state
         result.changelog += changelog_state_records(user, state)

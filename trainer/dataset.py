@@ -20,8 +20,9 @@ Offline clusters (``clustering="kmeans"``, the default): the user's whole histor
 clustered exactly as the online worker clusters it (ARCHITECTURE.md section 3: hierarchical k-means
 over item embeddings, leaves of at most γ, representative nearest the centroid), with the item table
 of the model being trained (:mod:`trainer.offline_clusters`), right-aligned, the newest
-``max_clusters`` kept (``cluster_raw_recent``: the newest behaviours never clustered, an option
-that departs from the paper; see :mod:`feature_store.clustering`). ``clustering="category"`` is
+``max_clusters`` kept (``cluster_raw_recent``: the newest behaviours never clustered;
+``cluster_raw_until``: histories no longer than that never clustered; options that depart from the
+paper, see :mod:`feature_store.clustering`). ``clustering="category"`` is
 the earlier stand-in: the history window grouped by category, each group represented by its most
 recent item, no leaf cap.
 
@@ -75,6 +76,7 @@ class DatasetConfig:
     cluster_window: int | None = None  # "category": behaviours grouped; None = seq_len
     max_clusters: int = 200
     cluster_raw_recent: int = 0  # "kmeans": ClusterConfig.raw_recent (0 = as published)
+    cluster_raw_until: int = 0  # "kmeans": ClusterConfig.raw_until (0 = as published)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -178,7 +180,9 @@ def build_dataset(log: EventLogLike, config: DatasetConfig | None = None) -> Off
         for name, pos in splits.items()
     }
     logs = user_logs(beh.item, beh.category, beh.ts, beh.user_start)
-    clusters = OfflineClusters(ClusterConfig(raw_recent=cfg.cluster_raw_recent))
+    clusters = OfflineClusters(
+        ClusterConfig(raw_recent=cfg.cluster_raw_recent, raw_until=cfg.cluster_raw_until)
+    )
     return OfflineDataset(
         cfg, beh, made["train"], made["valid"], made["test"], users, n_items, n_cats,
         clusters, logs, item_cat,

@@ -7,6 +7,7 @@ import tracemalloc
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from feature_store.clustering import (
     advance_layout,
     leaf_caps,
     needs_update,
+    sequence_as_of,
     update,
 )
 from feature_store.state import StateConfig, UserState
@@ -167,16 +169,17 @@ def test_late_insertion_marks_clusters_dirty_and_rebuild_restores_them() -> None
         max_leaf=3, max_clusters=60, lifelong_cap=scfg.lifelong_cap, recluster_every=16
     )
     state = UserState.empty(scfg)
-    for i in range(40):
+    for i in range(48):
         state.apply(event(10.0 * i, item=str(i), category=str(i % 3)), scfg)
     state.maybe_recluster(cfg)
     assert not state.maybe_recluster(cfg)
     state.apply(event(385.0, item="late", category="1"), scfg)
     assert state.cluster_state.dirty_from == 39
     assert state.maybe_recluster(cfg)
-    check_invariants(state.cluster_state, 0, state.total, cfg)
-    fresh = update(ClusterState(), state.log, 0, cfg)
-    assert state.clusters().tobytes() == fresh.clusters.tobytes()
+    assert state.cluster_state.upto == 48  # cut where a worker in order would have: 3 x 16
+    check_invariants(state.cluster_state, 0, 48, cfg)
+    fresh = sequence_as_of(state.log, state.total, cfg)
+    assert state.clusters().tobytes() == fresh.tobytes()
 
 
 def test_100k_user_clusters_in_bounded_time_and_memory() -> None:
@@ -250,18 +253,40 @@ def test_leaves_stay_at_gamma_as_long_as_the_users_budget_allows() -> None:
         )
 
 
+def grown(cfg: ClusterConfig, n: int) -> tuple[UserState, list[int], list[bool]]:
+    """A user grown one click at a time to ``n``, re-clustered as the worker does: the state,
+    the totals at which it re-clustered, and whether each sequence was all clusters of one;
+    the sequence never exceeds ``max_clusters``."""
+    state, runs, raw = UserState.empty(StateConfig()), [], []
+    for i in range(n):
+        state.apply(event(float(i), item=str(i % 50)), StateConfig())
+        if state.maybe_recluster(cfg, TableEmbedder()):
+            runs.append(state.total)
+        assert state.cluster_count <= cfg.max_clusters
+        raw.append(bool((state.clusters()["size"] == 1).all()))
+    return state, runs, raw
+
+
+def test_a_log_that_fits_raw_until_is_never_clustered_and_one_that_outgrew_it_is() -> None:
+    """``raw_until``: the worker clusters nothing while the log holds at most raw_until
+    behaviours, then clusters every recluster_every as before; the budget holds throughout."""
+    cfg = ClusterConfig(
+        max_leaf=3, max_clusters=120, lifelong_cap=10_000, recluster_every=16, raw_until=100
+    )
+    _, runs, raw = grown(cfg, 1_000)
+    assert all(raw[:100]) and not any(raw[100:])
+    assert runs[:3] == [101, 112, 128]  # past 100: clustered up to 96, then every 16
+    with pytest.raises(ValueError, match="raw_until"):
+        ClusterConfig(max_clusters=120, raw_until=121)
+
+
 def test_raw_recent_behaviours_stay_clusters_of_one_and_the_budget_holds() -> None:
     """``raw_recent``: the worker re-clusters only what is older than the newest raw_recent
     behaviours (every recluster_every of them), and its sequence stays within max_clusters."""
     cfg = ClusterConfig(
         max_leaf=3, max_clusters=120, lifelong_cap=10_000, recluster_every=16, raw_recent=40
     )
-    state, runs = UserState.empty(StateConfig()), []
-    for i in range(3_000):
-        state.apply(event(float(i), item=str(i % 50)), StateConfig())
-        if state.maybe_recluster(cfg, TableEmbedder()):
-            runs.append(state.total)
-        assert state.cluster_count <= cfg.max_clusters
+    state, runs, _ = grown(cfg, 3_000)
     assert runs[:3] == [56, 72, 88]  # 16, 32, 48 older than the newest 40
     sizes = state.clusters()["size"]
     assert state.total - state.cluster_state.upto >= 40 and (sizes[-40:] == 1).all()

@@ -63,11 +63,16 @@ def click_log(n_users: int = 3, per_user: int = 330, n_items: int = 90) -> Event
 
 
 def worker_sequences(
-    log: EventLog, embedder: RawKeyEmbedder, raw_recent: int = 0, by_token: bool = False
+    log: EventLog,
+    embedder: RawKeyEmbedder,
+    raw_recent: int = 0,
+    by_token: bool = False,
+    raw_until: int = 0,
 ) -> dict[tuple[str, int], list]:
     """(user, behaviours before) -> the worker's cluster sequence as (item key, category key,
     size), read from its store before each event is applied."""
-    config = FeatureConfig(clusters=ClusterConfig(raw_recent=raw_recent, by_token=by_token))
+    clusters = ClusterConfig(raw_recent=raw_recent, by_token=by_token, raw_until=raw_until)
+    config = FeatureConfig(clusters=clusters)
     worker = PartitionWorker(MemoryStore(), 0, config, embedder=embedder)
     seen: dict[tuple[str, int], list] = {}
     for offset in range(len(log.ts)):
@@ -84,16 +89,29 @@ def worker_sequences(
     return seen
 
 
-@pytest.mark.parametrize(("raw_recent", "by_token"), [(0, False), (100, False), (0, True)])
+@pytest.mark.parametrize(
+    ("raw_recent", "by_token", "raw_until"),
+    [(0, False, 0), (100, False, 0), (0, True, 0), (0, False, 200)],
+)
 def test_offline_clusters_equal_the_workers_for_the_same_log_and_embeddings(
-    raw_recent: int, by_token: bool
+    raw_recent: int, by_token: bool, raw_until: int
 ) -> None:
     log = click_log()
     raw_items = sorted(set(log.item_id.tolist()))
     raw_cats = sorted(set(log.category_id.tolist()))
-    online = worker_sequences(log, RawKeyEmbedder(raw_items, raw_cats), raw_recent, by_token)
+    embedder = RawKeyEmbedder(raw_items, raw_cats)
+    online = worker_sequences(log, embedder, raw_recent, by_token, raw_until)
+    if raw_until:  # a history that fits stays raw, one that outgrew it is clustered
+        sizes = {before: max(size for *_, size in seq) for (_, before), seq in online.items()}
+        assert max(sizes[b] for b in sizes if b <= raw_until) == 1
+        assert min(sizes[b] for b in sizes if b >= raw_until + 128) > 1
 
-    dcfg = DatasetConfig(negatives=0, max_clusters=10_000, cluster_raw_recent=raw_recent)
+    dcfg = DatasetConfig(
+        negatives=0,
+        max_clusters=10_000,
+        cluster_raw_recent=raw_recent,
+        cluster_raw_until=raw_until,
+    )
     ds = build_dataset(log, dcfg)
     table = np.zeros((ds.n_items, DIM), np.float32)  # rows 1.. are the sorted raw ids
     table[1:] = np.stack([vector(raw) for raw in raw_items])
@@ -124,7 +142,7 @@ def test_offline_clusters_equal_the_workers_for_the_same_log_and_embeddings(
             compared += 1
             multi += int(batch.cluster_size[row].max() > 1)
     assert compared == 3 * (330 - 1)  # every target
-    assert multi > (600 if raw_recent == 0 else 300)  # most see k-means leaves
+    assert multi > (600 if raw_recent == raw_until == 0 else 300)  # most see k-means leaves
     if by_token:  # the category rows moved the leaves: this compared token clusters
         by_item = worker_sequences(log, RawKeyEmbedder(raw_items, raw_cats), raw_recent)
         assert sum(by_item[key] != seq for key, seq in online.items()) > 300
