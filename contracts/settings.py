@@ -41,6 +41,10 @@ class Settings:
     allowed_lateness_s: float = ALLOWED_LATENESS_S
     recent_length: int = RECENT_LENGTH
     lifelong_cap: int = LIFELONG_CAP
+    # TWIN-V2: a user whose lifelong log holds at most this many behaviours is attended raw, one
+    # slot per behaviour as TWIN would, and clustered once it grows past it (ClusterConfig.
+    # raw_until; trainer/RESULTS-offline.md, ninth round); 0: every log clustered, as the paper
+    cluster_raw_until: int = RECENT_LENGTH
     state_dir: str = "./twinstream-state"
     sample_mode: str = "implicit"  # "implicit" (clicks + sampled negatives) or "explicit"
     worker_compression: str = "none"  # the worker's records (samples...): none/gzip/lz4/zstd
@@ -99,6 +103,8 @@ class Settings:
             raise ValueError("session_gap_s must be positive")
         if self.recent_length <= 0 or self.lifelong_cap < self.recent_length:
             raise ValueError("need 0 < recent_length <= lifelong_cap")
+        if not 0 <= self.cluster_raw_until < self.lifelong_cap:
+            raise ValueError("need 0 <= cluster_raw_until < lifelong_cap")
         if self.sample_mode not in ("implicit", "explicit"):
             raise ValueError("sample_mode must be 'implicit' or 'explicit'")
         if self.worker_compression not in ("none", "gzip", "lz4", "zstd"):

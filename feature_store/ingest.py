@@ -66,7 +66,8 @@ class FeatureConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeatureConfig:
-        """The deployment's session gap, lateness, L and lifelong cap; other knobs default."""
+        """The deployment's session gap, lateness, L, lifelong cap and raw-until length; other
+        knobs default."""
         state = StateConfig(
             recent_length=settings.recent_length,
             lifelong_cap=settings.lifelong_cap,
@@ -75,7 +76,9 @@ class FeatureConfig:
         )
         return cls(
             state=state,
-            clusters=ClusterConfig(lifelong_cap=settings.lifelong_cap),
+            clusters=ClusterConfig(
+                lifelong_cap=settings.lifelong_cap, raw_until=settings.cluster_raw_until
+            ),
             samples=SampleConfig(
                 mode="explicit" if settings.sample_mode == "explicit" else "implicit",
                 recent_length=settings.recent_length,

@@ -66,8 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "max_clusters": Flag("TWIN-V2: newest clusters kept", positive_int),
         "cluster_raw_recent": Flag("TWIN-V2: newest behaviours never clustered (0: as the paper)",
                                    int),
-        "cluster_raw_until": Flag("TWIN-V2: histories of at most this many behaviours never "
-                                  "clustered (0: as the paper)", int),
+        "cluster_raw_until": Flag("TWIN-V2: histories of at most this many behaviours attended "
+                                  "raw, not clustered (0: all clustered, as the paper)", int),
     })  # fmt: skip
     dataset.add_argument(
         "--min-ts",

@@ -20,11 +20,12 @@ Offline clusters (``clustering="kmeans"``, the default): the user's whole histor
 clustered exactly as the online worker clusters it (ARCHITECTURE.md section 3: hierarchical k-means
 over item embeddings, leaves of at most γ, representative nearest the centroid), with the item table
 of the model being trained (:mod:`trainer.offline_clusters`), right-aligned, the newest
-``max_clusters`` kept (``cluster_raw_recent``: the newest behaviours never clustered;
-``cluster_raw_until``: histories no longer than that never clustered; options that depart from the
-paper, see :mod:`feature_store.clustering`). ``clustering="category"`` is
-the earlier stand-in: the history window grouped by category, each group represented by its most
-recent item, no leaf cap.
+``max_clusters`` kept. Two departures from the paper (:mod:`feature_store.clustering`):
+``cluster_raw_until`` (default ``RECENT_LENGTH``, as the worker's), a history of at most that many
+behaviours is not clustered at all but attended behaviour by behaviour; ``cluster_raw_recent`` (an
+option, 0 by default), the newest behaviours of a longer history never clustered.
+``clustering="category"`` is the earlier stand-in: the history window grouped by category, each
+group represented by its most recent item, no leaf cap.
 
 Histories are gathered per mini-batch from flat per-user arrays (no (samples x L) copy in memory).
 """
@@ -76,10 +77,15 @@ class DatasetConfig:
     cluster_window: int | None = None  # "category": behaviours grouped; None = seq_len
     max_clusters: int = 200
     cluster_raw_recent: int = 0  # "kmeans": ClusterConfig.raw_recent (0 = as published)
-    cluster_raw_until: int = 0  # "kmeans": ClusterConfig.raw_until (0 = as published)
+    # "kmeans": ClusterConfig.raw_until, histories of at most this many behaviours (and at most
+    # max_clusters) not clustered, as the worker's default (Settings.cluster_raw_until); 0 = as
+    # published
+    cluster_raw_until: int = RECENT_LENGTH
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.cluster_raw_until < 0:
+            raise ValueError("cluster_raw_until must be >= 0")
         if self.seq_len < 1 or self.negatives < 0 or self.train_stride < 1 or self.min_events < 2:
             raise ValueError(f"invalid DatasetConfig: {self}")
         if self.clustering not in ("kmeans", "category"):
@@ -181,7 +187,10 @@ def build_dataset(log: EventLogLike, config: DatasetConfig | None = None) -> Off
     }
     logs = user_logs(beh.item, beh.category, beh.ts, beh.user_start)
     clusters = OfflineClusters(
-        ClusterConfig(raw_recent=cfg.cluster_raw_recent, raw_until=cfg.cluster_raw_until)
+        ClusterConfig(
+            raw_recent=cfg.cluster_raw_recent,
+            raw_until=min(cfg.cluster_raw_until, cfg.max_clusters),
+        )
     )
     return OfflineDataset(
         cfg, beh, made["train"], made["valid"], made["test"], users, n_items, n_cats,

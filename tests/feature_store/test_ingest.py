@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from contracts.schema import EventType, Reason
 from contracts.settings import Settings
 from feature_store.ids import stable_id
@@ -89,3 +91,8 @@ def test_feature_config_from_settings() -> None:
         50,
         50,
     )
+    assert cfg.clusters.raw_until == 200  # a log that fits the recent sequence's L stays raw
+    env = {"TWINSTREAM_CLUSTER_RAW_UNTIL": "0"}  # every log clustered, as the paper
+    assert FeatureConfig.from_settings(Settings.from_env(env)).clusters.raw_until == 0
+    with pytest.raises(ValueError, match="cluster_raw_until"):
+        Settings(lifelong_cap=150, recent_length=50)
