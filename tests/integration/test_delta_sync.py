@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,10 +111,12 @@ def send_in_waves(
     thread: threading.Thread,
     per_partition: dict[int, list[bytes]],
     waves: int = 6,
+    after_wave: Callable[[int], None] | None = None,
 ) -> None:
     """Send the samples in ``waves`` slices; after each, wait until the trainer has consumed it
     and then for over three delta periods. So every wave lands in a delta of its own however
-    late the trainer joined or slowly it trains (a timed trickle raced both on a loaded CI host)."""
+    late the trainer joined or slowly it trains (a timed trickle raced both on a loaded CI host).
+    ``after_wave(i)`` runs after wave ``i`` (from 0) has landed."""
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     for wave in range(waves):
         futures = {
@@ -131,6 +134,8 @@ def send_in_waves(
             what=f"the trainer to consume wave {wave + 1} of {waves}",
         )
         threading.Event().wait(1.0)
+        if after_wave is not None:
+            after_wave(wave)
     producer.close()
 
 
@@ -203,11 +208,26 @@ def test_a_worker_on_another_host_fetches_checkpoints_over_http_and_follows_delt
     )
     remote, remote_holder = watcher(worker_settings, tmp_path / "worker")
     trainer = OnlineTrainer(trainer_settings, config)
-    thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 3.0})
+    # idle for 15 s, not 3: no samples reach it while the late worker fetches its checkpoint
+    thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 15.0})
     thread.start()
-    send_in_waves(settings, trainer, thread, sample_messages(synthetic_events()))
-    # a second worker, started while the trainer runs, with an empty folder of its own
-    late, late_holder = watcher(worker_settings, tmp_path / "late-worker")
+    # a second worker, started halfway with an empty folder of its own: it fetches the latest
+    # checkpoint, and the later waves reach it as deltas (started after the last wave, the
+    # trainer's final checkpoint could be all it ever saw on a slow host)
+    started: list[tuple[SnapshotWatcher, ModelHolder]] = []
+
+    def start_late(wave: int) -> None:
+        if wave == 2:
+            started.append(watcher(worker_settings, tmp_path / "late-worker"))
+            wait_until(
+                lambda: started[0][1].model is not None,
+                timeout_s=60,
+                what="the late worker's first checkpoint",
+            )
+
+    blobs = sample_messages(synthetic_events())
+    send_in_waves(settings, trainer, thread, blobs, after_wave=start_late)
+    ((late, late_holder),) = started
     thread.join(timeout=300)
     final = trainer.version
     for holder, name in ((remote_holder, "remote"), (late_holder, "late")):
