@@ -208,8 +208,9 @@ def test_a_worker_on_another_host_fetches_checkpoints_over_http_and_follows_delt
     )
     remote, remote_holder = watcher(worker_settings, tmp_path / "worker")
     trainer = OnlineTrainer(trainer_settings, config)
-    # idle for 15 s, not 3: no samples reach it while the late worker fetches its checkpoint
-    thread = threading.Thread(target=trainer.run, kwargs={"idle_timeout_s": 15.0})
+    # no idle timeout: no samples reach it while the late worker fetches its checkpoint, however
+    # long that takes on a loaded host; stopped once every wave has landed
+    thread = threading.Thread(target=trainer.run)
     thread.start()
     # a second worker, started halfway with an empty folder of its own: it fetches the latest
     # checkpoint, and the later waves reach it as deltas (started after the last wave, the
@@ -228,7 +229,9 @@ def test_a_worker_on_another_host_fetches_checkpoints_over_http_and_follows_delt
     blobs = sample_messages(synthetic_events())
     send_in_waves(settings, trainer, thread, blobs, after_wave=start_late)
     ((late, late_holder),) = started
+    trainer.stop()
     thread.join(timeout=300)
+    assert not thread.is_alive()
     final = trainer.version
     for holder, name in ((remote_holder, "remote"), (late_holder, "late")):
         wait_for_version(holder, final, f"{name} worker")
