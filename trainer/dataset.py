@@ -84,9 +84,13 @@ class DatasetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.cluster_raw_until < 0:
-            raise ValueError("cluster_raw_until must be >= 0")
-        if self.seq_len < 1 or self.negatives < 0 or self.train_stride < 1 or self.min_events < 2:
+        if (
+            self.seq_len < 1
+            or self.negatives < 0
+            or self.train_stride < 1
+            or self.min_events < 2
+            or self.cluster_raw_until < 0
+        ):
             raise ValueError(f"invalid DatasetConfig: {self}")
         if self.clustering not in ("kmeans", "category"):
             raise ValueError(f"clustering must be kmeans or category, not {self.clustering!r}")
