@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -278,6 +279,17 @@ def test_a_log_that_fits_raw_until_is_never_clustered_and_one_that_outgrew_it_is
     assert runs[:3] == [101, 112, 128]  # past 100: clustered up to 96, then every 16
     with pytest.raises(ValueError, match="raw_until"):
         ClusterConfig(max_clusters=120, raw_until=121)
+
+
+def test_a_state_clustered_before_raw_until_was_raised_is_unclustered_when_touched() -> None:
+    """A store written under a lower ``raw_until`` (the paper's 0, before the default became 200)
+    holds blocks for short users; the next touch under the new setting drops them."""
+    old = ClusterConfig(max_leaf=3, max_clusters=120, lifelong_cap=10_000, recluster_every=16)
+    state, _, raw = grown(old, 90)
+    assert not raw[-1] and state.cluster_state.blocks.shape[0] > 0
+    assert state.maybe_recluster(replace(old, block=None, raw_until=100), TableEmbedder())
+    assert state.cluster_state.blocks.shape[0] == 0
+    assert (state.clusters()["size"] == 1).all() and state.cluster_count == 90
 
 
 def test_raw_recent_behaviours_stay_clusters_of_one_and_the_budget_holds() -> None:
